@@ -1,0 +1,97 @@
+//! The command line: argument definitions (clap) and each subcommand's glue and output.
+//!
+//! Subcommands print results on stdout (human text, or one JSON object with `--json`) and return
+//! errors to `main`, which prints them once with their context and exits non-zero.
+
+pub mod inspect;
+pub mod samples;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::model::ModelFolders;
+
+/// Merge Stable Diffusion checkpoints through a node graph, exactly like ComfyUI.
+#[derive(Debug, Parser)]
+#[command(name = "amalgam", version = crate::VERSION, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub folders: FolderArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Where models and outputs live (as in ComfyUI: `<base>/models/…` and `<base>/output`).
+#[derive(Debug, clap::Args)]
+pub struct FolderArgs {
+    /// Base directory holding `models/` and `output/`.
+    #[arg(long, global = true, env = "AMALGAM_BASE_DIR", value_name = "DIR")]
+    pub base_dir: Option<PathBuf>,
+    /// Models directory (default: <base>/models).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// Output directory (default: <base>/output).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+    /// A ComfyUI `extra_model_paths.yaml` to add model folders from (an existing ComfyUI or
+    /// A1111 install). `<base>/extra_model_paths.yaml` is read automatically when present.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub extra_model_paths: Vec<PathBuf>,
+}
+
+impl FolderArgs {
+    /// Builds the folder configuration, reading any extra paths files.
+    pub fn resolve(&self) -> anyhow::Result<ModelFolders> {
+        use anyhow::Context;
+        let base = match &self.base_dir {
+            Some(b) => b.clone(),
+            None => std::env::current_dir().context("cannot determine the current directory")?,
+        };
+        let mut folders = ModelFolders::new(
+            &base,
+            self.models_dir.as_deref(),
+            self.output_dir.as_deref(),
+        );
+        let default_yaml = base.join("extra_model_paths.yaml");
+        if default_yaml.is_file() {
+            folders.add_extra_paths_file(&default_yaml)?;
+        }
+        for yaml in &self.extra_model_paths {
+            folders.add_extra_paths_file(yaml)?;
+        }
+        Ok(folders)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show what a checkpoint is: architecture, prediction, components, dtypes, metadata.
+    Inspect(inspect::InspectArgs),
+    /// Write small sample checkpoints (SD1.5 and SDXL layout) into the checkpoints folder.
+    Samples(samples::SamplesArgs),
+}
+
+/// Runs a parsed command line. `None` (no subcommand) is handled by `main`.
+pub fn run(cli: &Cli, command: &Command) -> anyhow::Result<()> {
+    match command {
+        Command::Inspect(args) => inspect::run(args),
+        Command::Samples(args) => samples::run(&cli.folders, args),
+    }
+}
+
+/// Formats a byte count for people (`2.13 GB`).
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1000.0 && unit + 1 < UNITS.len() {
+        v /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.2} {}", UNITS[unit])
+    }
+}

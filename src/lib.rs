@@ -1,0 +1,29 @@
+//! Amalgam: merge Stable-Diffusion-family checkpoints through a node graph, exactly as ComfyUI
+//! does, streaming tensor by tensor.
+//!
+//! # Layers
+//! Each layer only uses the ones above it in this list:
+//! - [`format`]: bytes on disk — the strict safetensors reader and streaming writer, the
+//!   non-executing PyTorch pickle reader.
+//! - [`model`]: what a checkpoint is — architecture detection, component key groups, ComfyUI's save
+//!   layout, model folders, reference layouts and samples.
+//! - [`cli`]: the command-line subcommands (`inspect`, `samples`), thin glue over the layers.
+//!
+//! # Failures
+//! Library errors are `thiserror` enums that carry the file (and key or node) they concern; the
+//! binary adds context with `anyhow` and prints them once. Nothing a file or a user supplies is
+//! unwrapped.
+
+pub mod cli;
+pub mod format;
+pub mod model;
+
+/// Version string with the git revision and build date embedded by `build.rs`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("AMALGAM_GIT_REV"),
+    ", built ",
+    env!("AMALGAM_BUILD_DATE"),
+    ")"
+);
