@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
+use crate::model::layouts::Scale;
 use crate::model::samples::{SampleOutcome, write_samples};
 
 use super::{FolderArgs, human_bytes};
@@ -13,6 +14,9 @@ pub struct SamplesArgs {
     /// Folder to write into (default: the first checkpoints folder, <base>/models/checkpoints).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// Write full-size (2.1 GB / 6.9 GB) synthetic checkpoints instead, for benchmarks.
+    #[arg(long, hide = true)]
+    pub full_size: bool,
 }
 
 pub fn run(folders: &FolderArgs, args: &SamplesArgs) -> anyhow::Result<()> {
@@ -24,7 +28,12 @@ pub fn run(folders: &FolderArgs, args: &SamplesArgs) -> anyhow::Result<()> {
             .context("no checkpoints folder is configured")?
             .to_owned(),
     };
-    let outcomes = write_samples(&dir).context("cannot write the sample checkpoints")?;
+    let scale = if args.full_size {
+        Scale::Full
+    } else {
+        Scale::Sample
+    };
+    let outcomes = write_samples(&dir, scale).context("cannot write the sample checkpoints")?;
     for o in outcomes {
         match o {
             SampleOutcome::Written { path, bytes } => {

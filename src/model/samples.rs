@@ -17,29 +17,40 @@ pub struct Sample {
     pub seed: u64,
 }
 
-/// The samples `amalgam samples` writes.
-pub fn sample_checkpoints() -> Vec<Sample> {
+/// The samples `amalgam samples` writes: two SD1.5 and two SDXL checkpoints. At full scale they
+/// are named `full-…` so they never shadow the small ones.
+pub fn sample_checkpoints(scale: Scale) -> Vec<Sample> {
+    let full = scale == Scale::Full;
+    let sample = |small: &'static str, large: &'static str, layout: Layout, seed| Sample {
+        file_name: if full { large } else { small },
+        layout,
+        seed,
+    };
     vec![
-        Sample {
-            file_name: "sample-sd15-a.safetensors",
-            layout: Layout::sd15(Scale::Sample),
-            seed: 1,
-        },
-        Sample {
-            file_name: "sample-sd15-b.safetensors",
-            layout: Layout::sd15(Scale::Sample),
-            seed: 2,
-        },
-        Sample {
-            file_name: "sample-sdxl-a.safetensors",
-            layout: Layout::sdxl(Scale::Sample),
-            seed: 3,
-        },
-        Sample {
-            file_name: "sample-sdxl-b.safetensors",
-            layout: Layout::sdxl(Scale::Sample),
-            seed: 4,
-        },
+        sample(
+            "sample-sd15-a.safetensors",
+            "full-sd15-a.safetensors",
+            Layout::sd15(scale),
+            1,
+        ),
+        sample(
+            "sample-sd15-b.safetensors",
+            "full-sd15-b.safetensors",
+            Layout::sd15(scale),
+            2,
+        ),
+        sample(
+            "sample-sdxl-a.safetensors",
+            "full-sdxl-a.safetensors",
+            Layout::sdxl(scale),
+            3,
+        ),
+        sample(
+            "sample-sdxl-b.safetensors",
+            "full-sdxl-b.safetensors",
+            Layout::sdxl(scale),
+            4,
+        ),
     ]
 }
 
@@ -65,13 +76,13 @@ pub fn write_checkpoint(path: &Path, layout: &Layout, seed: u64) -> Result<u64, 
 }
 
 /// Writes every sample into `dir` (created if needed), keeping files that already exist.
-pub fn write_samples(dir: &Path) -> Result<Vec<SampleOutcome>, WriteError> {
+pub fn write_samples(dir: &Path, scale: Scale) -> Result<Vec<SampleOutcome>, WriteError> {
     std::fs::create_dir_all(dir).map_err(|source| WriteError::Io {
         path: dir.to_owned(),
         source,
     })?;
     let mut out = Vec::new();
-    for s in sample_checkpoints() {
+    for s in sample_checkpoints(scale) {
         let path = dir.join(s.file_name);
         if path.exists() {
             out.push(SampleOutcome::KeptExisting { path });
