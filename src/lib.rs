@@ -4,10 +4,14 @@
 //! # Layers
 //! Each layer only uses the ones above it in this list:
 //! - [`format`]: bytes on disk — the strict safetensors reader and streaming writer, the
-//!   non-executing PyTorch pickle reader.
+//!   non-executing PyTorch pickle reader, PNG text chunks.
 //! - [`model`]: what a checkpoint is — architecture detection, component key groups, ComfyUI's save
 //!   layout, model folders, reference layouts and samples.
-//! - [`cli`]: the command-line subcommands (`inspect`, `samples`), thin glue over the layers.
+//! - [`graph`]: the workflow document (ComfyUI's UI JSON, kept losslessly), loading it from PNGs,
+//!   JSON and checkpoints, and resolving it into an API prompt (mute, bypass, reroute, primitive).
+//! - [`nodes`]: the node registry — every node's schema and meaning in one place — and
+//!   validation of a prompt against it, with ComfyUI's error types.
+//! - [`cli`]: the command-line subcommands, thin glue over the layers.
 //!
 //! # Failures
 //! Library errors are `thiserror` enums that carry the file (and key or node) they concern; the
@@ -16,7 +20,9 @@
 
 pub mod cli;
 pub mod format;
+pub mod graph;
 pub mod model;
+pub mod nodes;
 
 /// Version string with the git revision and build date embedded by `build.rs`.
 pub const VERSION: &str = concat!(

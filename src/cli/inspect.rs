@@ -23,9 +23,9 @@ const ELIDED_KEYS: [&str; 2] = ["workflow", "prompt"];
 pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
     let ckpt = Checkpoint::open(&args.file)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report(&ckpt))?);
+        super::emit(&(serde_json::to_string_pretty(&report(&ckpt))? + "\n"))?;
     } else {
-        print!("{}", text_report(&ckpt));
+        super::emit(&text_report(&ckpt))?;
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 
 pub mod inspect;
 pub mod samples;
+pub mod validate;
 
 use std::path::PathBuf;
 
@@ -70,6 +71,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Write small sample checkpoints (SD1.5 and SDXL layout) into the checkpoints folder.
     Samples(samples::SamplesArgs),
+    /// Check a workflow (PNG, JSON, API prompt, .safetensors) the way ComfyUI validates a prompt.
+    Validate(validate::ValidateArgs),
 }
 
 /// Runs a parsed command line. `None` (no subcommand) is handled by `main`.
@@ -77,6 +80,18 @@ pub fn run(cli: &Cli, command: &Command) -> anyhow::Result<()> {
     match command {
         Command::Inspect(args) => inspect::run(args),
         Command::Samples(args) => samples::run(&cli.folders, args),
+        Command::Validate(args) => validate::run(&cli.folders, args),
+    }
+}
+
+/// Writes command output to stdout. A closed pipe (`amalgam … | head`) ends output quietly
+/// instead of panicking as `println!` would.
+pub fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
 }
 

@@ -37,10 +37,14 @@ pub fn run(folders: &FolderArgs, args: &SamplesArgs) -> anyhow::Result<()> {
     for o in outcomes {
         match o {
             SampleOutcome::Written { path, bytes } => {
-                println!("wrote {} ({})", path.display(), human_bytes(bytes));
+                super::emit(&format!(
+                    "wrote {} ({})\n",
+                    path.display(),
+                    human_bytes(bytes)
+                ))?;
             }
             SampleOutcome::KeptExisting { path } => {
-                println!("kept  {} (already exists)", path.display());
+                super::emit(&format!("kept  {} (already exists)\n", path.display()))?;
             }
         }
     }

@@ -11,6 +11,8 @@
 
 pub mod dtype;
 pub mod pickle;
+pub mod png;
+pub mod pyjson;
 pub mod safetensors;
 pub mod torch;
 

@@ -1,0 +1,153 @@
+//! JSON text exactly as Python's `json.dumps` writes it with default arguments, and Python's
+//! `repr` of floats.
+//!
+//! ComfyUI stores the `prompt` and `workflow` metadata of saved checkpoints with `json.dumps`:
+//! `", "` and `": "` separators, non-ASCII escaped as `\uXXXX` (surrogate pairs above the BMP),
+//! and floats in `repr` form (`1.0`, `0.3`, `1e-05`, `1e+16`). Writing the same text makes
+//! Amalgam's outputs byte-identical to ComfyUI's, metadata included.
+
+use serde_json::Value;
+
+/// Python's `repr(float)`: the shortest round-tripping digits, in fixed notation for
+/// `1e-4 <= |x| < 1e16` (always with a decimal point) and scientific notation otherwise.
+pub fn float_repr(x: f64) -> String {
+    if x.is_nan() {
+        return "NaN".into();
+    }
+    if x.is_infinite() {
+        return if x > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
+    }
+    let abs = x.abs();
+    if abs == 0.0 || (1e-4..1e16).contains(&abs) {
+        let s = format!("{x}");
+        return if s.contains('.') { s } else { format!("{s}.0") };
+    }
+    // Rust's `{:e}` gives the same shortest digits: "1.5e16", "1e-5".
+    let s = format!("{x:e}");
+    let (mantissa, exp) = s.split_once('e').unwrap_or((&s, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let sign = if exp < 0 { '-' } else { '+' };
+    format!("{mantissa}e{sign}{:02}", exp.abs())
+}
+
+/// `json.dumps(value)` with Python's defaults.
+pub fn dumps(value: &Value) -> String {
+    let mut out = String::new();
+    write_value(&mut out, value);
+    out
+}
+
+fn write_value(out: &mut String, v: &Value) {
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => {
+            if n.is_f64() {
+                out.push_str(&float_repr(n.as_f64().unwrap_or(f64::NAN)));
+            } else {
+                out.push_str(&n.to_string());
+            }
+        }
+        Value::String(s) => write_str(out, s),
+        Value::Array(a) => {
+            out.push('[');
+            for (i, item) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_value(out, item);
+            }
+            out.push(']');
+        }
+        Value::Object(m) => {
+            out.push('{');
+            for (i, (k, item)) in m.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_str(out, k);
+                out.push_str(": ");
+                write_value(out, item);
+            }
+            out.push('}');
+        }
+    }
+}
+
+fn write_str(out: &mut String, s: &str) {
+    use std::fmt::Write;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{08}' => out.push_str("\\b"),
+            '\u{0c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 || (c as u32) > 0x7e && (c as u32) != 0x7f => {
+                let mut buf = [0u16; 2];
+                for unit in c.encode_utf16(&mut buf) {
+                    let _ = write!(out, "\\u{unit:04x}");
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Python's `str()` of a JSON value, for error messages (`'text'` quoting is the caller's).
+pub fn py_str(v: &Value) -> String {
+    match v {
+        Value::Null => "None".into(),
+        Value::Bool(true) => "True".into(),
+        Value::Bool(false) => "False".into(),
+        Value::Number(n) if n.is_f64() => float_repr(n.as_f64().unwrap_or(f64::NAN)),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.clone(),
+        other => dumps(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn floats_print_like_python_repr() {
+        for (x, py) in [
+            (1.0, "1.0"),
+            (0.3, "0.3"),
+            (0.49999999999999956, "0.49999999999999956"),
+            (1e-5, "1e-05"),
+            (0.0001, "0.0001"),
+            (0.00012, "0.00012"),
+            (1e16, "1e+16"),
+            (1.5e16, "1.5e+16"),
+            (123456789012345.6, "123456789012345.6"),
+            (-2.5e-7, "-2.5e-07"),
+            (0.0, "0.0"),
+            (120.0, "120.0"),
+            (0.002, "0.002"),
+            (1e300, "1e+300"),
+        ] {
+            assert_eq!(float_repr(x), py, "{x}");
+        }
+    }
+
+    #[test]
+    fn dumps_matches_python_defaults() {
+        let v = json!({"3": {"inputs": {"ratio": 0.5, "seed": 156680208700286_u64, "name": "caf\u{e9} \u{1F600}\n\"q\"", "list": [1, 2.0, null, true]}, "class_type": "X"}});
+        assert_eq!(
+            dumps(&v),
+            r#"{"3": {"inputs": {"ratio": 0.5, "seed": 156680208700286, "name": "caf\u00e9 \ud83d\ude00\n\"q\"", "list": [1, 2.0, null, true]}, "class_type": "X"}}"#
+        );
+    }
+}

@@ -1,0 +1,371 @@
+//! Reading a workflow from whatever file a user has: a ComfyUI PNG, UI workflow JSON, an API
+//! prompt, or a `.safetensors` with the workflow in its metadata — recognised by content, not
+//! by extension. An API prompt (or a PNG/checkpoint that only has one) is laid out into a
+//! document, left to right by dependency depth.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use crate::format::png::{self, PngError};
+use crate::format::{ReadError, TensorFile};
+use crate::nodes::{Registry, types};
+
+use super::document::{Document, DocumentError, InputSlot, LoadReport, Node, NodeId, OutputSlot};
+use super::prompt::{Prompt, PromptError, PromptInput};
+
+/// Largest workflow JSON or PNG read (a big workflow is a few MiB).
+pub const MAX_WORKFLOW_FILE_BYTES: u64 = 256 << 20;
+
+/// What the workflow came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    Png,
+    UiJson,
+    ApiJson,
+    Safetensors,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Png => "png",
+            SourceKind::UiJson => "workflow-json",
+            SourceKind::ApiJson => "api-prompt-json",
+            SourceKind::Safetensors => "safetensors",
+        }
+    }
+}
+
+/// A loaded workflow.
+#[derive(Debug)]
+pub struct Loaded {
+    pub document: Document,
+    pub source: SourceKind,
+    /// True when the file had only an API prompt (the layout was computed).
+    pub from_prompt: bool,
+    pub report: LoadReport,
+}
+
+/// Why a file gave no workflow. Always names the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind}: {}", path.display())]
+pub struct LoadError {
+    pub path: PathBuf,
+    pub kind: LoadErrorKind,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadErrorKind {
+    #[error("cannot read file ({0})")]
+    Io(#[from] std::io::Error),
+    #[error("file is larger than {MAX_WORKFLOW_FILE_BYTES} bytes; not a workflow")]
+    TooLarge,
+    #[error("{0}")]
+    Png(#[from] PngError),
+    #[error("{0}")]
+    Checkpoint(String),
+    #[error("PNG has no ComfyUI workflow or prompt in its text chunks")]
+    NoWorkflowInPng,
+    #[error("checkpoint has no ComfyUI workflow or prompt in its metadata")]
+    NoWorkflowInCheckpoint,
+    #[error("{what} is not valid JSON: {error}")]
+    Json { what: &'static str, error: String },
+    #[error("{0}")]
+    Document(#[from] DocumentError),
+    #[error("{0}")]
+    Prompt(#[from] PromptError),
+    #[error(
+        "not a workflow: expected a ComfyUI PNG, workflow or prompt JSON, or a .safetensors file"
+    )]
+    UnknownFormat,
+}
+
+/// Reads a workflow from a file of any supported kind.
+pub fn load_file(path: &Path) -> Result<Loaded, LoadError> {
+    let err = |kind| LoadError {
+        path: path.to_owned(),
+        kind,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(e.into()))?;
+    if meta.is_dir() {
+        return Err(err(LoadErrorKind::Io(std::io::Error::other(
+            "is a directory",
+        ))));
+    }
+    let mut head = [0u8; 9];
+    let n = {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).map_err(|e| err(e.into()))?;
+        let mut n = 0;
+        while n < head.len() {
+            match f.read(&mut head[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) => return Err(err(e.into())),
+            }
+        }
+        n
+    };
+    // A checkpoint is mapped, not read: only its header is touched, whatever its size.
+    if n == 9 && head[8] == b'{' {
+        return load_checkpoint(path).map_err(err);
+    }
+    if meta.len() > MAX_WORKFLOW_FILE_BYTES {
+        return Err(err(LoadErrorKind::TooLarge));
+    }
+    let bytes = std::fs::read(path).map_err(|e| err(e.into()))?;
+    load_bytes(&bytes).map_err(err)
+}
+
+/// Reads a workflow from the bytes of a PNG or JSON file.
+pub fn load_bytes(bytes: &[u8]) -> Result<Loaded, LoadErrorKind> {
+    if png::is_png(bytes) {
+        let chunks = png::text_chunks(bytes)?;
+        return from_embedded(
+            png::find_text(&chunks, "workflow"),
+            png::find_text(&chunks, "prompt"),
+            SourceKind::Png,
+        )?
+        .ok_or(LoadErrorKind::NoWorkflowInPng);
+    }
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'{') {
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| LoadErrorKind::Json {
+            what: "file",
+            error: e.to_string(),
+        })?;
+        return from_json_value(value, None);
+    }
+    Err(LoadErrorKind::UnknownFormat)
+}
+
+fn load_checkpoint(path: &Path) -> Result<Loaded, LoadErrorKind> {
+    let file = TensorFile::open(path)
+        .map_err(|e: ReadError| LoadErrorKind::Checkpoint(e.kind.to_string()))?;
+    let meta = file.metadata();
+    let get = |k: &str| {
+        meta.and_then(|m| m.iter().find(|(key, _)| key == k))
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    };
+    from_embedded(get("workflow"), get("prompt"), SourceKind::Safetensors)?
+        .ok_or(LoadErrorKind::NoWorkflowInCheckpoint)
+}
+
+/// Workflow text wins over prompt text (as in the frontend).
+fn from_embedded(
+    workflow: Option<&str>,
+    prompt: Option<&str>,
+    source: SourceKind,
+) -> Result<Option<Loaded>, LoadErrorKind> {
+    let (text, what) = match (workflow, prompt) {
+        (Some(w), _) => (w, "embedded workflow"),
+        (None, Some(p)) => (p, "embedded prompt"),
+        (None, None) => return Ok(None),
+    };
+    let value: Value = serde_json::from_str(text).map_err(|e| LoadErrorKind::Json {
+        what,
+        error: e.to_string(),
+    })?;
+    from_json_value(value, Some(source)).map(Some)
+}
+
+fn from_json_value(value: Value, source: Option<SourceKind>) -> Result<Loaded, LoadErrorKind> {
+    if Prompt::looks_like(&value) {
+        let prompt = Prompt::from_json(&value)?;
+        let (document, report) = document_from_prompt(&prompt, Registry::builtin());
+        return Ok(Loaded {
+            document,
+            source: source.unwrap_or(SourceKind::ApiJson),
+            from_prompt: true,
+            report,
+        });
+    }
+    let (document, report) = Document::from_json(value)?;
+    Ok(Loaded {
+        document,
+        source: source.unwrap_or(SourceKind::UiJson),
+        from_prompt: false,
+        report,
+    })
+}
+
+/// Lays an API prompt out as a document: registered nodes get their schema's slots and widget
+/// values; unknown ones get slots inferred from their links. Columns follow dependency depth.
+pub fn document_from_prompt(prompt: &Prompt, registry: &Registry) -> (Document, LoadReport) {
+    let mut doc = Document::new();
+    let mut report = LoadReport::default();
+    // Prompt ids may be strings ("12:3" inside subgraphs); give each node an integer id.
+    let mut ids: Vec<(String, NodeId)> = Vec::new();
+    let mut next = 1;
+    for (pid, _) in &prompt.nodes {
+        if let Ok(n) = pid.parse::<NodeId>()
+            && n > 0
+            && !ids.iter().any(|(_, i)| *i == n)
+        {
+            ids.push((pid.clone(), n));
+        }
+    }
+    for (pid, _) in &prompt.nodes {
+        if !ids.iter().any(|(p, _)| p == pid) {
+            while ids.iter().any(|(_, i)| *i == next) {
+                next += 1;
+            }
+            ids.push((pid.clone(), next));
+        }
+    }
+    let id_of = |pid: &str| ids.iter().find(|(p, _)| p == pid).map(|(_, i)| *i);
+
+    // Output slot counts and types that links ask of each node.
+    let mut wanted_outputs: std::collections::HashMap<&str, usize> = Default::default();
+    for (_, n) in &prompt.nodes {
+        for (_, v) in &n.inputs {
+            if let PromptInput::Link { node, slot } = v {
+                let e = wanted_outputs.entry(node.as_str()).or_default();
+                *e = (*e).max(slot + 1);
+            }
+        }
+    }
+
+    let depth = depths(prompt);
+    let mut rows: std::collections::HashMap<usize, f64> = Default::default();
+    for (pid, pnode) in &prompt.nodes {
+        let Some(id) = id_of(pid) else { continue };
+        let d = depth.get(pid.as_str()).copied().unwrap_or(0);
+        let y = rows.entry(d).or_insert(0.0);
+        let schema = registry.get(&pnode.class_type);
+        let height = 60.0 + 26.0 * schema.map_or(pnode.inputs.len(), |s| s.inputs.len()) as f64;
+        let mut node = Node::new(
+            id,
+            &pnode.class_type,
+            [d as f64 * 380.0, *y],
+            [315.0, height],
+        );
+        *y += height + 60.0;
+        node.title.clone_from(&pnode.title);
+        let mut widgets = Vec::new();
+        match schema {
+            Some(schema) => {
+                for spec in &schema.inputs {
+                    let given = pnode.input(&spec.name);
+                    let linked = matches!(given, Some(PromptInput::Link { .. }));
+                    if !spec.kind.is_widget() || linked {
+                        let mut fields = serde_json::Map::new();
+                        if spec.kind.is_widget() {
+                            fields.insert("widget".into(), json!({"name": spec.name}));
+                        }
+                        fields.insert("link".into(), Value::Null);
+                        node.inputs.push(InputSlot {
+                            name: spec.name.clone(),
+                            type_: json!(spec.kind.type_name()),
+                            link: None,
+                            fields,
+                        });
+                    }
+                    if spec.kind.is_widget() {
+                        let value = match given {
+                            Some(PromptInput::Value(v)) => v.clone(),
+                            _ => spec.kind.default_value().unwrap_or(Value::Null),
+                        };
+                        widgets.push(value);
+                        if matches!(
+                            spec.kind,
+                            crate::nodes::InputKind::Int {
+                                control_after_generate: true,
+                                ..
+                            }
+                        ) {
+                            widgets.push(json!("fixed"));
+                        }
+                    }
+                }
+                for o in &schema.outputs {
+                    node.outputs.push(output_slot(o.name, o.type_name));
+                }
+            }
+            None => {
+                for (name, v) in &pnode.inputs {
+                    match v {
+                        PromptInput::Link { .. } => node.inputs.push(InputSlot {
+                            name: name.clone(),
+                            type_: json!(types::ANY),
+                            link: None,
+                            fields: serde_json::Map::from_iter([("link".to_owned(), Value::Null)]),
+                        }),
+                        PromptInput::Value(v) => widgets.push(v.clone()),
+                    }
+                }
+                for i in 0..wanted_outputs.get(pid.as_str()).copied().unwrap_or(0) {
+                    node.outputs
+                        .push(output_slot(if i == 0 { "output" } else { "" }, types::ANY));
+                }
+            }
+        }
+        if !widgets.is_empty() {
+            node.widgets_values = Some(Value::Array(widgets));
+        }
+        doc.add_node(node);
+    }
+    for (pid, pnode) in &prompt.nodes {
+        let Some(target) = id_of(pid) else { continue };
+        for (name, v) in &pnode.inputs {
+            let PromptInput::Link { node, slot } = v else {
+                continue;
+            };
+            let Some(origin) = id_of(node) else {
+                report.issues.push(super::document::LoadIssue {
+                    node: Some(target),
+                    message: format!("input {name:?} of node {pid} links to missing node {node}; it is left unconnected"),
+                });
+                continue;
+            };
+            if doc.connect(origin, *slot, target, name).is_none() {
+                report.issues.push(super::document::LoadIssue {
+                    node: Some(target),
+                    message: format!(
+                        "input {name:?} of node {pid} links to missing output {slot} of node {node}"
+                    ),
+                });
+            }
+        }
+    }
+    (doc, report)
+}
+
+fn output_slot(name: &str, type_name: &str) -> OutputSlot {
+    OutputSlot {
+        name: name.to_owned(),
+        type_: json!(type_name),
+        links: None,
+        fields: serde_json::Map::from_iter([("links".to_owned(), Value::Null)]),
+    }
+}
+
+/// Longest path from a source to each node (cycles are cut).
+fn depths(prompt: &Prompt) -> std::collections::HashMap<&str, usize> {
+    let mut depth: std::collections::HashMap<&str, usize> = prompt
+        .nodes
+        .iter()
+        .map(|(id, _)| (id.as_str(), 0))
+        .collect();
+    // Relax at most n times: enough for any DAG, bounded for cycles.
+    for _ in 0..prompt.nodes.len() {
+        let mut changed = false;
+        for (id, n) in &prompt.nodes {
+            for (_, v) in &n.inputs {
+                if let PromptInput::Link { node, .. } = v
+                    && let Some(&d) = depth.get(node.as_str())
+                    && depth.get(id.as_str()).is_some_and(|&cur| cur < d + 1)
+                {
+                    depth.insert(id.as_str(), d + 1);
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    depth
+}

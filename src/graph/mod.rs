@@ -1,0 +1,58 @@
+//! The workflow document and its resolution into a runnable prompt.
+//!
+//! - [`document`]: ComfyUI's UI workflow, read and written losslessly.
+//! - [`prompt`]: the API prompt the backend runs.
+//! - [`load`]: reading a workflow from a PNG, UI JSON, API JSON or `.safetensors`, detected by
+//!   content; API prompts are laid out into a document.
+//! - [`resolve`]: document → prompt as the frontend's `graphToPrompt` does (mute, bypass,
+//!   reroute, primitive values, notes).
+
+pub mod document;
+pub mod load;
+pub mod prompt;
+pub mod resolve;
+
+pub use document::{Document, Link, LoadReport, Mode, Node, NodeId};
+pub use prompt::{Prompt, PromptInput, PromptNode};
+
+/// A problem attached to a node (or to the whole prompt), with ComfyUI's error type names so the
+/// canvas and the CLI can show it like ComfyUI does.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NodeError {
+    /// Prompt id of the node, `None` for prompt-wide errors.
+    pub node: Option<String>,
+    /// ComfyUI's error type (`required_input_missing`, `value_not_in_list`, …).
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub message: String,
+    pub details: String,
+}
+
+impl NodeError {
+    pub fn new(
+        node: Option<&str>,
+        kind: &str,
+        message: impl Into<String>,
+        details: impl Into<String>,
+    ) -> Self {
+        NodeError {
+            node: node.map(str::to_owned),
+            kind: kind.to_owned(),
+            message: message.into(),
+            details: details.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for NodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(n) = &self.node {
+            write!(f, "node #{n}: ")?;
+        }
+        write!(f, "{} [{}]", self.message, self.kind)?;
+        if !self.details.is_empty() {
+            write!(f, ": {}", self.details)?;
+        }
+        Ok(())
+    }
+}
