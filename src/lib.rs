@@ -11,6 +11,8 @@
 //!   JSON and checkpoints, and resolving it into an API prompt (mute, bypass, reroute, primitive).
 //! - [`nodes`]: the node registry — every node's schema and meaning in one place — and
 //!   validation of a prompt against it, with ComfyUI's error types.
+//! - [`engine`]: planning, exact f32 evaluation, streaming crash-safe writes, the background
+//!   worker and its events. Knows nothing of any UI.
 //! - [`cli`]: the command-line subcommands, thin glue over the layers.
 //!
 //! # Failures
@@ -19,6 +21,7 @@
 //! unwrapped.
 
 pub mod cli;
+pub mod engine;
 pub mod format;
 pub mod graph;
 pub mod model;

@@ -4,6 +4,7 @@
 //! errors to `main`, which prints them once with their context and exits non-zero.
 
 pub mod inspect;
+pub mod run;
 pub mod samples;
 pub mod validate;
 
@@ -73,6 +74,8 @@ pub enum Command {
     Samples(samples::SamplesArgs),
     /// Check a workflow (PNG, JSON, API prompt, .safetensors) the way ComfyUI validates a prompt.
     Validate(validate::ValidateArgs),
+    /// Run a workflow's save nodes and write the merged files.
+    Run(run::RunArgs),
 }
 
 /// Runs a parsed command line. `None` (no subcommand) is handled by `main`.
@@ -81,6 +84,7 @@ pub fn run(cli: &Cli, command: &Command) -> anyhow::Result<()> {
         Command::Inspect(args) => inspect::run(args),
         Command::Samples(args) => samples::run(&cli.folders, args),
         Command::Validate(args) => validate::run(&cli.folders, args),
+        Command::Run(args) => run::run(&cli.folders, args),
     }
 }
 

@@ -92,3 +92,99 @@ pub fn path_str(p: &Path) -> &str {
 pub fn join(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
+
+/// A tensor as the independent `safetensors` crate reads it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RefTensor {
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+impl RefTensor {
+    /// Float values widened to f32 (F16, BF16, F32).
+    pub fn f32s(&self) -> Vec<f32> {
+        match self.dtype.as_str() {
+            "F16" => self
+                .bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            "BF16" => self
+                .bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            "F32" => self
+                .bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            other => panic!("not a float tensor: {other}"),
+        }
+    }
+}
+
+/// Every tensor and the metadata of a safetensors file, read with the `safetensors` crate (not
+/// Amalgam's reader), so tests check outputs independently.
+pub fn read_reference(path: &Path) -> (HashMap<String, RefTensor>, HashMap<String, String>) {
+    let bytes = std::fs::read(path).expect("read output");
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).expect("metadata");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
+    let tensors = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let dtype = serde_json::to_value(view.dtype())
+                .expect("dtype")
+                .as_str()
+                .expect("str")
+                .to_owned();
+            (
+                name,
+                RefTensor {
+                    dtype,
+                    shape: view.shape().to_vec(),
+                    bytes: view.data().to_vec(),
+                },
+            )
+        })
+        .collect();
+    (tensors, meta.metadata().clone().unwrap_or_default())
+}
+
+/// Rounds f32 values to a dtype's bytes (round-to-nearest-even), for expected results.
+pub fn to_bytes(values: &[f32], dtype: &str) -> Vec<u8> {
+    match dtype {
+        "F16" => values
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        "BF16" => values
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect(),
+        "F32" => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        other => panic!("not a float dtype: {other}"),
+    }
+}
+
+/// ComfyUI's patch step on f32 values: `w = w * mm` when mm ≠ 1, then `w = w + s * b` when
+/// s ≠ 0 — separate multiply and add.
+pub fn patch(w: &mut [f32], mm: f64, s: f64, b: Option<&[f32]>) {
+    if mm != 1.0 {
+        let m = mm as f32;
+        for v in w.iter_mut() {
+            *v *= m;
+        }
+    }
+    if s != 0.0
+        && let Some(b) = b
+    {
+        let s = s as f32;
+        for (v, x) in w.iter_mut().zip(b) {
+            let p = s * *x;
+            *v += p;
+        }
+    }
+}

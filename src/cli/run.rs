@@ -1,0 +1,170 @@
+//! `amalgam run WORKFLOW`: validate a workflow like ComfyUI, then run its save nodes on the
+//! background worker, with a progress bar on a terminal and Ctrl+C cancelling cleanly.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde_json::json;
+
+use crate::engine::execute::clean_stray_temp_files;
+use crate::engine::worker::{Job, Worker};
+use crate::engine::{Event, Precision, SavedFile, Warning};
+use crate::graph::load::load_file;
+use crate::graph::resolve::resolve;
+use crate::nodes::Registry;
+use crate::nodes::validate::validate;
+
+use super::FolderArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// A ComfyUI workflow: PNG, workflow JSON, API prompt JSON, or a .safetensors with one embedded.
+    pub workflow: PathBuf,
+    /// Output precision of float tensors.
+    #[arg(long, value_enum, default_value_t = Precision::Keep)]
+    pub precision: Precision,
+    /// Print one JSON object instead of the saved paths.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(folders: &FolderArgs, args: &RunArgs) -> anyhow::Result<()> {
+    let folders = folders.resolve()?;
+    let loaded = load_file(&args.workflow)?;
+    let registry = Registry::builtin();
+    let validation = validate(resolve(&loaded.document, registry), registry, &folders);
+    for e in &validation.errors {
+        eprintln!("error: {e}");
+    }
+    for w in loaded
+        .report
+        .issues
+        .iter()
+        .map(|i| &i.message)
+        .chain(&validation.warnings)
+    {
+        eprintln!("warning: {w}");
+    }
+    if !validation.ok() {
+        anyhow::bail!("nothing can run in {}", args.workflow.display());
+    }
+    clean_stray_temp_files(folders.output_dir());
+
+    let mut worker = Worker::spawn(None).context("cannot start the worker thread")?;
+    let job_id = worker.submit(Job {
+        prompt: validation.prompt.clone(),
+        outputs: validation.outputs.clone(),
+        workflow: (!loaded.from_prompt).then(|| loaded.document.to_json()),
+        folders: folders.clone(),
+        precision: args.precision,
+    });
+    if let Some(flag) = worker.cancel_flag(job_id) {
+        // Only the first handler of a process can be installed; a second run in the same
+        // process (tests) simply has no Ctrl+C handling.
+        let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed));
+    }
+
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let mut warnings: Vec<Warning> = Vec::new();
+    let (outputs, seconds) = loop {
+        let (id, event) = worker
+            .events()
+            .recv()
+            .context("the worker stopped unexpectedly")?;
+        if id != job_id {
+            continue;
+        }
+        match event {
+            Event::Started { bytes_total, .. } => {
+                if let Some(b) = &bar {
+                    b.set_length(bytes_total);
+                }
+            }
+            Event::NodeStarted { node, class_type } => {
+                if let Some(b) = &bar {
+                    b.set_message(format!("#{node} {class_type}"));
+                }
+            }
+            Event::Progress(p) => {
+                if let Some(b) = &bar {
+                    b.set_position(p.bytes_done);
+                }
+            }
+            Event::Warning(w) => {
+                let line = format!("warning: {w}");
+                match &bar {
+                    Some(b) => b.println(line),
+                    None => eprintln!("{line}"),
+                }
+                warnings.push(w);
+            }
+            Event::NodeFinished { .. } => {}
+            Event::Finished { outputs, seconds } => break (outputs, seconds),
+            Event::Failed(e) => {
+                if let Some(b) = &bar {
+                    b.abandon();
+                }
+                return Err(
+                    anyhow::Error::new(e).context(format!("running {}", args.workflow.display()))
+                );
+            }
+            Event::Cancelled => {
+                if let Some(b) = &bar {
+                    b.abandon();
+                }
+                anyhow::bail!("cancelled; no partial file was left behind");
+            }
+        }
+    };
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    report(&outputs, &warnings, &validation.errors, seconds, args.json)?;
+    if validation.errors.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{} node(s) failed validation and did not run",
+            validation.errors.len()
+        )
+    }
+}
+
+fn report(
+    outputs: &[SavedFile],
+    warnings: &[Warning],
+    errors: &[crate::graph::NodeError],
+    seconds: f64,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    if as_json {
+        let j = json!({
+            "outputs": outputs.iter().map(|o| json!({"node": o.node, "path": o.path, "bytes": o.bytes, "cached": o.cached})).collect::<Vec<_>>(),
+            "warnings": warnings,
+            "errors": errors,
+            "seconds": seconds,
+        });
+        return super::emit(&(serde_json::to_string_pretty(&j)? + "\n"));
+    }
+    let mut text = String::new();
+    for o in outputs {
+        if o.cached {
+            eprintln!(
+                "note: node #{} unchanged since an earlier run; reporting its file",
+                o.node
+            );
+        }
+        text.push_str(&format!("{}\n", o.path.display()));
+    }
+    super::emit(&text)
+}

@@ -1,0 +1,331 @@
+//! Running a plan: every file's header is fixed first, then its tensors are produced in header
+//! order by a small pool of threads and streamed into the file.
+//!
+//! Memory is bounded by the window of chunks in flight (a few × 4 MiB), whatever the model size
+//! or graph depth: nothing holds a whole model or a whole output. Chunks may finish out of order;
+//! the writer keeps the few that arrive early and writes strictly in order. Cancellation is
+//! checked between chunks; a cancelled or failed file is never renamed into place, and its
+//! temporary file is deleted.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crossbeam_channel::bounded;
+
+use crate::format::safetensors::{PendingFile, WriteError};
+
+use super::kernel::{CHUNK_ELEMENTS, Scratch, produce};
+use super::naming::next_output_name;
+use super::plan::{Plan, PlannedFile, Recipe};
+use super::source::Source;
+use super::{EngineError, Event, Progress, SavedFile};
+
+/// Worker threads for evaluation: `AMALGAM_THREADS`, else the machine's cores (at most 8).
+pub fn thread_count() -> usize {
+    std::env::var("AMALGAM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get().min(8)))
+}
+
+/// Counts shared across the files of a job.
+struct Tally {
+    tensors_done: usize,
+    bytes_done: u64,
+    tensors_total: usize,
+    bytes_total: u64,
+}
+
+/// Writes every file of the plan; stops at the first error or on cancel.
+pub fn execute(
+    plan: &Plan,
+    cancel: &AtomicBool,
+    emit: &mut dyn FnMut(Event),
+) -> Result<Vec<SavedFile>, EngineError> {
+    let mut tally = Tally {
+        tensors_done: 0,
+        bytes_done: 0,
+        tensors_total: plan.tensors_total(),
+        bytes_total: plan.bytes_total(),
+    };
+    let inputs: Vec<std::path::PathBuf> = plan
+        .sources
+        .iter()
+        .map(|s| s.path.canonicalize().unwrap_or_else(|_| s.path.clone()))
+        .collect();
+    let mut saved = Vec::new();
+    for (i, file) in plan.files.iter().enumerate() {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(EngineError::Cancelled);
+        }
+        // A CLIPSave writes several files: one start and one finish per node.
+        if i == 0 || plan.files[i - 1].node != file.node {
+            emit(Event::NodeStarted {
+                node: file.node.clone(),
+                class_type: file.class_type.clone(),
+            });
+        }
+        saved.push(write_one(plan, file, &inputs, cancel, &mut tally, emit)?);
+        if plan
+            .files
+            .get(i + 1)
+            .is_none_or(|next| next.node != file.node)
+        {
+            emit(Event::NodeFinished {
+                node: file.node.clone(),
+            });
+        }
+    }
+    Ok(saved)
+}
+
+fn write_one(
+    plan: &Plan,
+    file: &PlannedFile,
+    inputs: &[std::path::PathBuf],
+    cancel: &AtomicBool,
+    tally: &mut Tally,
+    emit: &mut dyn FnMut(Event),
+) -> Result<SavedFile, EngineError> {
+    let node = file.node.clone();
+    let specs: Vec<_> = file.tensors.iter().map(|t| t.spec.clone()).collect();
+    // Name the file now (not at queue time) so jobs queued together count up correctly; retry
+    // if another writer takes the name first.
+    let mut attempt = 0;
+    let mut pending = loop {
+        let name = next_output_name(&file.prefix, &plan.output_dir).map_err(|source| {
+            EngineError::Naming {
+                node: node.clone(),
+                source,
+            }
+        })?;
+        std::fs::create_dir_all(&name.folder).map_err(|e| EngineError::Write {
+            node: node.clone(),
+            source: WriteError::Io {
+                path: name.folder.clone(),
+                source: e,
+            },
+        })?;
+        let path = name.path();
+        let canonical_dir = name.folder.canonicalize().unwrap_or(name.folder.clone());
+        if inputs
+            .iter()
+            .any(|i| *i == canonical_dir.join(name.file_name()))
+        {
+            return Err(EngineError::OutputIsInput { node, path });
+        }
+        let mut metadata = file.metadata.clone();
+        if file.modelspec_title {
+            let at = metadata
+                .iter()
+                .position(|(k, _)| k == "modelspec.implementation")
+                .map_or(metadata.len(), |i| i + 1);
+            metadata.insert(
+                at,
+                (
+                    "modelspec.title".into(),
+                    format!("{} {}", name.filename, name.counter),
+                ),
+            );
+        }
+        match PendingFile::create(&path, &specs, &metadata) {
+            Ok(p) => break p,
+            Err(WriteError::Exists { .. }) if attempt < 100 => attempt += 1,
+            Err(source) => return Err(EngineError::Write { node, source }),
+        }
+    };
+    write_tensors(file, &plan.sources, &mut pending, cancel, &mut |index| {
+        let t = &file.tensors[index];
+        tally.tensors_done += 1;
+        tally.bytes_done += t.spec.byte_len().unwrap_or(0);
+        emit(Event::Progress(Progress {
+            tensors_done: tally.tensors_done,
+            tensors_total: tally.tensors_total,
+            bytes_done: tally.bytes_done,
+            bytes_total: tally.bytes_total,
+            current_key: t.spec.name.clone(),
+        }));
+    })?;
+    let path = pending.final_path().to_owned();
+    let bytes = pending.finish().map_err(|source| EngineError::Write {
+        node: node.clone(),
+        source,
+    })?;
+    Ok(SavedFile {
+        node,
+        path,
+        bytes,
+        cached: false,
+    })
+}
+
+/// One unit of work: a chunk of one tensor.
+#[derive(Clone, Copy)]
+struct Task {
+    tensor: usize,
+    start: usize,
+    len: usize,
+    last_of_tensor: bool,
+}
+
+fn tasks_for(file: &PlannedFile) -> Vec<Task> {
+    let mut tasks = Vec::new();
+    for (i, t) in file.tensors.iter().enumerate() {
+        let numel = match &t.recipe {
+            Recipe::Bytes(_) => 0,
+            _ => t.spec.shape.iter().product(),
+        };
+        if numel == 0 {
+            tasks.push(Task {
+                tensor: i,
+                start: 0,
+                len: 0,
+                last_of_tensor: true,
+            });
+            continue;
+        }
+        let mut start = 0;
+        while start < numel {
+            let len = CHUNK_ELEMENTS.min(numel - start);
+            tasks.push(Task {
+                tensor: i,
+                start,
+                len,
+                last_of_tensor: start + len == numel,
+            });
+            start += len;
+        }
+    }
+    tasks
+}
+
+fn write_tensors(
+    file: &PlannedFile,
+    sources: &[Arc<Source>],
+    pending: &mut PendingFile,
+    cancel: &AtomicBool,
+    on_tensor: &mut dyn FnMut(usize),
+) -> Result<(), EngineError> {
+    let tasks = tasks_for(file);
+    let threads = thread_count();
+    // Chunks in flight at most: enough to keep every thread busy while the writer works.
+    let window = 3 * threads + 1;
+    let node = file.node.clone();
+    std::thread::scope(|scope| -> Result<(), EngineError> {
+        let (task_tx, task_rx) = bounded::<usize>(window);
+        let (result_tx, result_rx) = bounded::<(usize, Result<Vec<u8>, String>)>(window);
+        let (pool_tx, pool_rx) = bounded::<Vec<u8>>(window);
+        for i in 0..threads {
+            let (task_rx, result_tx, pool_rx) =
+                (task_rx.clone(), result_tx.clone(), pool_rx.clone());
+            let tasks = &tasks;
+            std::thread::Builder::new()
+                .name(format!("amalgam-eval-{i}"))
+                .spawn_scoped(scope, move || {
+                    let mut scratch = Scratch::default();
+                    for seq in task_rx {
+                        let t = tasks[seq];
+                        let mut buf = pool_rx.try_recv().unwrap_or_default();
+                        buf.clear();
+                        let r = produce(
+                            &file.tensors[t.tensor].recipe,
+                            t.start,
+                            t.len,
+                            sources,
+                            &mut scratch,
+                            &mut buf,
+                        )
+                        .map(|()| buf);
+                        if result_tx.send((seq, r)).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .map_err(EngineError::Threads)?;
+        }
+        drop(result_tx);
+        let mut next_send = 0;
+        while next_send < tasks.len().min(window) {
+            let _ = task_tx.send(next_send);
+            next_send += 1;
+        }
+        let mut early: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
+        let mut next_write = 0;
+        while next_write < tasks.len() {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(EngineError::Cancelled);
+            }
+            let (seq, result) = match result_rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(r) => r,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    return Err(EngineError::Compute {
+                        node,
+                        key: String::new(),
+                        message: "evaluation threads stopped".into(),
+                    });
+                }
+            };
+            let bytes = result.map_err(|message| EngineError::Compute {
+                node: node.clone(),
+                key: file.tensors[tasks[seq].tensor].spec.name.clone(),
+                message,
+            })?;
+            early.insert(seq, bytes);
+            while let Some(buf) = early.remove(&next_write) {
+                pending.write(&buf).map_err(|source| EngineError::Write {
+                    node: node.clone(),
+                    source,
+                })?;
+                let _ = pool_tx.try_send(buf);
+                let t = tasks[next_write];
+                if t.last_of_tensor {
+                    on_tensor(t.tensor);
+                }
+                next_write += 1;
+                if next_send < tasks.len() {
+                    let _ = task_tx.send(next_send);
+                    next_send += 1;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// How long a temporary file must have been left untouched before it counts as stray: a save in
+/// progress (perhaps by another Amalgam process) writes to its file continuously.
+pub const STRAY_AFTER: Duration = Duration::from_secs(600);
+
+/// Removes temporary files left by a crash (a normal cancel or error leaves none) below `dir`.
+pub fn clean_stray_temp_files(dir: &Path) -> usize {
+    let now = std::time::SystemTime::now();
+    let mut removed = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let name = e.file_name();
+            if p.is_dir() && !p.is_symlink() {
+                stack.push(p);
+            } else if name
+                .to_string_lossy()
+                .starts_with(crate::format::safetensors::TEMP_PREFIX)
+                && e.metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|m| now.duration_since(m).unwrap_or_default() >= STRAY_AFTER)
+                && std::fs::remove_file(&p).is_ok()
+            {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}

@@ -1,0 +1,162 @@
+//! The merge engine: plan, evaluate, write — streaming, exact, cancellable.
+//!
+//! - [`plan`]: a validated prompt becomes lazy per-key expressions and, for every output file,
+//!   its full list of tensors and metadata, before any tensor is computed.
+//! - [`kernel`]: f32 evaluation of one chunk of one tensor, ComfyUI's exact operation order, one
+//!   final rounding.
+//! - [`execute`]: tensors are produced in header order on a small pool of threads, with a bounded
+//!   number of chunks in flight, and streamed into a temporary file that is synced and renamed
+//!   into place (never over an existing file).
+//! - [`naming`]: ComfyUI's output names and counters; nothing is written outside the output folder.
+//! - [`cache`]: an identical re-queue on unchanged inputs reports the earlier file instead of
+//!   writing a duplicate, as long as that file still exists.
+//! - [`worker`]: the background thread (`amalgam-worker`) that runs jobs one after another and
+//!   reports [`Event`]s over a channel; the one shared object per job is its cancel flag.
+//!
+//! The engine knows nothing of egui; the GUI and the CLI are both clients of [`worker::Worker`].
+
+pub mod cache;
+pub mod execute;
+pub mod kernel;
+pub mod naming;
+pub mod plan;
+pub mod source;
+pub mod worker;
+
+use std::path::PathBuf;
+
+/// Output precision of float tensors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Precision {
+    /// Each tensor keeps the stored dtype of the first input's tensor; inputs are used as stored.
+    #[default]
+    Keep,
+    /// Inputs are rounded to fp16 first (ComfyUI's usual load dtype on a GPU), results are fp16.
+    Fp16,
+    /// Inputs are rounded to bf16 first, results are bf16.
+    Bf16,
+    /// Inputs as stored, results in fp32 (ComfyUI's `--force-fp32` for the UNet).
+    Fp32,
+}
+
+impl Precision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Keep => "keep",
+            Precision::Fp16 => "fp16",
+            Precision::Bf16 => "bf16",
+            Precision::Fp32 => "fp32",
+        }
+    }
+}
+
+/// Something the user should know about a run that did not stop it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Warning {
+    pub node: Option<String>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(n) = &self.node {
+            write!(f, "node #{n}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Why a job failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("node #{node} ({class_type}): {message}")]
+    Node {
+        node: String,
+        class_type: String,
+        message: String,
+    },
+    #[error("node #{node}: {source}")]
+    Read {
+        node: String,
+        source: crate::format::ReadError,
+    },
+    #[error("node #{node}: {source}")]
+    Naming {
+        node: String,
+        source: naming::NamingError,
+    },
+    #[error("node #{node}: {source}")]
+    Write {
+        node: String,
+        source: crate::format::safetensors::WriteError,
+    },
+    #[error("node #{node}: tensor {key:?}: {message}")]
+    Compute {
+        node: String,
+        key: String,
+        message: String,
+    },
+    #[error("node #{node}: refusing to write {}: it is one of this job's input files", path.display())]
+    OutputIsInput { node: String, path: PathBuf },
+    #[error("cannot start worker threads: {0}")]
+    Threads(std::io::Error),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// A file a job produced (or found already produced).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SavedFile {
+    pub node: String,
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// True when an identical earlier run's file was reported instead of writing a new one.
+    pub cached: bool,
+}
+
+/// Progress of a running job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Progress {
+    pub tensors_done: usize,
+    pub tensors_total: usize,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub current_key: String,
+}
+
+/// What a job reports, in order: `Started`, then node/progress/warning events, then exactly one
+/// of `Finished`, `Failed` or `Cancelled`.
+#[derive(Debug)]
+pub enum Event {
+    Started {
+        tensors_total: usize,
+        bytes_total: u64,
+        files: usize,
+    },
+    NodeStarted {
+        node: String,
+        class_type: String,
+    },
+    NodeFinished {
+        node: String,
+    },
+    Progress(Progress),
+    Warning(Warning),
+    Finished {
+        outputs: Vec<SavedFile>,
+        seconds: f64,
+    },
+    Failed(EngineError),
+    Cancelled,
+}
+
+impl Event {
+    /// Whether this is the last event of its job.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            Event::Finished { .. } | Event::Failed(_) | Event::Cancelled
+        )
+    }
+}

@@ -1,0 +1,959 @@
+//! From a validated prompt to a plan: every output file's tensors (names, dtypes, shapes, in
+//! write order) and, per tensor, the recipe that produces its bytes — before any tensor is
+//! computed.
+//!
+//! MODEL and CLIP values are lazy, as in ComfyUI (`add_patches`): a base checkpoint plus an
+//! ordered list of patches, each holding the other model's value (itself lazy) and the
+//! `(strength_patch, strength_model)` rule of the node that made it. Planning a key walks that
+//! chain once and records, per patch, whether it multiplies (`mm ≠ 1`) and whether it adds
+//! (`s ≠ 0` and the shapes match — a mismatch is reported and only the multiply applies, the
+//! quirk the inpaint add-difference recipe relies on). Evaluation then needs no decisions.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::format::DType;
+use crate::format::pyjson;
+use crate::format::safetensors::TensorSpec;
+use crate::graph::{Prompt, PromptInput};
+use crate::model::ModelFolders;
+use crate::model::arch::{Architecture, Prediction, Variant};
+use crate::model::components::{Component, SaveFate, keys_added_on_save, save_fate};
+use crate::nodes::{MergeRule, MergeTarget, Operation, Registry};
+
+use super::source::{Source, clip_save_key, vae_save_prefix};
+use super::{EngineError, Precision, Warning};
+
+/// A tensor of an input file: where its bytes are and how they are stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Leaf {
+    /// Index into [`Plan::sources`].
+    pub source: usize,
+    pub offset: u64,
+    pub dtype: DType,
+    pub numel: usize,
+}
+
+/// One patch applied to a running f32 weight: `w *= mm` (when `mm ≠ 1`), then `w += s * sub`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    /// `strength_model`, applied when it is not 1.
+    pub mm: Option<f32>,
+    /// `strength_patch` and the other model's value, when it is added.
+    pub add: Option<(f32, Expr)>,
+}
+
+/// A lazily evaluated weight: a base tensor and the steps applied to it, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Expr {
+    pub leaf: Leaf,
+    pub steps: Vec<Step>,
+}
+
+impl Expr {
+    /// Depth of nested expressions (scratch buffers needed to evaluate).
+    pub fn depth(&self) -> usize {
+        1 + self
+            .steps
+            .iter()
+            .filter_map(|s| s.add.as_ref().map(|(_, e)| e.depth()))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// How one output tensor's bytes are produced.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Recipe {
+    /// The input bytes unchanged.
+    Copy(Leaf),
+    /// Evaluate in f32, then round once to `out`. `round_inputs` rounds every input value to
+    /// that dtype first (ComfyUI's load dtype).
+    Compute {
+        expr: Expr,
+        out: DType,
+        round_inputs: Option<DType>,
+    },
+    /// Fixed bytes (markers, re-created `position_ids`).
+    Bytes(Arc<[u8]>),
+}
+
+/// One tensor of an output file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedTensor {
+    pub spec: TensorSpec,
+    pub recipe: Recipe,
+}
+
+/// What kind of save made a file (decides metadata).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaveKind {
+    Checkpoint,
+    Model,
+    Clip,
+    Vae,
+}
+
+/// One file to write.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedFile {
+    /// Prompt id of the save node.
+    pub node: String,
+    pub class_type: String,
+    pub kind: SaveKind,
+    /// `filename_prefix` as given (substituted and numbered at write time).
+    pub prefix: String,
+    /// Tensors in write order (safetensors' order: dtype descending, then name).
+    pub tensors: Vec<PlannedTensor>,
+    /// Metadata except the `modelspec.title`, which needs the final name.
+    pub metadata: Vec<(String, String)>,
+    /// Whether to add `modelspec.title = "<name> <counter>"`.
+    pub modelspec_title: bool,
+}
+
+impl PlannedFile {
+    pub fn data_bytes(&self) -> u64 {
+        self.tensors.iter().filter_map(|t| t.spec.byte_len()).sum()
+    }
+}
+
+/// Everything a job will write.
+#[derive(Debug)]
+pub struct Plan {
+    pub sources: Vec<Arc<Source>>,
+    pub files: Vec<PlannedFile>,
+    pub warnings: Vec<Warning>,
+    pub output_dir: PathBuf,
+}
+
+impl Plan {
+    pub fn tensors_total(&self) -> usize {
+        self.files.iter().map(|f| f.tensors.len()).sum()
+    }
+    pub fn bytes_total(&self) -> u64 {
+        self.files.iter().map(PlannedFile::data_bytes).sum()
+    }
+}
+
+/// Per-key `(strength_patch, strength_model)` of a merge.
+#[derive(Clone, Debug, PartialEq)]
+enum Rule {
+    Fixed {
+        s: f64,
+        mm: f64,
+    },
+    /// Ratios by block-name prefix, in the prompt's input order; the first is the default.
+    Blocks(Vec<(String, f64)>),
+}
+
+impl Rule {
+    fn strengths(&self, key: &str) -> (f64, f64) {
+        match self {
+            Rule::Fixed { s, mm } => (*s, *mm),
+            Rule::Blocks(ratios) => {
+                let mut ratio = ratios.first().map_or(1.0, |r| r.1);
+                let mut longest = 0;
+                for (prefix, r) in ratios {
+                    if key.starts_with(prefix.as_str()) && prefix.len() > longest {
+                        ratio = *r;
+                        longest = prefix.len();
+                    }
+                }
+                (1.0 - ratio, ratio)
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Patch {
+    node: String,
+    other: Weights,
+    rule: Rule,
+}
+
+/// Model sampling set by a ModelSampling node.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SamplingOverride {
+    Discrete {
+        sampling: String,
+        zsnr: bool,
+    },
+    ContinuousEdm {
+        sampling: String,
+        sigma_max: f64,
+        sigma_min: f64,
+    },
+}
+
+/// A MODEL or CLIP value.
+#[derive(Clone, Debug)]
+struct Weights {
+    source: usize,
+    component: Component,
+    patches: Vec<Arc<Patch>>,
+    sampling: Option<SamplingOverride>,
+}
+
+#[derive(Clone, Debug)]
+enum NodeValue {
+    Weights(Weights),
+    Vae(usize),
+}
+
+struct Planner<'a> {
+    prompt: &'a Prompt,
+    registry: &'a Registry,
+    folders: &'a ModelFolders,
+    precision: Precision,
+    sources: Vec<Arc<Source>>,
+    by_path: HashMap<(PathBuf, bool), usize>,
+    values: HashMap<String, Vec<NodeValue>>,
+    warnings: Vec<Warning>,
+    workflow: Option<&'a Value>,
+}
+
+/// Builds the plan for the given output nodes of a validated prompt. `workflow` is the UI
+/// workflow to embed (when the job came from one).
+pub fn build(
+    prompt: &Prompt,
+    outputs: &[String],
+    workflow: Option<&Value>,
+    folders: &ModelFolders,
+    precision: Precision,
+) -> Result<Plan, EngineError> {
+    let mut p = Planner {
+        prompt,
+        registry: Registry::builtin(),
+        folders,
+        precision,
+        sources: Vec::new(),
+        by_path: HashMap::new(),
+        values: HashMap::new(),
+        warnings: Vec::new(),
+        workflow,
+    };
+    let mut files = Vec::new();
+    for id in outputs {
+        files.extend(p.save_node(id)?);
+    }
+    Ok(Plan {
+        sources: p.sources,
+        files,
+        warnings: p.warnings,
+        output_dir: folders.output_dir().to_owned(),
+    })
+}
+
+fn node_err(node: &str, class_type: &str, message: impl Into<String>) -> EngineError {
+    EngineError::Node {
+        node: node.to_owned(),
+        class_type: class_type.to_owned(),
+        message: message.into(),
+    }
+}
+
+impl Planner<'_> {
+    fn node(
+        &self,
+        id: &str,
+    ) -> Result<(&crate::graph::PromptNode, &crate::nodes::NodeSchema), EngineError> {
+        let n = self
+            .prompt
+            .get(id)
+            .ok_or_else(|| node_err(id, "?", "node is not in the prompt"))?;
+        let s = self
+            .registry
+            .get(&n.class_type)
+            .ok_or_else(|| node_err(id, &n.class_type, "node type is not supported"))?;
+        Ok((n, s))
+    }
+
+    fn literal(&self, id: &str, name: &str) -> Result<Value, EngineError> {
+        let (n, _) = self.node(id)?;
+        match n.input(name) {
+            Some(PromptInput::Value(v)) => Ok(v.clone()),
+            _ => Err(node_err(
+                id,
+                &n.class_type,
+                format!("input {name:?} has no value"),
+            )),
+        }
+    }
+
+    fn number(&self, id: &str, name: &str) -> Result<f64, EngineError> {
+        let v = self.literal(id, name)?;
+        v.as_f64()
+            .ok_or_else(|| node_err(id, "", format!("input {name:?} is not a number")))
+    }
+
+    fn string(&self, id: &str, name: &str) -> Result<String, EngineError> {
+        Ok(pyjson::py_str(&self.literal(id, name)?))
+    }
+
+    /// The value an input is linked to.
+    fn input(&mut self, id: &str, name: &str) -> Result<NodeValue, EngineError> {
+        let (n, _) = self.node(id)?;
+        let class_type = n.class_type.clone();
+        let Some(PromptInput::Link { node, slot }) = n.input(name).cloned() else {
+            return Err(node_err(
+                id,
+                &class_type,
+                format!("input {name:?} is not connected"),
+            ));
+        };
+        let outs = self.evaluate(&node)?;
+        outs.get(slot).cloned().ok_or_else(|| {
+            node_err(
+                id,
+                &class_type,
+                format!("input {name:?}: node #{node} has no output {slot}"),
+            )
+        })
+    }
+
+    fn weights(&mut self, id: &str, name: &str) -> Result<Weights, EngineError> {
+        match self.input(id, name)? {
+            NodeValue::Weights(w) => Ok(w),
+            NodeValue::Vae(_) => Err(node_err(
+                id,
+                "",
+                format!("input {name:?} is a VAE, not a MODEL or CLIP"),
+            )),
+        }
+    }
+
+    fn open(
+        &mut self,
+        id: &str,
+        class_type: &str,
+        kind: &'static str,
+        name: &str,
+        vae_only: bool,
+    ) -> Result<usize, EngineError> {
+        let path = self.folders.resolve(kind, name).ok_or_else(|| {
+            node_err(
+                id,
+                class_type,
+                format!("Model in folder '{kind}' with filename '{name}' not found."),
+            )
+        })?;
+        let canonical = path.canonicalize().unwrap_or(path.clone());
+        if let Some(&i) = self.by_path.get(&(canonical.clone(), vae_only)) {
+            return Ok(i);
+        }
+        let source = if vae_only {
+            Source::open_vae(&path)
+        } else {
+            Source::open_checkpoint(&path)
+        }
+        .map_err(|e| EngineError::Read {
+            node: id.to_owned(),
+            source: e,
+        })?;
+        self.sources.push(Arc::new(source));
+        let i = self.sources.len() - 1;
+        self.by_path.insert((canonical, vae_only), i);
+        Ok(i)
+    }
+
+    /// Evaluates a (non-save) node into its output values, once.
+    fn evaluate(&mut self, id: &str) -> Result<Vec<NodeValue>, EngineError> {
+        if let Some(v) = self.values.get(id) {
+            return Ok(v.clone());
+        }
+        let (n, schema) = self.node(id)?;
+        let class_type = n.class_type.clone();
+        let op = schema.operation.clone();
+        let out = match op {
+            Operation::LoadCheckpoint => {
+                let name = self.string(id, "ckpt_name")?;
+                let s = self.open(id, &class_type, "checkpoints", &name, false)?;
+                if self.sources[s].keys(Component::Model).is_empty() {
+                    return Err(node_err(
+                        id,
+                        &class_type,
+                        format!(
+                            "ERROR: Could not detect model type of: {}",
+                            self.sources[s].path.display()
+                        ),
+                    ));
+                }
+                let w = |component| {
+                    NodeValue::Weights(Weights {
+                        source: s,
+                        component,
+                        patches: Vec::new(),
+                        sampling: None,
+                    })
+                };
+                vec![w(Component::Model), w(Component::Clip), NodeValue::Vae(s)]
+            }
+            Operation::LoadVae => {
+                let name = self.string(id, "vae_name")?;
+                let s = self.open(id, &class_type, "vae", &name, true)?;
+                if self.sources[s].keys(Component::Vae).is_empty() {
+                    return Err(node_err(
+                        id,
+                        &class_type,
+                        format!(
+                            "{} has no VAE weights (encoder.*/decoder.* keys)",
+                            self.sources[s].path.display()
+                        ),
+                    ));
+                }
+                vec![NodeValue::Vae(s)]
+            }
+            Operation::Merge { target, rule } => {
+                let (a, b) = match target {
+                    MergeTarget::Model => ("model1", "model2"),
+                    MergeTarget::Clip => ("clip1", "clip2"),
+                };
+                let mut base = self.weights(id, a)?;
+                let other = self.weights(id, b)?;
+                let rule = match rule {
+                    MergeRule::Simple => {
+                        let ratio = self.number(id, "ratio")?;
+                        Rule::Fixed {
+                            s: 1.0 - ratio,
+                            mm: ratio,
+                        }
+                    }
+                    MergeRule::Subtract => {
+                        let m = self.number(id, "multiplier")?;
+                        Rule::Fixed { s: -m, mm: m }
+                    }
+                    MergeRule::Add => Rule::Fixed { s: 1.0, mm: 1.0 },
+                    MergeRule::Blocks => {
+                        // kwargs order: the prompt's input order, links excluded.
+                        let (n, _) = self.node(id)?;
+                        let ratios = n
+                            .inputs
+                            .iter()
+                            .filter_map(|(k, v)| match v {
+                                PromptInput::Value(v) => v.as_f64().map(|r| (k.clone(), r)),
+                                PromptInput::Link { .. } => None,
+                            })
+                            .collect();
+                        Rule::Blocks(ratios)
+                    }
+                };
+                self.report_unmatched(id, &class_type, &base, &other);
+                base.patches.push(Arc::new(Patch {
+                    node: id.to_owned(),
+                    other,
+                    rule,
+                }));
+                vec![NodeValue::Weights(base)]
+            }
+            Operation::ModelSamplingDiscrete => {
+                let mut m = self.weights(id, "model")?;
+                let sampling = self.string(id, "sampling")?;
+                let zsnr = self.literal(id, "zsnr")?.as_bool().unwrap_or(false);
+                m.sampling = Some(SamplingOverride::Discrete { sampling, zsnr });
+                vec![NodeValue::Weights(m)]
+            }
+            Operation::ModelSamplingContinuousEdm => {
+                let mut m = self.weights(id, "model")?;
+                m.sampling = Some(SamplingOverride::ContinuousEdm {
+                    sampling: self.string(id, "sampling")?,
+                    sigma_max: self.number(id, "sigma_max")?,
+                    sigma_min: self.number(id, "sigma_min")?,
+                });
+                vec![NodeValue::Weights(m)]
+            }
+            Operation::LoadLora { .. } => {
+                return Err(node_err(
+                    id,
+                    &class_type,
+                    "baking LoRAs is not implemented yet",
+                ));
+            }
+            Operation::SaveCheckpoint
+            | Operation::SaveModel
+            | Operation::SaveClip
+            | Operation::SaveVae
+            | Operation::Unsupported(_)
+            | Operation::Virtual => {
+                return Err(node_err(
+                    id,
+                    &class_type,
+                    "this node has no outputs to link from",
+                ));
+            }
+        };
+        self.values.insert(id.to_owned(), out.clone());
+        Ok(out)
+    }
+
+    /// Keys of model2 that model1 lacks are ignored, as in ComfyUI; say how many.
+    fn report_unmatched(&mut self, id: &str, class_type: &str, base: &Weights, other: &Weights) {
+        let a = &self.sources[base.source];
+        let b = &self.sources[other.source];
+        let unmatched = b
+            .keys(other.component)
+            .iter()
+            .filter(|k| a.get(base.component, k).is_none())
+            .count();
+        if unmatched > 0 {
+            self.warnings.push(Warning {
+                node: Some(id.to_owned()),
+                key: None,
+                message: format!(
+                    "{class_type}: {unmatched} {} key(s) of the second input are not in the first and are ignored",
+                    base.component.as_str()
+                ),
+            });
+        }
+    }
+
+    fn leaf(&self, source: usize, component: Component, key: &str) -> Option<(Leaf, Vec<usize>)> {
+        let t = self.sources[source].get(component, key)?;
+        Some((
+            Leaf {
+                source,
+                offset: t.offset,
+                dtype: t.dtype,
+                numel: t.numel(),
+            },
+            t.shape.clone(),
+        ))
+    }
+
+    /// The lazy expression of `key` in `w`, with the mismatch warnings it implies.
+    fn expr(&mut self, w: &Weights, key: &str) -> Option<(Expr, Vec<usize>)> {
+        let (leaf, shape) = self.leaf(w.source, w.component, key)?;
+        let mut steps = Vec::new();
+        for p in &w.patches {
+            if w.component == Component::Clip
+                && (key.ends_with(".position_ids") || key.ends_with(".logit_scale"))
+            {
+                continue;
+            }
+            if self.sources[p.other.source]
+                .get(p.other.component, key)
+                .is_none()
+            {
+                continue;
+            }
+            let (s, mm) = p.rule.strengths(key);
+            let mm = (mm != 1.0).then_some(mm as f32);
+            let mut add = None;
+            if s != 0.0 {
+                let Some((sub, sub_shape)) = self.expr(&p.other, key) else {
+                    continue;
+                };
+                if sub_shape == shape {
+                    add = Some((s as f32, sub));
+                } else {
+                    self.warnings.push(Warning {
+                        node: Some(p.node.clone()),
+                        key: Some(key.to_owned()),
+                        message: format!(
+                            "SHAPE MISMATCH {key} WEIGHT NOT MERGED {sub_shape:?} != {shape:?}{}",
+                            if mm.is_some() {
+                                " (the first input is still scaled)"
+                            } else {
+                                ""
+                            }
+                        ),
+                    });
+                }
+            }
+            if mm.is_some() || add.is_some() {
+                steps.push(Step { mm, add });
+            }
+        }
+        Some((Expr { leaf, steps }, shape))
+    }
+
+    /// The recipe for a weight under the precision setting.
+    fn recipe(
+        &mut self,
+        node: &str,
+        w: &Weights,
+        key: &str,
+    ) -> Option<(Recipe, DType, Vec<usize>)> {
+        let (expr, shape) = self.expr(w, key)?;
+        let stored = expr.leaf.dtype;
+        if !stored.is_mergeable() {
+            if !expr.steps.is_empty() {
+                self.warnings.push(Warning {
+                    node: Some(node.to_owned()),
+                    key: Some(key.to_owned()),
+                    message: format!("{key} is {stored}, which Amalgam does not merge; the first input's value is kept"),
+                });
+            }
+            return Some((Recipe::Copy(expr.leaf), stored, shape));
+        }
+        Some(self.float_recipe(expr, shape))
+    }
+
+    fn float_recipe(&self, expr: Expr, shape: Vec<usize>) -> (Recipe, DType, Vec<usize>) {
+        let stored = expr.leaf.dtype;
+        let (out, round_inputs) = match self.precision {
+            Precision::Keep => (stored, None),
+            Precision::Fp32 => (DType::F32, None),
+            Precision::Fp16 => (DType::F16, Some(DType::F16)),
+            Precision::Bf16 => (DType::BF16, Some(DType::BF16)),
+        };
+        let inputs_unchanged = round_inputs.is_none_or(|r| r == stored);
+        if expr.steps.is_empty() && out == stored && inputs_unchanged {
+            return (Recipe::Copy(expr.leaf), out, shape);
+        }
+        (
+            Recipe::Compute {
+                expr,
+                out,
+                round_inputs,
+            },
+            out,
+            shape,
+        )
+    }
+
+    fn save_node(&mut self, id: &str) -> Result<Vec<PlannedFile>, EngineError> {
+        let (n, schema) = self.node(id)?;
+        let class_type = n.class_type.clone();
+        let op = schema.operation.clone();
+        let prefix = self.string(id, "filename_prefix")?;
+        let mut metadata = Vec::new();
+        let mut tensors: Vec<PlannedTensor> = Vec::new();
+        let mut modelspec_title = false;
+        let kind = match op {
+            Operation::SaveCheckpoint | Operation::SaveModel => {
+                let model = self.weights(id, "model")?;
+                let arch = self.sources[model.source].architecture();
+                self.model_tensors(id, &model, &mut tensors);
+                if op == Operation::SaveCheckpoint {
+                    let clip = self.weights(id, "clip")?;
+                    self.clip_tensors(id, &clip, arch, &mut tensors);
+                    let NodeValue::Vae(vae) = self.input(id, "vae")? else {
+                        return Err(node_err(id, &class_type, "input \"vae\" is not a VAE"));
+                    };
+                    self.vae_tensors(vae, vae_save_prefix(arch), &mut tensors);
+                }
+                modelspec_title = self.model_metadata(&model, &mut metadata, &mut tensors);
+                if op == Operation::SaveCheckpoint {
+                    SaveKind::Checkpoint
+                } else {
+                    SaveKind::Model
+                }
+            }
+            Operation::SaveVae => {
+                let NodeValue::Vae(vae) = self.input(id, "vae")? else {
+                    return Err(node_err(id, &class_type, "input \"vae\" is not a VAE"));
+                };
+                self.vae_tensors(vae, "", &mut tensors);
+                SaveKind::Vae
+            }
+            Operation::SaveClip => {
+                let clip = self.weights(id, "clip")?;
+                return self.clip_files(id, &clip, &prefix);
+            }
+            _ => return Err(node_err(id, &class_type, "not a save node")),
+        };
+        self.prompt_metadata(kind, &mut metadata);
+        sort_for_writing(&mut tensors);
+        Ok(vec![PlannedFile {
+            node: id.to_owned(),
+            class_type,
+            kind,
+            prefix,
+            tensors,
+            metadata,
+            modelspec_title,
+        }])
+    }
+
+    fn model_tensors(&mut self, id: &str, model: &Weights, out: &mut Vec<PlannedTensor>) {
+        let keys = self.sources[model.source].keys(Component::Model).to_vec();
+        for key in keys {
+            if let Some((recipe, dtype, shape)) = self.recipe(id, model, &key) {
+                out.push(PlannedTensor {
+                    spec: TensorSpec::new(format!("model.diffusion_model.{key}"), dtype, &shape),
+                    recipe,
+                });
+            }
+        }
+    }
+
+    fn clip_tensors(
+        &mut self,
+        id: &str,
+        clip: &Weights,
+        arch: Architecture,
+        out: &mut Vec<PlannedTensor>,
+    ) {
+        let keys = self.sources[clip.source].keys(Component::Clip).to_vec();
+        let mut unplaced = 0;
+        for key in keys {
+            let Some(name) = clip_save_key(arch, &key) else {
+                unplaced += 1;
+                continue;
+            };
+            if save_fate(arch, &name, "model.diffusion_model.") == SaveFate::Drop {
+                continue;
+            }
+            if let Some((recipe, dtype, shape)) = self.recipe(id, clip, &key) {
+                out.push(PlannedTensor {
+                    spec: TensorSpec::new(name, dtype, &shape),
+                    recipe,
+                });
+            }
+        }
+        if unplaced > 0 {
+            self.warnings.push(Warning {
+                node: Some(id.to_owned()),
+                key: None,
+                message: format!(
+                    "{unplaced} CLIP key(s) have no place in a {} checkpoint and are not saved",
+                    arch.as_str()
+                ),
+            });
+        }
+        for added in keys_added_on_save(arch) {
+            if out.iter().any(|t| t.spec.name == added.name) {
+                continue;
+            }
+            let bytes: Vec<u8> = (0..added.arange_len as i64)
+                .flat_map(i64::to_le_bytes)
+                .collect();
+            out.push(PlannedTensor {
+                spec: TensorSpec::new(added.name, DType::I64, &[1, added.arange_len]),
+                recipe: Recipe::Bytes(bytes.into()),
+            });
+        }
+    }
+
+    fn vae_tensors(&mut self, vae: usize, prefix: &str, out: &mut Vec<PlannedTensor>) {
+        let keys = self.sources[vae].keys(Component::Vae).to_vec();
+        for key in keys {
+            let Some((leaf, shape)) = self.leaf(vae, Component::Vae, &key) else {
+                continue;
+            };
+            let (recipe, dtype, shape) = if leaf.dtype.is_mergeable() {
+                self.float_recipe(
+                    Expr {
+                        leaf,
+                        steps: Vec::new(),
+                    },
+                    shape,
+                )
+            } else {
+                let d = leaf.dtype;
+                (Recipe::Copy(leaf), d, shape)
+            };
+            out.push(PlannedTensor {
+                spec: TensorSpec::new(format!("{prefix}{key}"), dtype, &shape),
+                recipe,
+            });
+        }
+    }
+
+    /// `modelspec.*` and prediction markers (reference §2.2). Returns whether a title is due.
+    fn model_metadata(
+        &mut self,
+        model: &Weights,
+        meta: &mut Vec<(String, String)>,
+        out: &mut Vec<PlannedTensor>,
+    ) -> bool {
+        let src = Arc::clone(&self.sources[model.source]);
+        let d = &src.detection;
+        let spec = match d.architecture {
+            Architecture::Sdxl if d.variant == Some(Variant::InstructPix2Pix) => {
+                Some("stable-diffusion-xl-v1-edit")
+            }
+            Architecture::Sdxl => Some("stable-diffusion-xl-v1-base"),
+            Architecture::SdxlRefiner => Some("stable-diffusion-xl-v1-refiner"),
+            Architecture::Sd3 => Some("stable-diffusion-v3-medium"),
+            _ => None,
+        };
+        if let Some(a) = spec {
+            meta.push(("modelspec.architecture".into(), a.into()));
+            meta.push(("modelspec.sai_model_spec".into(), "1.0.0".into()));
+            meta.push(("modelspec.implementation".into(), "sgm".into()));
+        }
+        let marker = |name: &str| PlannedTensor {
+            spec: TensorSpec::new(name, DType::F32, &[0]),
+            recipe: Recipe::Bytes(Arc::from(Vec::new())),
+        };
+        let scalar = |name: &str, v: f32| PlannedTensor {
+            spec: TensorSpec::new(name, DType::F32, &[]),
+            recipe: Recipe::Bytes(Arc::from(v.to_le_bytes().to_vec())),
+        };
+        // EDM v-prediction: from a ModelSamplingContinuousEDM node, or kept from the input.
+        match &model.sampling {
+            Some(SamplingOverride::ContinuousEdm {
+                sampling,
+                sigma_max,
+                sigma_min,
+            }) if sampling == "v_prediction" => {
+                out.push(scalar("edm_vpred.sigma_max", *sigma_max as f32));
+                out.push(scalar("edm_vpred.sigma_min", *sigma_min as f32));
+            }
+            Some(SamplingOverride::ContinuousEdm { .. }) => {}
+            _ if d.prediction == Prediction::EdmV => {
+                for name in ["edm_vpred.sigma_max", "edm_vpred.sigma_min"] {
+                    if let Some(t) = src.file.get(name) {
+                        out.push(PlannedTensor {
+                            spec: TensorSpec::new(name, t.dtype, &t.shape),
+                            recipe: Recipe::Copy(Leaf {
+                                source: model.source,
+                                offset: t.offset,
+                                dtype: t.dtype,
+                                numel: t.numel(),
+                            }),
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+        match d.prediction {
+            Prediction::Eps => meta.push(("modelspec.predict_key".into(), "epsilon".into())),
+            Prediction::V => {
+                meta.push(("modelspec.predict_key".into(), "v".into()));
+                out.push(marker("v_pred"));
+                let zsnr = match &model.sampling {
+                    Some(SamplingOverride::Discrete { zsnr, .. }) => *zsnr,
+                    _ => d.zsnr,
+                };
+                if zsnr {
+                    out.push(marker("ztsnr"));
+                }
+            }
+            _ => {}
+        }
+        spec.is_some()
+    }
+
+    /// `prompt` and `workflow` as ComfyUI's json.dumps writes them.
+    fn prompt_metadata(&self, kind: SaveKind, meta: &mut Vec<(String, String)>) {
+        if kind == SaveKind::Clip {
+            meta.push(("format".into(), "pt".into()));
+        }
+        meta.push(("prompt".into(), pyjson::dumps(&self.prompt.to_json())));
+        if let Some(w) = self.workflow {
+            meta.push(("workflow".into(), pyjson::dumps(w)));
+        }
+    }
+
+    /// CLIPSave: one file per text encoder, keys without the encoder prefix and `transformer.`.
+    fn clip_files(
+        &mut self,
+        id: &str,
+        clip: &Weights,
+        prefix: &str,
+    ) -> Result<Vec<PlannedFile>, EngineError> {
+        const GROUPS: [&str; 11] = [
+            "clip_l.",
+            "clip_g.",
+            "clip_h.",
+            "t5xxl.",
+            "pile_t5xl.",
+            "mt5xl.",
+            "umt5xxl.",
+            "t5base.",
+            "gemma2_2b.",
+            "llama.",
+            "hydit_clip.",
+        ];
+        let keys = self.sources[clip.source].keys(Component::Clip).to_vec();
+        let mut groups: Vec<(String, Vec<PlannedTensor>)> = Vec::new();
+        for key in keys {
+            let group = GROUPS
+                .iter()
+                .find(|g| key.starts_with(*g))
+                .copied()
+                .unwrap_or("");
+            let rest = &key[group.len()..];
+            let name = rest.strip_prefix("transformer.").unwrap_or(rest).to_owned();
+            if name.ends_with("position_ids") {
+                continue;
+            }
+            let Some((recipe, dtype, shape)) = self.recipe(id, clip, &key) else {
+                continue;
+            };
+            let label = group.trim_end_matches('.').to_owned();
+            let t = PlannedTensor {
+                spec: TensorSpec::new(name, dtype, &shape),
+                recipe,
+            };
+            match groups.iter_mut().find(|(g, _)| *g == label) {
+                Some((_, v)) => v.push(t),
+                None => groups.push((label, vec![t])),
+            }
+        }
+        if groups.iter().any(|(g, _)| g == "clip_g" || g == "clip_h") {
+            self.warnings.push(Warning {
+                node: Some(id.to_owned()),
+                key: None,
+                message: "CLIPSave writes OpenCLIP text encoders (clip_g/clip_h) in their checkpoint layout; ComfyUI converts them to Hugging Face names".into(),
+            });
+        }
+        let order = |g: &str| {
+            GROUPS
+                .iter()
+                .position(|x| x.trim_end_matches('.') == g)
+                .unwrap_or(GROUPS.len())
+        };
+        groups.sort_by_key(|(g, _)| order(g));
+        let mut metadata = Vec::new();
+        self.prompt_metadata(SaveKind::Clip, &mut metadata);
+        Ok(groups
+            .into_iter()
+            .map(|(g, mut tensors)| {
+                sort_for_writing(&mut tensors);
+                PlannedFile {
+                    node: id.to_owned(),
+                    class_type: "CLIPSave".into(),
+                    kind: SaveKind::Clip,
+                    prefix: if g.is_empty() {
+                        prefix.to_owned()
+                    } else {
+                        format!("{prefix}_{g}")
+                    },
+                    tensors,
+                    metadata: metadata.clone(),
+                    modelspec_title: false,
+                }
+            })
+            .collect())
+    }
+}
+
+/// safetensors' serialisation order: dtype descending (in its enum order), then name.
+pub fn sort_for_writing(tensors: &mut [PlannedTensor]) {
+    tensors.sort_by(|a, b| {
+        b.spec
+            .dtype
+            .cmp(&a.spec.dtype)
+            .then_with(|| a.spec.name.cmp(&b.spec.name))
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_rule_takes_the_longest_prefix_and_the_first_as_default() {
+        let r = Rule::Blocks(vec![
+            ("time_embed.".into(), 0.1),
+            ("input_blocks.1.".into(), 0.2),
+            ("input_blocks.10.".into(), 0.3),
+            ("out".into(), 0.4),
+            ("output_blocks.".into(), 0.5),
+        ]);
+        assert_eq!(r.strengths("input_blocks.1.0.weight"), (1.0 - 0.2, 0.2));
+        assert_eq!(r.strengths("input_blocks.10.0.weight"), (1.0 - 0.3, 0.3));
+        assert_eq!(r.strengths("output_blocks.3.0.weight"), (1.0 - 0.5, 0.5));
+        assert_eq!(r.strengths("out.2.weight"), (1.0 - 0.4, 0.4));
+        // No match: the first ratio, not 1.0.
+        assert_eq!(r.strengths("label_emb.0.0.weight"), (1.0 - 0.1, 0.1));
+    }
+}
