@@ -13,6 +13,8 @@
 //!   validation of a prompt against it, with ComfyUI's error types.
 //! - [`engine`]: planning, exact f32 evaluation, streaming crash-safe writes, the background
 //!   worker and its events. Knows nothing of any UI.
+//! - [`ui`]: the desktop app (eframe + egui_node_graph2): canvas, queue, output browser. It
+//!   drives the engine through its worker and never touches tensors.
 //! - [`cli`]: the command-line subcommands, thin glue over the layers.
 //!
 //! # Failures
@@ -26,6 +28,7 @@ pub mod format;
 pub mod graph;
 pub mod model;
 pub mod nodes;
+pub mod ui;
 
 /// Version string with the git revision and build date embedded by `build.rs`.
 pub const VERSION: &str = concat!(

@@ -99,18 +99,4 @@ pub fn emit(text: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Formats a byte count for people (`2.13 GB`).
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1000.0 && unit + 1 < UNITS.len() {
-        v /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.2} {}", UNITS[unit])
-    }
-}
+pub use crate::model::report::human_bytes;

@@ -26,7 +26,19 @@ pub mod worker;
 use std::path::PathBuf;
 
 /// Output precision of float tensors.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// Each tensor keeps the stored dtype of the first input's tensor; inputs are used as stored.
     #[default]

@@ -1,0 +1,821 @@
+//! The node canvas: egui_node_graph2 driven by thin adapter types over the node registry and the
+//! workflow document.
+//!
+//! The [`Document`] stays the source of truth: the editor state is rebuilt from it whenever it
+//! changes as a whole (load, undo, mute), and every edit made on the canvas — connect,
+//! disconnect, delete, move, widget value, new node — is applied back to the document as an
+//! [`Edit`], which is what gets saved, undone and executed.
+//!
+//! egui_node_graph2 zooms by rescaling stored node positions about the canvas centre. The canvas
+//! tracks that affine map (`screen-space position = zoom · document position + shift`) so
+//! document positions only ever change when the user moves a node, never when they zoom.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use egui::{Color32, Pos2, Vec2};
+use egui_node_graph2 as eng;
+use serde_json::{Value, json};
+
+use crate::graph::document::{InputSlot, Mode, OutputSlot};
+use crate::graph::{Document, NodeId};
+use crate::nodes::{Choices, InputKind, NodeSchema, Operation, Registry};
+
+/// A link type; `*` (reroutes) connects to anything.
+#[derive(Clone, Debug, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SlotType(pub String);
+
+impl PartialEq for SlotType {
+    // egui_node_graph2 decides which ports may connect with `==`; ComfyUI's `*` matches all types.
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0 || self.0 == "*" || other.0 == "*"
+    }
+}
+
+/// ComfyUI's slot colours.
+pub fn type_color(t: &str) -> Color32 {
+    match t {
+        "MODEL" => Color32::from_rgb(0xb3, 0x9d, 0xdb),
+        "CLIP" => Color32::from_rgb(0xff, 0xd5, 0x00),
+        "VAE" => Color32::from_rgb(0xff, 0x6e, 0x6e),
+        "LATENT" => Color32::from_rgb(0xff, 0x9c, 0xf9),
+        "IMAGE" => Color32::from_rgb(0x64, 0xb5, 0xf6),
+        "CONDITIONING" => Color32::from_rgb(0xff, 0xa9, 0x31),
+        "MASK" => Color32::from_rgb(0x81, 0xc7, 0x84),
+        "CLIP_VISION" => Color32::from_rgb(0xa8, 0xda, 0xdc),
+        "FLOAT" | "INT" => Color32::from_rgb(0xaa, 0xee, 0x88),
+        _ => Color32::from_gray(0xa0),
+    }
+}
+
+/// What the canvas needs to draw nodes: model lists for combos, per-node state.
+#[derive(Default)]
+pub struct CanvasState {
+    /// Files per model folder kind, for COMBO widgets.
+    pub models: HashMap<&'static str, Vec<String>>,
+    /// Validation errors per document node.
+    pub errors: HashMap<NodeId, Vec<String>>,
+    /// The node the running job is at.
+    pub running: Option<NodeId>,
+}
+
+/// An editable widget value, bound to its document node and `widgets_values` position.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct WidgetValue {
+    pub node: NodeId,
+    pub index: usize,
+    pub value: Value,
+    #[serde(skip)]
+    pub kind: Option<InputKind>,
+}
+
+/// Node data: which document node this editor node shows.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct CanvasNode {
+    pub doc_id: NodeId,
+    pub class_type: String,
+    pub known: bool,
+    pub mode: i64,
+    /// Unknown nodes: their values, shown read-only.
+    pub values: Vec<String>,
+}
+
+/// Edits the canvas asks of the document.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CanvasResponse {
+    SetWidget {
+        node: NodeId,
+        index: usize,
+        value: Value,
+    },
+}
+
+impl eng::UserResponseTrait for CanvasResponse {}
+
+/// A registry node type, as offered by the node finder.
+#[derive(Clone, Copy, Debug)]
+pub struct Template(pub &'static NodeSchema);
+
+/// All node types for the finder.
+pub struct AllTemplates;
+
+impl eng::NodeTemplateIter for AllTemplates {
+    type Item = Template;
+    fn all_kinds(&self) -> Vec<Template> {
+        Registry::builtin().all().map(Template).collect()
+    }
+}
+
+pub type EditorState =
+    eng::GraphEditorState<CanvasNode, SlotType, WidgetValue, Template, CanvasState>;
+type Graph = eng::Graph<CanvasNode, SlotType, WidgetValue>;
+
+impl eng::DataTypeTrait<CanvasState> for SlotType {
+    fn data_type_color(&self, _: &mut CanvasState) -> Color32 {
+        type_color(&self.0)
+    }
+    fn name(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.0)
+    }
+}
+
+impl eng::NodeTemplateTrait for Template {
+    type NodeData = CanvasNode;
+    type DataType = SlotType;
+    type ValueType = WidgetValue;
+    type UserState = CanvasState;
+    type CategoryType = &'static str;
+
+    fn node_finder_label(&self, _: &mut CanvasState) -> Cow<'_, str> {
+        Cow::Borrowed(self.0.display_name)
+    }
+    fn node_finder_categories(&self, _: &mut CanvasState) -> Vec<&'static str> {
+        vec![self.0.category]
+    }
+    fn node_graph_label(&self, _: &mut CanvasState) -> String {
+        self.0.display_name.to_owned()
+    }
+    fn user_data(&self, _: &mut CanvasState) -> CanvasNode {
+        // The document id is assigned when the canvas applies the CreatedNode response.
+        CanvasNode {
+            doc_id: 0,
+            class_type: self.0.class_type.to_owned(),
+            known: true,
+            mode: 0,
+            values: Vec::new(),
+        }
+    }
+    fn build_node(&self, graph: &mut Graph, _: &mut CanvasState, node_id: eng::NodeId) {
+        let node = new_document_node(self.0, 0, [0.0, 0.0]);
+        add_params(graph, node_id, &node, Some(self.0));
+    }
+}
+
+impl eng::WidgetValueTrait for WidgetValue {
+    type Response = CanvasResponse;
+    type UserState = CanvasState;
+    type NodeData = CanvasNode;
+
+    fn value_widget(
+        &mut self,
+        name: &str,
+        _: eng::NodeId,
+        ui: &mut egui::Ui,
+        state: &mut CanvasState,
+        _: &CanvasNode,
+    ) -> Vec<CanvasResponse> {
+        let before = self.value.clone();
+        ui.horizontal(|ui| {
+            ui.label(name);
+            match &self.kind {
+                Some(InputKind::Float { min, max, step, .. }) => {
+                    let mut v = self.value.as_f64().unwrap_or(0.0);
+                    let slider = egui::Slider::new(&mut v, *min..=*max)
+                        .step_by(*step)
+                        .max_decimals(17);
+                    if ui.add(slider).changed() {
+                        self.value = json!(v);
+                    }
+                }
+                Some(InputKind::Int { min, max, .. }) => {
+                    let mut v = self.value.as_i64().unwrap_or(0);
+                    if ui
+                        .add(egui::DragValue::new(&mut v).range(*min..=*max))
+                        .changed()
+                    {
+                        self.value = json!(v);
+                    }
+                }
+                Some(InputKind::Boolean { .. }) => {
+                    let mut v = self.value.as_bool().unwrap_or(false);
+                    if ui.checkbox(&mut v, "").changed() {
+                        self.value = json!(v);
+                    }
+                }
+                Some(InputKind::String { .. }) => {
+                    let mut s = self.value.as_str().unwrap_or_default().to_owned();
+                    if ui
+                        .add(egui::TextEdit::singleline(&mut s).desired_width(120.0))
+                        .changed()
+                    {
+                        self.value = json!(s);
+                    }
+                }
+                Some(InputKind::Combo(choices)) => {
+                    let options: Vec<String> = match choices {
+                        Choices::Fixed(c) => c.iter().map(|s| (*s).to_owned()).collect(),
+                        Choices::ModelFolder(kind) => {
+                            state.models.get(kind).cloned().unwrap_or_default()
+                        }
+                    };
+                    let current = self.value.as_str().unwrap_or_default().to_owned();
+                    let shown = if current.is_empty() {
+                        "(none)".to_owned()
+                    } else {
+                        current.clone()
+                    };
+                    egui::ComboBox::from_id_salt((self.node, self.index))
+                        .selected_text(shown)
+                        .width(120.0)
+                        .show_ui(ui, |ui| {
+                            // A searchable list: long model folders are common.
+                            let search_id = egui::Id::new(("combo-search", self.node, self.index));
+                            let mut query: String =
+                                ui.data(|d| d.get_temp(search_id)).unwrap_or_default();
+                            ui.text_edit_singleline(&mut query);
+                            let q = query.to_lowercase();
+                            for o in options.iter().filter(|o| o.to_lowercase().contains(&q)) {
+                                if ui.selectable_label(*o == current, o).clicked() {
+                                    self.value = json!(o);
+                                }
+                            }
+                            if !current.is_empty() && !options.contains(&current) {
+                                ui.colored_label(
+                                    Color32::LIGHT_RED,
+                                    format!("{current} (missing)"),
+                                );
+                            }
+                            ui.data_mut(|d| d.insert_temp(search_id, query));
+                        });
+                }
+                Some(InputKind::Link(_)) | None => {
+                    ui.label(crate::format::pyjson::py_str(&self.value));
+                }
+            }
+        });
+        if self.value == before {
+            Vec::new()
+        } else {
+            vec![CanvasResponse::SetWidget {
+                node: self.node,
+                index: self.index,
+                value: self.value.clone(),
+            }]
+        }
+    }
+}
+
+impl eng::NodeDataTrait for CanvasNode {
+    type Response = CanvasResponse;
+    type UserState = CanvasState;
+    type DataType = SlotType;
+    type ValueType = WidgetValue;
+
+    fn bottom_ui(
+        &self,
+        ui: &mut egui::Ui,
+        node_id: eng::NodeId,
+        graph: &Graph,
+        state: &mut CanvasState,
+    ) -> Vec<eng::NodeResponse<CanvasResponse, CanvasNode>> {
+        if !self.known {
+            ui.colored_label(Color32::GRAY, "kept, not run");
+            for v in &self.values {
+                ui.colored_label(Color32::GRAY, v);
+            }
+        }
+        match Mode::from_i64(self.mode) {
+            Mode::Never => {
+                ui.colored_label(Color32::GRAY, "muted");
+            }
+            Mode::Bypass => {
+                ui.colored_label(Color32::from_rgb(0xd0, 0x9c, 0xff), "bypassed");
+            }
+            _ => {}
+        }
+        // Which side a ratio favours: ComfyUI's ratio 1.0 keeps the first input.
+        if let Some(ratio) = graph[node_id]
+            .inputs
+            .iter()
+            .find(|(n, _)| n == "ratio")
+            .and_then(|(_, id)| graph[*id].value.value.as_f64())
+        {
+            let (a, b) = if self.class_type.starts_with("CLIP") {
+                ("clip1", "clip2")
+            } else {
+                ("model1", "model2")
+            };
+            ui.label(format!("{a} ◀ {ratio:.2} ▶ {b}"));
+            let (rect, _) = ui.allocate_exact_size(Vec2::new(150.0, 6.0), egui::Sense::hover());
+            ui.painter().rect_filled(rect, 2.0, Color32::from_gray(60));
+            let mut left = rect;
+            left.set_width(rect.width() * ratio.clamp(0.0, 1.0) as f32);
+            ui.painter().rect_filled(
+                left,
+                2.0,
+                type_color(if a == "clip1" { "CLIP" } else { "MODEL" }),
+            );
+        }
+        if let Some(errors) = state.errors.get(&self.doc_id) {
+            for e in errors {
+                ui.colored_label(Color32::from_rgb(0xff, 0x80, 0x80), e);
+            }
+        }
+        Vec::new()
+    }
+
+    fn titlebar_color(
+        &self,
+        _: &egui::Ui,
+        _: eng::NodeId,
+        _: &Graph,
+        state: &mut CanvasState,
+    ) -> Option<Color32> {
+        if state.errors.contains_key(&self.doc_id) {
+            return Some(Color32::from_rgb(0x8b, 0x1e, 0x1e));
+        }
+        if state.running == Some(self.doc_id) {
+            return Some(Color32::from_rgb(0x2e, 0x7d, 0x32));
+        }
+        match Mode::from_i64(self.mode) {
+            Mode::Never => Some(Color32::from_gray(0x30)),
+            Mode::Bypass => Some(Color32::from_rgb(0x6a, 0x2c, 0x91)),
+            _ if !self.known => Some(Color32::from_gray(0x50)),
+            _ => None,
+        }
+    }
+}
+
+/// A new document node of a registered type, with its slots and default widget values.
+pub fn new_document_node(schema: &NodeSchema, id: NodeId, pos: [f64; 2]) -> crate::graph::Node {
+    let mut node = crate::graph::Node::new(
+        id,
+        schema.class_type,
+        pos,
+        [315.0, 60.0 + 26.0 * schema.inputs.len() as f64],
+    );
+    let mut widgets = Vec::new();
+    for spec in &schema.inputs {
+        match &spec.kind {
+            InputKind::Link(t) => node.inputs.push(InputSlot {
+                name: spec.name.clone(),
+                type_: json!(t),
+                link: None,
+                fields: serde_json::Map::from_iter([("link".to_owned(), Value::Null)]),
+            }),
+            kind => {
+                widgets.push(kind.default_value().unwrap_or(Value::Null));
+                if matches!(
+                    kind,
+                    InputKind::Int {
+                        control_after_generate: true,
+                        ..
+                    }
+                ) {
+                    widgets.push(json!("fixed"));
+                }
+            }
+        }
+    }
+    for o in &schema.outputs {
+        node.outputs.push(OutputSlot {
+            name: o.name.to_owned(),
+            type_: json!(o.type_name),
+            links: Some(Vec::new()),
+            fields: serde_json::Map::new(),
+        });
+    }
+    if !widgets.is_empty() {
+        node.widgets_values = Some(Value::Array(widgets));
+    }
+    node
+}
+
+/// Adds the editor parameters of a document node: link inputs as ports, widgets inline (a
+/// widget converted to an input in the document gets a port too), outputs as ports.
+fn add_params(
+    graph: &mut Graph,
+    id: eng::NodeId,
+    node: &crate::graph::Node,
+    schema: Option<&NodeSchema>,
+) {
+    let doc_id = node.id;
+    match schema {
+        Some(schema) if !schema.is_virtual() || schema.class_type == "Reroute" => {
+            let values = node.widget_values();
+            let slots = schema.widget_slots();
+            for spec in &schema.inputs {
+                if spec.kind.is_widget() {
+                    let (pos, _) = slots
+                        .iter()
+                        .find(|(_, s)| s.name == spec.name)
+                        .copied()
+                        .unwrap_or((0, spec));
+                    let value = values
+                        .get(pos)
+                        .cloned()
+                        .or_else(|| spec.kind.default_value())
+                        .unwrap_or(Value::Null);
+                    let converted = node
+                        .inputs
+                        .iter()
+                        .any(|i| i.widget_name() == Some(&spec.name));
+                    let kind = if converted {
+                        eng::InputParamKind::ConnectionOrConstant
+                    } else {
+                        eng::InputParamKind::ConstantOnly
+                    };
+                    graph.add_input_param(
+                        id,
+                        spec.name.clone(),
+                        SlotType(spec.kind.type_name().to_owned()),
+                        WidgetValue {
+                            node: doc_id,
+                            index: pos,
+                            value,
+                            kind: Some(spec.kind.clone()),
+                        },
+                        kind,
+                        true,
+                    );
+                } else {
+                    let type_name = node
+                        .inputs
+                        .iter()
+                        .find(|i| i.name == spec.name)
+                        .map_or(spec.kind.type_name(), |i| i.type_name())
+                        .to_owned();
+                    graph.add_input_param(
+                        id,
+                        spec.name.clone(),
+                        SlotType(type_name),
+                        WidgetValue::default(),
+                        eng::InputParamKind::ConnectionOnly,
+                        true,
+                    );
+                }
+            }
+        }
+        _ => {
+            // Unknown (and frontend-only) nodes: every document input is a port.
+            for i in &node.inputs {
+                graph.add_input_param(
+                    id,
+                    i.name.clone(),
+                    SlotType(i.type_name().to_owned()),
+                    WidgetValue::default(),
+                    eng::InputParamKind::ConnectionOnly,
+                    true,
+                );
+            }
+        }
+    }
+    for o in &node.outputs {
+        graph.add_output_param(id, o.name.clone(), SlotType(o.type_name().to_owned()));
+    }
+    if schema.is_some_and(|s| s.class_type == "Reroute") && node.outputs.is_empty() {
+        graph.add_output_param(id, String::new(), SlotType("*".into()));
+    }
+}
+
+/// Maps editor ids to document ids and tracks the zoom transform.
+pub struct Canvas {
+    pub editor: EditorState,
+    pub state: CanvasState,
+    to_doc: HashMap<eng::NodeId, NodeId>,
+    to_editor: HashMap<NodeId, eng::NodeId>,
+    /// Editor position = zoom · document position + shift.
+    shift: Vec2,
+    last_zoom: f32,
+}
+
+impl Default for Canvas {
+    fn default() -> Self {
+        let mut editor = EditorState::new(1.0);
+        // Leave a margin so the first nodes do not touch the panel edges.
+        editor.pan_zoom.pan = Vec2::new(40.0, 40.0);
+        Canvas {
+            editor,
+            state: CanvasState::default(),
+            to_doc: HashMap::new(),
+            to_editor: HashMap::new(),
+            shift: Vec2::ZERO,
+            last_zoom: 1.0,
+        }
+    }
+}
+
+/// A change to the document, made on the canvas.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Edit {
+    Connect {
+        origin: NodeId,
+        slot: usize,
+        target: NodeId,
+        input: String,
+    },
+    Disconnect {
+        target: NodeId,
+        input: String,
+    },
+    Delete(NodeId),
+    Move {
+        node: NodeId,
+        pos: [f64; 2],
+    },
+    Widget {
+        node: NodeId,
+        index: usize,
+        value: Value,
+    },
+    Create {
+        class_type: &'static str,
+        editor_id: eng::NodeId,
+        pos: [f64; 2],
+    },
+}
+
+impl Canvas {
+    /// Rebuilds the editor from the document, keeping the view (pan, zoom) and the selection.
+    pub fn rebuild(&mut self, doc: &Document) {
+        let selected: Vec<NodeId> = self
+            .editor
+            .selected_nodes
+            .iter()
+            .filter_map(|e| self.to_doc.get(e).copied())
+            .collect();
+        let pan_zoom = self.editor.pan_zoom.clone();
+        self.editor = EditorState::default();
+        self.editor.pan_zoom = pan_zoom;
+        self.to_doc.clear();
+        self.to_editor.clear();
+        let registry = Registry::builtin();
+        for node in &doc.nodes {
+            let schema = registry.get(&node.type_);
+            let known = schema
+                .is_some_and(|s| s.operation != Operation::Virtual || s.class_type == "Reroute");
+            let values = if known {
+                Vec::new()
+            } else {
+                node.widget_values()
+                    .iter()
+                    .map(crate::format::pyjson::py_str)
+                    .collect()
+            };
+            let data = CanvasNode {
+                doc_id: node.id,
+                class_type: node.type_.clone(),
+                known,
+                mode: node.mode.as_i64(),
+                values,
+            };
+            let label = node.title.clone().unwrap_or_else(|| {
+                schema.map_or(node.type_.clone(), |s| s.display_name.to_owned())
+            });
+            let id = self
+                .editor
+                .graph
+                .add_node(label, data, |g, id| add_params(g, id, node, schema));
+            let [x, y] = node.pos.get().unwrap_or([0.0, 0.0]);
+            let p =
+                Pos2::new(x as f32, y as f32).to_vec2() * self.editor.pan_zoom.zoom + self.shift;
+            self.editor.node_positions.insert(id, p.to_pos2());
+            self.editor.node_order.push(id);
+            self.to_doc.insert(id, node.id);
+            self.to_editor.insert(node.id, id);
+        }
+        for link in &doc.links {
+            let (Some(&o), Some(&t)) = (
+                self.to_editor.get(&link.origin_id),
+                self.to_editor.get(&link.target_id),
+            ) else {
+                continue;
+            };
+            let Some(input_name) = doc
+                .node(link.target_id)
+                .and_then(|n| n.inputs.get(link.target_slot))
+                .map(|i| i.widget_name().unwrap_or(&i.name).to_owned())
+            else {
+                continue;
+            };
+            let (Some(out), Some(inp)) = (
+                self.editor.graph[o]
+                    .outputs
+                    .get(link.origin_slot)
+                    .map(|(_, id)| *id),
+                self.editor.graph[t]
+                    .inputs
+                    .iter()
+                    .find(|(n, _)| *n == input_name)
+                    .map(|(_, id)| *id),
+            ) else {
+                continue;
+            };
+            self.editor.graph.add_connection(out, inp, 0);
+        }
+        self.editor.selected_nodes = selected
+            .iter()
+            .filter_map(|d| self.to_editor.get(d).copied())
+            .collect();
+        self.last_zoom = self.editor.pan_zoom.zoom;
+    }
+
+    /// Document position of an editor position.
+    fn to_doc_pos(&self, p: Pos2) -> [f64; 2] {
+        let z = self.editor.pan_zoom.zoom;
+        let w = (p.to_vec2() - self.shift) / z;
+        [f64::from(w.x.round()), f64::from(w.y.round())]
+    }
+
+    /// The document ids of the selected nodes.
+    pub fn selected(&self) -> Vec<NodeId> {
+        self.editor
+            .selected_nodes
+            .iter()
+            .filter_map(|e| self.to_doc.get(e).copied())
+            .collect()
+    }
+
+    /// Selects every node.
+    pub fn select_all(&mut self) {
+        self.editor.selected_nodes = self.editor.graph.iter_nodes().collect();
+    }
+
+    pub fn editor_id(&self, doc_id: NodeId) -> Option<eng::NodeId> {
+        self.to_editor.get(&doc_id).copied()
+    }
+
+    /// Draws the canvas and returns the document edits it made.
+    pub fn show(&mut self, ui: &mut egui::Ui) -> Vec<Edit> {
+        let response = self
+            .editor
+            .draw_graph_editor(ui, AllTemplates, &mut self.state, Vec::new());
+        // Follow the library's zoom: it rescales positions about the canvas centre.
+        let zoom = self.editor.pan_zoom.zoom;
+        if (zoom - self.last_zoom).abs() > f32::EPSILON {
+            let dz = zoom / self.last_zoom;
+            let centre = self.editor.pan_zoom.clip_rect.size() / 2.0 - self.editor.pan_zoom.pan;
+            self.shift = (self.shift - centre) * dz + centre;
+            self.last_zoom = zoom;
+        }
+        let mut edits = Vec::new();
+        let mut moved = Vec::new();
+        for r in response.node_responses {
+            match r {
+                eng::NodeResponse::ConnectEventEnded { output, input, .. } => {
+                    let out_node = self.editor.graph[output].node;
+                    let in_node = self.editor.graph[input].node;
+                    let slot = self.editor.graph[out_node]
+                        .outputs
+                        .iter()
+                        .position(|(_, id)| *id == output);
+                    let name = self.editor.graph[in_node]
+                        .inputs
+                        .iter()
+                        .find(|(_, id)| *id == input)
+                        .map(|(n, _)| n.clone());
+                    if let (Some(&origin), Some(&target), Some(slot), Some(name)) = (
+                        self.to_doc.get(&out_node),
+                        self.to_doc.get(&in_node),
+                        slot,
+                        name,
+                    ) {
+                        edits.push(Edit::Connect {
+                            origin,
+                            slot,
+                            target,
+                            input: name,
+                        });
+                    }
+                }
+                eng::NodeResponse::DisconnectEvent { input, .. } => {
+                    let in_node = self.editor.graph[input].node;
+                    let name = self.editor.graph[in_node]
+                        .inputs
+                        .iter()
+                        .find(|(_, id)| *id == input)
+                        .map(|(n, _)| n.clone());
+                    if let (Some(&target), Some(input)) = (self.to_doc.get(&in_node), name) {
+                        edits.push(Edit::Disconnect { target, input });
+                    }
+                }
+                eng::NodeResponse::DeleteNodeFull { node_id, .. } => {
+                    if let Some(doc_id) = self.to_doc.remove(&node_id) {
+                        self.to_editor.remove(&doc_id);
+                        edits.push(Edit::Delete(doc_id));
+                    }
+                }
+                eng::NodeResponse::MoveNode { node, .. } => {
+                    moved.push(node);
+                    if self.editor.selected_nodes.contains(&node) {
+                        moved.extend(self.editor.selected_nodes.iter().copied());
+                    }
+                }
+                eng::NodeResponse::CreatedNode(id) => {
+                    let class = self.editor.graph[id].user_data.class_type.clone();
+                    if let Some(schema) = Registry::builtin().get(&class) {
+                        let pos = self.to_doc_pos(self.editor.node_positions[id]);
+                        edits.push(Edit::Create {
+                            class_type: schema.class_type,
+                            editor_id: id,
+                            pos,
+                        });
+                    }
+                }
+                eng::NodeResponse::User(CanvasResponse::SetWidget { node, index, value }) => {
+                    edits.push(Edit::Widget { node, index, value });
+                }
+                _ => {}
+            }
+        }
+        moved.sort_unstable();
+        moved.dedup();
+        for id in moved {
+            if let (Some(&doc_id), Some(&p)) =
+                (self.to_doc.get(&id), self.editor.node_positions.get(id))
+            {
+                edits.push(Edit::Move {
+                    node: doc_id,
+                    pos: self.to_doc_pos(p),
+                });
+            }
+        }
+        edits
+    }
+
+    /// Binds a node the user created from the finder to its new document node.
+    pub fn bind_created(&mut self, editor_id: eng::NodeId, doc_id: NodeId) {
+        if let Some(n) = self.editor.graph.nodes.get_mut(editor_id) {
+            n.user_data.doc_id = doc_id;
+            let inputs: Vec<eng::InputId> = n.inputs.iter().map(|(_, id)| *id).collect();
+            for i in inputs {
+                self.editor.graph.inputs[i].value.node = doc_id;
+            }
+        }
+        self.to_doc.insert(editor_id, doc_id);
+        self.to_editor.insert(doc_id, editor_id);
+    }
+}
+
+/// Applies a canvas edit to the document. Returns false when it no longer applies.
+pub fn apply(doc: &mut Document, edit: &Edit) -> bool {
+    match edit {
+        Edit::Connect {
+            origin,
+            slot,
+            target,
+            input,
+        } => {
+            // A converted widget input that the document does not list yet gets its slot now.
+            if let Some(n) = doc.node_mut(*target)
+                && !n
+                    .inputs
+                    .iter()
+                    .any(|i| i.name == *input || i.widget_name() == Some(input))
+            {
+                n.inputs.push(InputSlot {
+                    name: input.clone(),
+                    type_: json!("*"),
+                    link: None,
+                    fields: serde_json::Map::from_iter([(
+                        "widget".to_owned(),
+                        json!({"name": input}),
+                    )]),
+                });
+            }
+            let name = doc
+                .node(*target)
+                .and_then(|n| {
+                    n.inputs
+                        .iter()
+                        .find(|i| i.name == *input || i.widget_name() == Some(input))
+                })
+                .map(|i| i.name.clone());
+            name.is_some_and(|name| doc.connect(*origin, *slot, *target, &name).is_some())
+        }
+        Edit::Disconnect { target, input } => {
+            let link = doc
+                .node(*target)
+                .and_then(|n| {
+                    n.inputs
+                        .iter()
+                        .find(|i| i.name == *input || i.widget_name() == Some(input))
+                })
+                .and_then(|i| i.link);
+            if let Some(l) = link {
+                doc.remove_link(l);
+            }
+            link.is_some()
+        }
+        Edit::Delete(id) => {
+            let links: Vec<i64> = doc
+                .links
+                .iter()
+                .filter(|l| l.origin_id == *id || l.target_id == *id)
+                .map(|l| l.id)
+                .collect();
+            for l in links {
+                doc.remove_link(l);
+            }
+            let before = doc.nodes.len();
+            doc.nodes.retain(|n| n.id != *id);
+            doc.nodes.len() != before
+        }
+        Edit::Move { node, pos } => doc.node_mut(*node).map(|n| n.pos.set(*pos)).is_some(),
+        Edit::Widget { node, index, value } => doc
+            .node_mut(*node)
+            .map(|n| n.set_widget_value(*index, value.clone()))
+            .is_some(),
+        Edit::Create { .. } => false,
+    }
+}
