@@ -497,8 +497,10 @@ fn version_names_the_revision_and_date() {
         "{v}"
     );
     assert!(v.contains("built 20"), "{v}");
-    // Without a subcommand (until the GUI lands) the binary prints help and succeeds.
-    let out = run(&[]);
+    // Help lists every subcommand (without one, the binary opens the window: see tests/gui.rs).
+    let out = run(&["--help"]);
     assert!(out.status.success());
-    assert!(stdout(&out).contains("inspect"));
+    for cmd in ["inspect", "validate", "run", "samples"] {
+        assert!(stdout(&out).contains(cmd), "{cmd} missing from --help");
+    }
 }
