@@ -20,6 +20,9 @@ use crate::model::ModelFolders;
 pub struct Cli {
     #[command(flatten)]
     pub folders: FolderArgs,
+    /// Workflow to open in the window (PNG, JSON or .safetensors); without a subcommand only.
+    #[arg(value_name = "WORKFLOW")]
+    pub open: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }

@@ -5,7 +5,7 @@
 //! by frame without a window. Nothing here touches tensors or blocks on files: validation is
 //! in-memory, merges run on the engine's worker, file reads on the files thread.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use egui::{Align2, Color32, Key, KeyboardShortcut, Modifiers, RichText};
@@ -769,7 +769,14 @@ impl AmalgamApp {
                 {
                     self.sample_banner(ui);
                 }
-                let edits = self.canvas.show(ui);
+                // The editor claims its whole rect for panning and box selection: give it only
+                // the space below the banner, or the banner's buttons could not be clicked.
+                let rect = ui.available_rect_before_wrap();
+                let edits = ui
+                    .allocate_new_ui(egui::UiBuilder::new().max_rect(rect), |ui| {
+                        self.canvas.show(ui)
+                    })
+                    .inner;
                 if !edits.is_empty() {
                     self.apply_edits(edits);
                 }
@@ -1022,9 +1029,14 @@ impl AmalgamApp {
                             .map_or_else(String::new, |p| p.display().to_string())
                     ));
                     if ui.button("Create sample checkpoints").clicked()
-                        && let Some(dir) = self.folders.primary("checkpoints")
+                        && let Some(dir) =
+                            self.folders.primary("checkpoints").map(Path::to_path_buf)
                     {
-                        self.files.send(Request::WriteSamples(dir.to_owned()));
+                        self.notify(
+                            false,
+                            format!("writing sample checkpoints into {}…", dir.display()),
+                        );
+                        self.files.send(Request::WriteSamples(dir));
                     }
                     if ui.button("Open models folder").clicked()
                         && let Some(dir) = self.folders.primary("checkpoints")

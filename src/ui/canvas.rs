@@ -173,16 +173,15 @@ impl eng::WidgetValueTrait for WidgetValue {
                     let slider = egui::Slider::new(&mut v, *min..=*max)
                         .step_by(*step)
                         .max_decimals(17);
-                    if ui.add(slider).changed() {
+                    // egui snaps a value to the step when it draws it; only a user's change may
+                    // reach the document (0.49999999999999956 must stay exactly that).
+                    if user_changed(&ui.add(slider)) {
                         self.value = json!(v);
                     }
                 }
                 Some(InputKind::Int { min, max, .. }) => {
                     let mut v = self.value.as_i64().unwrap_or(0);
-                    if ui
-                        .add(egui::DragValue::new(&mut v).range(*min..=*max))
-                        .changed()
-                    {
+                    if user_changed(&ui.add(egui::DragValue::new(&mut v).range(*min..=*max))) {
                         self.value = json!(v);
                     }
                 }
@@ -334,6 +333,13 @@ impl eng::NodeDataTrait for CanvasNode {
             _ => None,
         }
     }
+}
+
+/// Whether a widget's value changed because the user acted on it (not because egui clamped or
+/// snapped it while drawing).
+fn user_changed(r: &egui::Response) -> bool {
+    r.changed()
+        && (r.dragged() || r.drag_stopped() || r.clicked() || r.has_focus() || r.lost_focus())
 }
 
 /// A new document node of a registered type, with its slots and default widget values.

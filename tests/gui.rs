@@ -1,0 +1,375 @@
+//! The real app, driven frame by frame on an `egui::Context` with synthetic input (no window):
+//! files dropped, buttons found by their label in the AccessKit tree and clicked, keys pressed.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use amalgam::graph::Mode;
+use amalgam::ui::app::{AmalgamApp, JobState, Settings, SideTab};
+use amalgam::ui::files::{DialogRequest, Dialogs};
+use common::*;
+use egui::{Event, Key, Modifiers, PointerButton, Pos2, RawInput, Rect, Vec2};
+
+/// Dialog answers fixed by the test.
+struct FixedDialogs(Option<PathBuf>);
+
+impl Dialogs for FixedDialogs {
+    fn ask(&self, _: &DialogRequest) -> crossbeam_channel::Receiver<Option<PathBuf>> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let _ = tx.send(self.0.clone());
+        rx
+    }
+}
+
+struct Harness {
+    ctx: egui::Context,
+    app: AmalgamApp,
+    time: f64,
+    tree: Vec<(String, Option<Rect>)>,
+    base: tempfile::TempDir,
+}
+
+const SCREEN: Vec2 = Vec2::new(1400.0, 900.0);
+const CTRL: Modifiers = Modifiers {
+    alt: false,
+    ctrl: true,
+    shift: false,
+    mac_cmd: false,
+    command: true,
+};
+
+impl Harness {
+    fn new(with_samples: bool, dialog_answer: Option<PathBuf>) -> Harness {
+        let base = tempdir();
+        if with_samples {
+            let out = run(&["--base-dir", path_str(base.path()), "samples"]);
+            assert!(out.status.success(), "{}", stderr(&out));
+        }
+        let settings = Settings::new(base.path().to_owned());
+        let app = AmalgamApp::new(settings, None, Box::new(FixedDialogs(dialog_answer)), || {})
+            .expect("app starts");
+        let ctx = egui::Context::default();
+        ctx.enable_accesskit();
+        let mut h = Harness {
+            ctx,
+            app,
+            time: 0.0,
+            tree: Vec::new(),
+            base,
+        };
+        h.frames(3);
+        h
+    }
+
+    fn frame_with(&mut self, events: Vec<Event>, dropped: Vec<egui::DroppedFile>) {
+        self.time += 1.0 / 60.0;
+        let input = RawInput {
+            screen_rect: Some(Rect::from_min_size(Pos2::ZERO, SCREEN)),
+            time: Some(self.time),
+            events,
+            dropped_files: dropped,
+            focused: true,
+            ..Default::default()
+        };
+        let app = &mut self.app;
+        let out = self.ctx.run(input, |ctx| app.ui(ctx));
+        if let Some(update) = out.platform_output.accesskit_update {
+            self.tree = update
+                .nodes
+                .iter()
+                .filter_map(|(_, n)| {
+                    // Buttons and labels carry a name; combo boxes and text fields a value.
+                    let name = n.name().or_else(|| n.value())?.to_owned();
+                    let r = n.bounds().map(|b| {
+                        Rect::from_min_max(
+                            Pos2::new(b.x0 as f32, b.y0 as f32),
+                            Pos2::new(b.x1 as f32, b.y1 as f32),
+                        )
+                    });
+                    Some((name, r))
+                })
+                .collect();
+        }
+    }
+
+    fn frames(&mut self, n: usize) {
+        for _ in 0..n {
+            self.frame_with(Vec::new(), Vec::new());
+        }
+    }
+
+    /// Runs frames until `done` holds (background threads need real time), or fails.
+    fn wait_for(&mut self, what: &str, mut done: impl FnMut(&AmalgamApp) -> bool) {
+        let start = Instant::now();
+        while !done(&self.app) {
+            if start.elapsed() > Duration::from_secs(30) {
+                let log: Vec<&str> = self.app.log.iter().map(|e| e.text.as_str()).collect();
+                panic!("timed out waiting for {what}; app log: {log:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            self.frames(1);
+        }
+        self.frames(2);
+    }
+
+    fn has_label(&self, text: &str) -> bool {
+        self.tree.iter().any(|(n, _)| n.contains(text))
+    }
+
+    fn find(&self, label: &str) -> Rect {
+        self.tree
+            .iter()
+            .find(|(n, r)| n == label && r.is_some())
+            .and_then(|(_, r)| *r)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no widget labelled {label:?}; have: {:?}",
+                    self.tree.iter().map(|t| &t.0).collect::<Vec<_>>()
+                )
+            })
+    }
+
+    fn click_at(&mut self, pos: Pos2) {
+        self.frame_with(vec![Event::PointerMoved(pos)], Vec::new());
+        let button = |pressed| Event::PointerButton {
+            pos,
+            button: PointerButton::Primary,
+            pressed,
+            modifiers: Modifiers::NONE,
+        };
+        self.frame_with(vec![button(true)], Vec::new());
+        self.frame_with(vec![button(false)], Vec::new());
+        self.frames(1);
+    }
+
+    fn click(&mut self, label: &str) {
+        let r = self.find(label);
+        self.click_at(r.center());
+    }
+
+    fn key(&mut self, key: Key, modifiers: Modifiers) {
+        let ev = |pressed| Event::Key {
+            key,
+            physical_key: None,
+            pressed,
+            repeat: false,
+            modifiers,
+        };
+        self.frame_with(vec![ev(true)], Vec::new());
+        self.frame_with(vec![ev(false)], Vec::new());
+    }
+
+    fn drop_file(&mut self, path: &Path) {
+        let file = egui::DroppedFile {
+            path: Some(path.to_owned()),
+            ..Default::default()
+        };
+        self.frame_with(Vec::new(), vec![file]);
+    }
+
+    fn output(&self, rel: &str) -> PathBuf {
+        self.base.path().join("output").join(rel)
+    }
+}
+
+fn shared_png() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/workflows/model_merging_basic.png")
+}
+
+#[test]
+fn dropping_the_shared_png_shows_its_graph_and_undo_brings_the_old_one_back() {
+    let mut h = Harness::new(true, None);
+    assert_eq!(h.app.doc.nodes.len(), 5, "the default merge graph");
+    h.drop_file(&shared_png());
+    h.wait_for("the PNG to load", |a| a.doc.nodes.len() == 11);
+    assert_eq!(h.app.doc.links.len(), 14);
+    // Drawing a workflow never changes it: the loaded JSON is still exactly the file's.
+    h.frames(10);
+    let original = amalgam::graph::load::load_file(&shared_png())
+        .expect("png")
+        .document
+        .to_json();
+    assert_eq!(h.app.doc.to_json(), original);
+    assert_eq!(
+        h.app.canvas.editor.graph.nodes.len(),
+        11,
+        "every node is on the canvas, unknown ones too"
+    );
+    assert_eq!(h.app.canvas.editor.graph.iter_connections().count(), 14);
+    // Values are shown: the merge ratio, the loader's file, and the unknown KSampler kept greyed.
+    assert!(h.has_label("kept, not run"), "unknown nodes are labelled");
+    // egui does not expose a combo box's shown text to AccessKit: check the bound value.
+    let loader = h.app.canvas.editor_id(4).expect("loader on the canvas");
+    let shown = h.app.canvas.editor.graph[loader]
+        .inputs
+        .iter()
+        .find(|(n, _)| n == "ckpt_name")
+        .map(|(_, id)| h.app.canvas.editor.graph[*id].value.value.clone());
+    assert_eq!(shown, Some(serde_json::json!("v1-5-pruned-emaonly.ckpt")));
+    assert!(h.has_label("muted"), "the muted Save Checkpoint says so");
+    h.key(Key::Z, CTRL);
+    h.frames(2);
+    assert_eq!(h.app.doc.nodes.len(), 5, "undo restores the previous graph");
+    h.key(Key::Y, CTRL);
+    h.frames(2);
+    assert_eq!(h.app.doc.nodes.len(), 11, "redo");
+}
+
+#[test]
+fn queue_button_runs_the_merge_and_the_panels_show_it() {
+    let mut h = Harness::new(true, None);
+    h.wait_for("the first folder scan", |a| {
+        !a.canvas.state.models.is_empty()
+    });
+    h.click("Queue");
+    h.wait_for("the job to finish", |a| {
+        a.jobs
+            .first()
+            .is_some_and(|j| !matches!(j.state, JobState::Queued | JobState::Running))
+    });
+    assert_eq!(
+        h.app.jobs[0].state,
+        JobState::Done,
+        "{:?}",
+        h.app.jobs[0].state
+    );
+    let file = h.output("checkpoints/ComfyUI_00001_.safetensors");
+    assert!(file.is_file());
+    assert!(h.has_label("done"), "the queue panel shows the job done");
+    assert!(h.has_label("1130/1130 tensors"));
+    // The output browser lists the new file with its workflow.
+    h.click("Outputs");
+    assert_eq!(h.app.side_tab, SideTab::Outputs);
+    h.wait_for("the output scan", |a| !a.outputs.is_empty());
+    assert!(
+        h.has_label("checkpoints/ComfyUI_00001_.safetensors"),
+        "{:?}",
+        h.tree
+    );
+    assert!(h.has_label("workflow embedded"));
+    let (_, meta) = read_reference(&file);
+    let embedded: serde_json::Value = serde_json::from_str(&meta["workflow"]).expect("workflow");
+    assert_eq!(
+        embedded,
+        h.app.doc.to_json(),
+        "the saved file carries the canvas's workflow"
+    );
+    // Queue again with nothing changed: no second file, the earlier one is reported.
+    h.key(Key::Enter, CTRL);
+    h.wait_for("the second job", |a| {
+        a.jobs.len() == 2 && a.jobs[1].state == JobState::Done
+    });
+    assert!(h.app.jobs[1].outputs[0].cached);
+    assert!(!h.output("checkpoints/ComfyUI_00002_.safetensors").exists());
+}
+
+#[test]
+fn an_invalid_graph_shows_the_error_on_its_node_and_queues_nothing() {
+    let mut h = Harness::new(true, None);
+    let loader = h
+        .app
+        .doc
+        .nodes
+        .iter()
+        .find(|n| n.type_ == "CheckpointLoaderSimple")
+        .map(|n| n.id)
+        .expect("loader");
+    h.app
+        .doc
+        .node_mut(loader)
+        .expect("loader")
+        .set_widget_value(0, serde_json::json!("missing.safetensors"));
+    h.app.replace_document(h.app.doc.clone(), None);
+    h.frames(2);
+    h.click("Queue");
+    h.frames(2);
+    assert!(h.app.jobs.is_empty(), "nothing queued");
+    let errors = h
+        .app
+        .canvas
+        .state
+        .errors
+        .get(&loader)
+        .expect("error on the loader node");
+    assert!(errors[0].contains("Value not in list"), "{errors:?}");
+    assert!(
+        h.has_label("Value not in list: ckpt_name: 'missing.safetensors'"),
+        "drawn on the node"
+    );
+    assert!(!h.output("checkpoints").exists());
+}
+
+#[test]
+fn mute_and_bypass_shortcuts_change_the_selected_nodes() {
+    let mut h = Harness::new(true, None);
+    h.key(Key::A, CTRL);
+    h.key(Key::M, CTRL);
+    assert!(
+        h.app.doc.nodes.iter().all(|n| n.mode == Mode::Never),
+        "Ctrl+M mutes the selection"
+    );
+    h.key(Key::M, CTRL);
+    assert!(
+        h.app.doc.nodes.iter().all(|n| n.mode == Mode::Always),
+        "and again unmutes"
+    );
+    h.key(Key::B, CTRL);
+    assert!(h.app.doc.nodes.iter().all(|n| n.mode == Mode::Bypass));
+    h.key(Key::Z, CTRL);
+    assert!(
+        h.app.doc.nodes.iter().all(|n| n.mode == Mode::Always),
+        "undo covers modes"
+    );
+    h.key(Key::Delete, Modifiers::NONE);
+    assert!(h.app.doc.nodes.is_empty(), "Delete removes the selection");
+    assert!(h.app.doc.links.is_empty());
+}
+
+#[test]
+fn an_empty_models_folder_offers_samples_that_make_a_runnable_graph() {
+    let mut h = Harness::new(false, None);
+    h.wait_for("the first folder scan", |a| {
+        a.canvas.state.models.contains_key("checkpoints")
+    });
+    h.click("Create sample checkpoints");
+    h.wait_for("the samples", |a| {
+        a.canvas
+            .state
+            .models
+            .get("checkpoints")
+            .is_some_and(|m| m.len() == 4)
+    });
+    assert!(
+        !h.has_label("Create sample checkpoints"),
+        "the banner goes away"
+    );
+    // The default graph now points at the samples and runs.
+    h.click("Queue");
+    h.wait_for("the job", |a| {
+        a.jobs.first().is_some_and(|j| j.state == JobState::Done)
+    });
+    assert!(h.output("checkpoints/ComfyUI_00001_.safetensors").is_file());
+}
+
+#[test]
+fn open_and_save_go_through_the_dialogs() {
+    let dir = tempdir();
+    let target = dir.path().join("saved.json");
+    let mut h = Harness::new(true, Some(target.clone()));
+    h.click("File");
+    h.click("Save As…");
+    h.frames(3);
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&target).expect("saved")).expect("json");
+    assert_eq!(saved, h.app.doc.to_json());
+    assert_eq!(h.app.doc_path.as_deref(), Some(target.as_path()));
+    // Re-opening the saved file gives the same graph.
+    let before = h.app.doc.to_json();
+    h.app
+        .replace_document(amalgam::graph::Document::new(), None);
+    h.key(Key::O, CTRL);
+    h.wait_for("the reopened workflow", |a| a.doc.nodes.len() == 5);
+    assert_eq!(h.app.doc.to_json(), before);
+}
