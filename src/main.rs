@@ -8,17 +8,20 @@ use clap::Parser;
 use amalgam::cli::{self, Cli};
 
 fn main() -> ExitCode {
+    let started = std::time::Instant::now();
     let cli = Cli::parse();
     let result = match &cli.command {
         Some(command) => cli::run(&cli, command),
         None => {
             let f = &cli.folders;
-            amalgam::ui::run(
-                f.base_dir.clone(),
-                f.models_dir.clone(),
-                f.output_dir.clone(),
-                f.extra_model_paths.first().cloned(),
-            )
+            amalgam::ui::run(amalgam::ui::Launch {
+                base_dir: f.base_dir.clone(),
+                models_dir: f.models_dir.clone(),
+                output_dir: f.output_dir.clone(),
+                extra_model_paths: f.extra_model_paths.first().cloned(),
+                open: cli.open.clone(),
+                started: Some(started),
+            })
         }
     };
     match result {

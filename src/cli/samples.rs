@@ -17,6 +17,9 @@ pub struct SamplesArgs {
     /// Write full-size (2.1 GB / 6.9 GB) synthetic checkpoints instead, for benchmarks.
     #[arg(long, hide = true)]
     pub full_size: bool,
+    /// Only this family (`sd15` or `sdxl`).
+    #[arg(long, hide = true)]
+    pub family: Option<String>,
 }
 
 pub fn run(folders: &FolderArgs, args: &SamplesArgs) -> anyhow::Result<()> {
@@ -33,7 +36,8 @@ pub fn run(folders: &FolderArgs, args: &SamplesArgs) -> anyhow::Result<()> {
     } else {
         Scale::Sample
     };
-    let outcomes = write_samples(&dir, scale).context("cannot write the sample checkpoints")?;
+    let outcomes = write_samples(&dir, scale, args.family.as_deref())
+        .context("cannot write the sample checkpoints")?;
     for o in outcomes {
         match o {
             SampleOutcome::Written { path, bytes } => {

@@ -75,14 +75,22 @@ pub fn write_checkpoint(path: &Path, layout: &Layout, seed: u64) -> Result<u64, 
     file.finish()
 }
 
-/// Writes every sample into `dir` (created if needed), keeping files that already exist.
-pub fn write_samples(dir: &Path, scale: Scale) -> Result<Vec<SampleOutcome>, WriteError> {
+/// Writes every sample (or only those of `family`, `sd15` / `sdxl`) into `dir` (created if
+/// needed), keeping files that already exist.
+pub fn write_samples(
+    dir: &Path,
+    scale: Scale,
+    family: Option<&str>,
+) -> Result<Vec<SampleOutcome>, WriteError> {
     std::fs::create_dir_all(dir).map_err(|source| WriteError::Io {
         path: dir.to_owned(),
         source,
     })?;
     let mut out = Vec::new();
     for s in sample_checkpoints(scale) {
+        if family.is_some_and(|f| !s.file_name.contains(&format!("-{f}-"))) {
+            continue;
+        }
         let path = dir.join(s.file_name);
         if path.exists() {
             out.push(SampleOutcome::KeptExisting { path });

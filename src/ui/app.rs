@@ -164,7 +164,10 @@ pub struct AmalgamApp {
     inspect: Option<(String, String)>,
     confirm_delete: Option<PathBuf>,
     import_offer: Option<ImportOffer>,
+    /// Time spent in [`AmalgamApp::ui`], smoothed.
     pub frame_ms: f32,
+    /// egui's own frame time (eframe's `cpu_usage`), when running in a window.
+    pub egui_frame_ms: Option<f32>,
     rebuild: bool,
 }
 
@@ -216,6 +219,7 @@ impl AmalgamApp {
             confirm_delete: None,
             import_offer: None,
             frame_ms: 0.0,
+            egui_frame_ms: None,
             rebuild: true,
         };
         if let Some(p) = problem {
@@ -996,7 +1000,10 @@ impl AmalgamApp {
             ui.separator();
             ui.label(format!("output: {}", self.folders.output_dir().display()));
             ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-                ui.label(format!("frame {:.1} ms", self.frame_ms));
+                match self.egui_frame_ms {
+                    Some(ms) => ui.label(format!("frame {ms:.1} ms (app {:.1} ms)", self.frame_ms)),
+                    None => ui.label(format!("frame {:.1} ms", self.frame_ms)),
+                };
             });
         });
     }

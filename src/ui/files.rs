@@ -79,7 +79,7 @@ impl FileThread {
                             Reply::Scanned { models, outputs }
                         }
                         Request::WriteSamples(dir) => Reply::Samples(
-                            write_samples(&dir, crate::model::layouts::Scale::Sample)
+                            write_samples(&dir, crate::model::layouts::Scale::Sample, None)
                                 .map_err(|e| e.to_string()),
                         ),
                     };

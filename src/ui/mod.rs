@@ -22,24 +22,43 @@ use app::{AmalgamApp, Persisted, Settings};
 /// Key under which eframe stores the app's state.
 const STORAGE_KEY: &str = "amalgam";
 
-struct EframeApp(AmalgamApp);
+struct EframeApp {
+    app: AmalgamApp,
+    /// When the process started, until the first frame has been reported.
+    started: Option<std::time::Instant>,
+}
 
 impl eframe::App for EframeApp {
-    fn update(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
-        self.0.ui(ctx);
+    fn update(&mut self, ctx: &egui::Context, frame: &mut eframe::Frame) {
+        // egui's own measure of the previous frame (layout, tessellation, our code).
+        self.app.egui_frame_ms = frame.info().cpu_usage.map(|s| s * 1000.0);
+        self.app.ui(ctx);
+        if let Some(t) = self.started.take() {
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            eprintln!("amalgam: first frame {ms:.0} ms after start");
+            self.app.notify(false, format!("ready in {ms:.0} ms"));
+        }
     }
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
-        eframe::set_value(storage, STORAGE_KEY, &self.0.persisted());
+        eframe::set_value(storage, STORAGE_KEY, &self.app.persisted());
     }
 }
 
-/// Opens the window. `base_dir` etc. come from the command line and win over saved settings.
-pub fn run(
-    base_dir: Option<PathBuf>,
-    models_dir: Option<PathBuf>,
-    output_dir: Option<PathBuf>,
-    extra: Option<PathBuf>,
-) -> anyhow::Result<()> {
+/// Command-line choices for the window; given folders win over saved settings.
+#[derive(Debug, Default)]
+pub struct Launch {
+    pub base_dir: Option<PathBuf>,
+    pub models_dir: Option<PathBuf>,
+    pub output_dir: Option<PathBuf>,
+    pub extra_model_paths: Option<PathBuf>,
+    /// A workflow to open at start-up.
+    pub open: Option<PathBuf>,
+    /// When the process started (for the start-up time report).
+    pub started: Option<std::time::Instant>,
+}
+
+/// Opens the window.
+pub fn run(launch: Launch) -> anyhow::Result<()> {
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("Amalgam")
@@ -52,23 +71,20 @@ pub fn run(
         "Amalgam",
         options,
         Box::new(move |cc| {
-            let saved: Option<Persisted> =
-                cc.storage.and_then(|s| eframe::get_value(s, STORAGE_KEY));
+            let saved: Option<Persisted> = cc.storage.and_then(|s| eframe::get_value(s, STORAGE_KEY));
             let cwd = std::env::current_dir().unwrap_or_default();
-            let mut settings = saved
-                .as_ref()
-                .map_or_else(|| Settings::new(cwd.clone()), |p| p.settings.clone());
-            if let Some(b) = base_dir {
+            let mut settings = saved.as_ref().map_or_else(|| Settings::new(cwd.clone()), |p| p.settings.clone());
+            if let Some(b) = launch.base_dir {
                 settings.base_dir = b;
             }
-            if models_dir.is_some() {
-                settings.models_dir = models_dir;
+            if launch.models_dir.is_some() {
+                settings.models_dir = launch.models_dir;
             }
-            if output_dir.is_some() {
-                settings.output_dir = output_dir;
+            if launch.output_dir.is_some() {
+                settings.output_dir = launch.output_dir;
             }
-            if extra.is_some() {
-                settings.extra_model_paths = extra;
+            if launch.extra_model_paths.is_some() {
+                settings.extra_model_paths = launch.extra_model_paths;
             }
             let restored = saved.and_then(|p| {
                 let value = serde_json::from_str(&p.workflow).ok()?;
@@ -76,14 +92,16 @@ pub fn run(
                 Some((doc, p.workflow_path))
             });
             let ctx = cc.egui_ctx.clone();
-            let app = AmalgamApp::new(
-                settings,
-                restored,
-                Box::new(files::NativeDialogs),
-                move || ctx.request_repaint(),
-            )?;
-            Ok(Box::new(EframeApp(app)))
+            let mut app = AmalgamApp::new(settings, restored, Box::new(files::NativeDialogs), move || ctx.request_repaint())?;
+            if let Some(path) = launch.open {
+                app.open_path(path);
+            }
+            Ok(Box::new(EframeApp { app, started: launch.started }))
         }),
     )
-    .map_err(|e| anyhow::anyhow!("cannot open the window: {e}"))
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open the window ({e}); without a display, use a subcommand such as `amalgam run WORKFLOW`"
+        )
+    })
 }
