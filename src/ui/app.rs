@@ -222,6 +222,7 @@ impl AmalgamApp {
             egui_frame_ms: None,
             rebuild: true,
         };
+        app.canvas.request_fit();
         if let Some(p) = problem {
             app.notify(true, p);
         }
@@ -290,6 +291,7 @@ impl AmalgamApp {
         self.doc_path = path;
         self.canvas.state.errors.clear();
         self.rebuild = true;
+        self.canvas.request_fit();
     }
 
     pub fn undo(&mut self) {

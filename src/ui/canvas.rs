@@ -483,6 +483,8 @@ pub struct Canvas {
     /// Editor position = zoom · document position + shift.
     shift: Vec2,
     last_zoom: f32,
+    /// Fit the whole graph into view on the next frame (after a workflow is opened).
+    fit_pending: bool,
 }
 
 impl Default for Canvas {
@@ -497,6 +499,7 @@ impl Default for Canvas {
             to_editor: HashMap::new(),
             shift: Vec2::ZERO,
             last_zoom: 1.0,
+            fit_pending: false,
         }
     }
 }
@@ -641,8 +644,52 @@ impl Canvas {
         self.to_editor.get(&doc_id).copied()
     }
 
+    /// Fits the whole graph into view on the next frame.
+    pub fn request_fit(&mut self) {
+        self.fit_pending = true;
+    }
+
+    /// Zooms (between 0.4 and 1) and pans so every node is visible, with a margin.
+    fn fit_view(&mut self, ui: &egui::Ui) {
+        let positions: Vec<Pos2> = self.editor.node_positions.values().copied().collect();
+        if positions.is_empty() {
+            return;
+        }
+        let z = self.editor.pan_zoom.zoom;
+        // Node sizes are known only once drawn; estimate them from their parameter counts.
+        let mut min = Pos2::new(f32::MAX, f32::MAX);
+        let mut max = Pos2::new(f32::MIN, f32::MIN);
+        for (id, p) in self.editor.node_positions.iter() {
+            let params = self.editor.graph[id].inputs.len() + self.editor.graph[id].outputs.len();
+            let size = Vec2::new(220.0, 50.0 + 20.0 * params as f32) * z;
+            min = min.min(*p);
+            max = max.max(*p + size);
+        }
+        let avail = ui.available_rect_before_wrap().size() - Vec2::splat(80.0);
+        let extent = (max - min).max(Vec2::splat(1.0));
+        let want = (avail.x / extent.x * z)
+            .min(avail.y / extent.y * z)
+            .clamp(0.4, 1.0);
+        if (want - z).abs() > 1e-3 {
+            self.editor.zoom(ui, want / z);
+            let dz = self.editor.pan_zoom.zoom / z;
+            let centre = self.editor.pan_zoom.clip_rect.size() / 2.0 - self.editor.pan_zoom.pan;
+            self.shift = (self.shift - centre) * dz + centre;
+            self.last_zoom = self.editor.pan_zoom.zoom;
+        }
+        let min = self
+            .editor
+            .node_positions
+            .values()
+            .fold(Pos2::new(f32::MAX, f32::MAX), |m, p| m.min(*p));
+        self.editor.pan_zoom.pan = Vec2::splat(40.0) - min.to_vec2();
+    }
+
     /// Draws the canvas and returns the document edits it made.
     pub fn show(&mut self, ui: &mut egui::Ui) -> Vec<Edit> {
+        if std::mem::take(&mut self.fit_pending) {
+            self.fit_view(ui);
+        }
         let response = self
             .editor
             .draw_graph_editor(ui, AllTemplates, &mut self.state, Vec::new());
