@@ -26,12 +26,42 @@ struct EframeApp {
     app: AmalgamApp,
     /// When the process started, until the first frame has been reported.
     started: Option<std::time::Instant>,
+    /// With `AMALGAM_FRAME_STATS` set: frame times of the current second.
+    stats: Option<FrameStats>,
+}
+
+/// Frame-time statistics printed once a second (`AMALGAM_FRAME_STATS=1`), for profiling.
+struct FrameStats {
+    since: std::time::Instant,
+    cpu_ms: Vec<f32>,
+}
+
+impl FrameStats {
+    fn record(&mut self, cpu_ms: Option<f32>) {
+        if let Some(ms) = cpu_ms {
+            self.cpu_ms.push(ms);
+        }
+        if self.since.elapsed() >= std::time::Duration::from_secs(1) && !self.cpu_ms.is_empty() {
+            let n = self.cpu_ms.len();
+            let avg = self.cpu_ms.iter().sum::<f32>() / n as f32;
+            let max = self.cpu_ms.iter().copied().fold(0.0, f32::max);
+            eprintln!(
+                "amalgam: {n} frames in the last second, egui frame time avg {avg:.2} ms, max {max:.2} ms"
+            );
+            self.cpu_ms.clear();
+            self.since = std::time::Instant::now();
+        }
+    }
 }
 
 impl eframe::App for EframeApp {
     fn update(&mut self, ctx: &egui::Context, frame: &mut eframe::Frame) {
         // egui's own measure of the previous frame (layout, tessellation, our code).
         self.app.egui_frame_ms = frame.info().cpu_usage.map(|s| s * 1000.0);
+        if let Some(stats) = &mut self.stats {
+            stats.record(self.app.egui_frame_ms);
+            ctx.request_repaint();
+        }
         self.app.ui(ctx);
         if let Some(t) = self.started.take() {
             let ms = t.elapsed().as_secs_f64() * 1000.0;
@@ -57,6 +87,38 @@ pub struct Launch {
     pub started: Option<std::time::Instant>,
 }
 
+/// The settings and workflow to start with: the saved ones (defaults on a first run), with the
+/// folders given on the command line winning.
+pub fn startup_state(
+    saved: Option<Persisted>,
+    launch: &Launch,
+    cwd: PathBuf,
+) -> (Settings, Option<(crate::graph::Document, Option<PathBuf>)>) {
+    let mut settings = saved
+        .as_ref()
+        .map_or_else(|| Settings::new(cwd), |p| p.settings.clone());
+    if let Some(b) = &launch.base_dir {
+        settings.base_dir.clone_from(b);
+    }
+    if launch.models_dir.is_some() {
+        settings.models_dir.clone_from(&launch.models_dir);
+    }
+    if launch.output_dir.is_some() {
+        settings.output_dir.clone_from(&launch.output_dir);
+    }
+    if launch.extra_model_paths.is_some() {
+        settings
+            .extra_model_paths
+            .clone_from(&launch.extra_model_paths);
+    }
+    let restored = saved.and_then(|p| {
+        let value = serde_json::from_str(&p.workflow).ok()?;
+        let (doc, _) = crate::graph::Document::from_json(value).ok()?;
+        Some((doc, p.workflow_path))
+    });
+    (settings, restored)
+}
+
 /// Opens the window.
 pub fn run(launch: Launch) -> anyhow::Result<()> {
     let options = eframe::NativeOptions {
@@ -73,30 +135,14 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
         Box::new(move |cc| {
             let saved: Option<Persisted> = cc.storage.and_then(|s| eframe::get_value(s, STORAGE_KEY));
             let cwd = std::env::current_dir().unwrap_or_default();
-            let mut settings = saved.as_ref().map_or_else(|| Settings::new(cwd.clone()), |p| p.settings.clone());
-            if let Some(b) = launch.base_dir {
-                settings.base_dir = b;
-            }
-            if launch.models_dir.is_some() {
-                settings.models_dir = launch.models_dir;
-            }
-            if launch.output_dir.is_some() {
-                settings.output_dir = launch.output_dir;
-            }
-            if launch.extra_model_paths.is_some() {
-                settings.extra_model_paths = launch.extra_model_paths;
-            }
-            let restored = saved.and_then(|p| {
-                let value = serde_json::from_str(&p.workflow).ok()?;
-                let (doc, _) = crate::graph::Document::from_json(value).ok()?;
-                Some((doc, p.workflow_path))
-            });
+            let (settings, restored) = startup_state(saved, &launch, cwd);
             let ctx = cc.egui_ctx.clone();
             let mut app = AmalgamApp::new(settings, restored, Box::new(files::NativeDialogs), move || ctx.request_repaint())?;
-            if let Some(path) = launch.open {
+            if let Some(path) = launch.open.clone() {
                 app.open_path(path);
             }
-            Ok(Box::new(EframeApp { app, started: launch.started }))
+            let stats = std::env::var_os("AMALGAM_FRAME_STATS").map(|_| FrameStats { since: std::time::Instant::now(), cpu_ms: Vec::new() });
+            Ok(Box::new(EframeApp { app, started: launch.started, stats }))
         }),
     )
     .map_err(|e| {
@@ -104,4 +150,44 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
             "cannot open the window ({e}); without a display, use a subcommand such as `amalgam run WORKFLOW`"
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_workflow_and_settings_come_back_and_the_command_line_wins() {
+        let doc = examples::block_merge("a.safetensors", "b.safetensors");
+        let mut settings = Settings::new(PathBuf::from("/saved/base"));
+        settings.precision = crate::engine::Precision::Fp16;
+        settings.output_dir = Some(PathBuf::from("/saved/out"));
+        let saved = Persisted {
+            settings,
+            workflow: serde_json::to_string(&doc.to_json()).expect("json"),
+            workflow_path: Some(PathBuf::from("/w/blocks.json")),
+        };
+        // Through serde, as eframe stores it (in RON; JSON here, same derive).
+        let stored = serde_json::to_string(&saved).expect("serialise");
+        let saved: Persisted = serde_json::from_str(&stored).expect("deserialise");
+        let launch = Launch {
+            base_dir: Some(PathBuf::from("/cli/base")),
+            ..Launch::default()
+        };
+        let (s, restored) = startup_state(Some(saved), &launch, PathBuf::from("/cwd"));
+        assert_eq!(s.base_dir, PathBuf::from("/cli/base"), "command line wins");
+        assert_eq!(
+            s.output_dir,
+            Some(PathBuf::from("/saved/out")),
+            "saved folders kept"
+        );
+        assert_eq!(s.precision, crate::engine::Precision::Fp16);
+        let (restored, path) = restored.expect("workflow restored");
+        assert_eq!(restored.to_json(), doc.to_json());
+        assert_eq!(path, Some(PathBuf::from("/w/blocks.json")));
+        // First run: defaults, the current directory as base, no workflow.
+        let (s, restored) = startup_state(None, &Launch::default(), PathBuf::from("/cwd"));
+        assert_eq!(s, Settings::new(PathBuf::from("/cwd")));
+        assert!(restored.is_none());
+    }
 }
