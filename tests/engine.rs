@@ -874,3 +874,43 @@ fn shared_basic_png_runs_end_to_end_through_the_cli() {
             .exists()
     );
 }
+
+/// The benchmark's quick mode runs every scenario end to end and prints its table; figures are
+/// not checked (a benchmark, not a timed test).
+#[test]
+fn bench_quick_runs_every_scenario() {
+    let dir = tempdir();
+    let out = run(&[
+        "bench",
+        "--quick",
+        "--runs",
+        "1",
+        "--dir",
+        path_str(dir.path()),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    for row in [
+        "SD1.5 simple merge |",
+        "1 thread",
+        "fp32 output",
+        "4-model chain",
+        "add difference",
+    ] {
+        assert!(table.contains(row), "{row} missing from:\n{table}");
+    }
+    assert!(
+        table.contains("QUICK"),
+        "quick runs say they are not measurements"
+    );
+    assert_eq!(
+        table.lines().filter(|l| l.starts_with("| SD1.5")).count(),
+        5
+    );
+    // Nothing is left behind but the generated inputs (reused by the next run).
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("output/bench"))
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(left.is_empty());
+    assert!(!dir.path().join("limit.safetensors").exists());
+}

@@ -3,6 +3,7 @@
 //! Subcommands print results on stdout (human text, or one JSON object with `--json`) and return
 //! errors to `main`, which prints them once with their context and exits non-zero.
 
+pub mod bench;
 pub mod inspect;
 pub mod run;
 pub mod samples;
@@ -79,6 +80,8 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     /// Run a workflow's save nodes and write the merged files.
     Run(run::RunArgs),
+    /// Measure merge speed and memory against this machine's read/write limit.
+    Bench(bench::BenchArgs),
 }
 
 /// Runs a parsed command line. `None` (no subcommand) is handled by `main`.
@@ -88,6 +91,7 @@ pub fn run(cli: &Cli, command: &Command) -> anyhow::Result<()> {
         Command::Samples(args) => samples::run(&cli.folders, args),
         Command::Validate(args) => validate::run(&cli.folders, args),
         Command::Run(args) => run::run(&cli.folders, args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 
