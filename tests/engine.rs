@@ -914,3 +914,69 @@ fn bench_quick_runs_every_scenario() {
     assert!(left.is_empty());
     assert!(!dir.path().join("limit.safetensors").exists());
 }
+
+/// Tensors larger than one evaluation chunk (and not a multiple of the tile size) are computed
+/// exactly across every chunk and tile boundary, through a nested chain.
+#[test]
+fn large_tensors_span_chunks_and_tiles_exactly() {
+    let base = Base::new();
+    let dir = base.path().join("models/checkpoints");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let n = 2_500_003; // > 2 chunks of 1 Mi elements, not a multiple of 4096
+    let specs = |dtype| {
+        vec![
+            spec(
+                "model.diffusion_model.input_blocks.0.0.weight",
+                DType::F16,
+                &[16, 4, 3, 3],
+            ),
+            spec("model.diffusion_model.big.weight", dtype, &[n]),
+        ]
+    };
+    for (name, seed) in [
+        ("a.safetensors", 1),
+        ("b.safetensors", 2),
+        ("c.safetensors", 3),
+    ] {
+        write_safetensors(
+            &dir.join(name),
+            &specs(DType::F16),
+            seed,
+            &HashMap::new(),
+            &[],
+        );
+    }
+    write_safetensors(
+        &dir.join("d32.safetensors"),
+        &specs(DType::F32),
+        4,
+        &HashMap::new(),
+        &[],
+    );
+    let prompt = json!({
+        "1": loader("a.safetensors"), "2": loader("b.safetensors"), "3": loader("c.safetensors"), "4": loader("d32.safetensors"),
+        "5": {"class_type": "ModelMergeSubtract", "inputs": {"multiplier": 0.9, "model1": ["2", 0], "model2": ["3", 0]}},
+        "6": {"class_type": "ModelMergeSimple", "inputs": {"ratio": 0.35, "model1": ["1", 0], "model2": ["5", 0]}},
+        "7": {"class_type": "ModelMergeAdd", "inputs": {"model1": ["6", 0], "model2": ["4", 0]}},
+        "8": {"class_type": "ModelSave", "inputs": {"filename_prefix": "big", "model": ["7", 0]}},
+    });
+    let (files, _, _) = run_api(&base, &prompt, Precision::Keep, &mut RunCache::default());
+    let out = base.read(&files[0].path);
+    let t: Vec<HashMap<String, RefTensor>> = ["a", "b", "c", "d32"]
+        .iter()
+        .map(|n| base.read(&dir.join(format!("{n}.safetensors"))))
+        .collect();
+    let k = "model.diffusion_model.big.weight";
+    let f = |i: usize| f32s(&t[i][k]);
+    // model2 of the Simple merge is itself (b - c)·0.9, evaluated in f32 before it is added.
+    let mut sub = f(1);
+    patch(&mut sub, 0.9, -0.9, Some(&f(2)));
+    let mut w = f(0);
+    patch(&mut w, 0.35, 1.0 - 0.35, Some(&sub));
+    patch(&mut w, 1.0, 1.0, Some(&f(3)));
+    assert_eq!(out[k].bytes.len(), n * 2);
+    assert!(
+        out[k].bytes == to_bytes(&w, "F16"),
+        "differs from the reference"
+    );
+}

@@ -432,7 +432,14 @@ pub struct PendingFile {
     final_path: PathBuf,
     data_expected: u64,
     data_written: u64,
+    /// File offset up to which writeback has been started.
+    flushed_to: u64,
+    header_len: u64,
 }
+
+/// Every this many bytes, writeback of what was written is started (Linux), so the disk works
+/// while the rest is computed and the final sync only waits for the tail.
+const WRITEBACK_WINDOW: u64 = 64 << 20;
 
 /// Prefix of the temporary files the writer creates, so stray ones can be recognised and cleaned.
 pub const TEMP_PREFIX: &str = ".amalgam-partial-";
@@ -477,6 +484,8 @@ impl PendingFile {
             final_path: final_path.to_owned(),
             data_expected,
             data_written: 0,
+            flushed_to: 0,
+            header_len: header.len() as u64,
         })
     }
 
@@ -494,6 +503,34 @@ impl PendingFile {
             source,
         })?;
         self.data_written = written;
+        let end = self.header_len + written;
+        if end - self.flushed_to >= WRITEBACK_WINDOW {
+            self.start_writeback(end)?;
+        }
+        Ok(())
+    }
+
+    /// Starts writing back everything up to `end` without waiting for it (Linux: POSIX_FADV_
+    /// DONTNEED on dirty pages queues them for writeback and later drops them from the page
+    /// cache, so a large save neither stalls at the end nor evicts the inputs). A no-op
+    /// elsewhere.
+    fn start_writeback(&mut self, end: u64) -> Result<(), WriteError> {
+        #[cfg(target_os = "linux")]
+        {
+            self.out.flush().map_err(|source| WriteError::Io {
+                path: self.final_path.clone(),
+                source,
+            })?;
+            let len = std::num::NonZeroU64::new(end - self.flushed_to);
+            // Advice is best effort: a filesystem that ignores it only loses the overlap.
+            let _ = rustix::fs::fadvise(
+                self.out.get_ref(),
+                self.flushed_to,
+                len,
+                rustix::fs::Advice::DontNeed,
+            );
+        }
+        self.flushed_to = end;
         Ok(())
     }
 
