@@ -233,6 +233,23 @@ fn subtract_add_and_blocks_merges_follow_comfyui() {
     assert_ne!(out[time].bytes, t[0][time].bytes);
 }
 
+/// A model-specific block merge of two checkpoints keeping model1 (ratio 1.0) everywhere but
+/// `block`, which takes model2 (ratio 0.0), saved with `prefix`.
+fn one_block_from_model2(class_type: &str, block: &str, a: &str, b: &str, prefix: &str) -> Value {
+    let mut inputs = serde_json::Map::new();
+    for n in amalgam::nodes::block_prefixes(class_type).expect("block node") {
+        let ratio = if n == block { 0.0 } else { 1.0 };
+        inputs.insert(n, json!(ratio));
+    }
+    inputs.insert("model1".into(), json!(["1", 0]));
+    inputs.insert("model2".into(), json!(["2", 0]));
+    json!({
+        "1": loader(a), "2": loader(b),
+        "3": {"class_type": class_type, "inputs": inputs},
+        "4": save(("3", 0), ("1", 1), ("1", 2), prefix),
+    })
+}
+
 #[test]
 fn model_specific_block_nodes_respect_trailing_dots() {
     let base = Base::new();
@@ -240,21 +257,13 @@ fn model_specific_block_nodes_respect_trailing_dots() {
     let a = base.checkpoint("a.safetensors", &sd, 1);
     let b = base.checkpoint("b.safetensors", &sd, 2);
     // ModelMergeSD1: every ratio 1.0 (keep model1) except input_blocks.1. = 0.0 (take model2).
-    let names = amalgam::nodes::block_prefixes("ModelMergeSD1").expect("sd1");
-    let mut inputs = serde_json::Map::new();
-    for n in &names {
-        inputs.insert(
-            n.clone(),
-            json!(if n == "input_blocks.1." { 0.0 } else { 1.0 }),
-        );
-    }
-    inputs.insert("model1".into(), json!(["1", 0]));
-    inputs.insert("model2".into(), json!(["2", 0]));
-    let prompt = json!({
-        "1": loader("a.safetensors"), "2": loader("b.safetensors"),
-        "3": {"class_type": "ModelMergeSD1", "inputs": inputs},
-        "4": save(("3", 0), ("1", 1), ("1", 2), "checkpoints/sd1blocks"),
-    });
+    let prompt = one_block_from_model2(
+        "ModelMergeSD1",
+        "input_blocks.1.",
+        "a.safetensors",
+        "b.safetensors",
+        "checkpoints/sd1blocks",
+    );
     let (files, _, _) = run_api(&base, &prompt, Precision::Keep, &mut RunCache::default());
     let (out, ta, tb) = (base.read(&files[0].path), base.read(&a), base.read(&b));
     let k1 = "model.diffusion_model.input_blocks.1.0.in_layers.2.weight";
@@ -270,21 +279,13 @@ fn model_specific_block_nodes_respect_trailing_dots() {
     let xl = Layout::sdxl(Scale::Sample);
     base.checkpoint("xa.safetensors", &xl, 3);
     let xb = base.checkpoint("xb.safetensors", &xl, 4);
-    let names = amalgam::nodes::block_prefixes("ModelMergeSDXL").expect("sdxl");
-    let mut inputs = serde_json::Map::new();
-    for n in &names {
-        inputs.insert(
-            n.clone(),
-            json!(if n == "output_blocks.2" { 0.0 } else { 1.0 }),
-        );
-    }
-    inputs.insert("model1".into(), json!(["1", 0]));
-    inputs.insert("model2".into(), json!(["2", 0]));
-    let prompt = json!({
-        "1": loader("xa.safetensors"), "2": loader("xb.safetensors"),
-        "3": {"class_type": "ModelMergeSDXL", "inputs": inputs},
-        "4": save(("3", 0), ("1", 1), ("1", 2), "checkpoints/xl"),
-    });
+    let prompt = one_block_from_model2(
+        "ModelMergeSDXL",
+        "output_blocks.2",
+        "xa.safetensors",
+        "xb.safetensors",
+        "checkpoints/xl",
+    );
     let (files, _, _) = run_api(&base, &prompt, Precision::Keep, &mut RunCache::default());
     let (out, meta) = read_reference(&files[0].path);
     let txb = base.read(&xb);

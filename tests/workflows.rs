@@ -36,6 +36,19 @@ fn check(doc: &Document, folders: &ModelFolders) -> Validation {
     validate(resolve(doc, reg), reg, folders)
 }
 
+/// A base folder holding the two checkpoints `rich_workflow` loads (`a.safetensors`, and
+/// `sub/b.safetensors`, which the workflow names with a Windows separator).
+fn rich_workflow_models() -> (tempfile::TempDir, ModelFolders) {
+    let base = tempdir();
+    let ck = base.path().join("models/checkpoints");
+    std::fs::create_dir_all(ck.join("sub")).expect("mkdir");
+    for f in ["a.safetensors", "sub/b.safetensors"] {
+        std::fs::write(ck.join(f), b"x").expect("write");
+    }
+    let folders = ModelFolders::new(base.path(), None, None);
+    (base, folders)
+}
+
 fn error_types(v: &Validation) -> Vec<&str> {
     v.errors.iter().map(|e| e.kind.as_str()).collect()
 }
@@ -287,12 +300,7 @@ fn synthetic_workflows_round_trip_and_resolve_like_the_frontend() {
             "lossless (object links: {object_links})"
         );
 
-        let base = tempdir();
-        let ck = base.path().join("models/checkpoints/sub");
-        std::fs::create_dir_all(&ck).expect("mkdir");
-        std::fs::write(base.path().join("models/checkpoints/a.safetensors"), b"x").expect("w");
-        std::fs::write(ck.join("b.safetensors"), b"x").expect("w");
-        let folders = ModelFolders::new(base.path(), None, None);
+        let (_base, folders) = rich_workflow_models();
         let v = check(&doc, &folders);
         assert!(v.errors.is_empty(), "{:?}", v.errors);
         assert_eq!(v.outputs, ["6"]);
@@ -353,15 +361,7 @@ fn synthetic_workflows_round_trip_and_resolve_like_the_frontend() {
 
 #[test]
 fn muting_and_bypassing_change_what_runs() {
-    let base = tempdir();
-    let folders = ModelFolders::new(base.path(), None, None);
-    std::fs::create_dir_all(base.path().join("models/checkpoints/sub")).expect("mkdir");
-    std::fs::write(base.path().join("models/checkpoints/a.safetensors"), b"x").expect("w");
-    std::fs::write(
-        base.path().join("models/checkpoints/sub/b.safetensors"),
-        b"x",
-    )
-    .expect("w");
+    let (_base, folders) = rich_workflow_models();
     let (mut doc, _) = Document::from_json(rich_workflow(false)).expect("parse");
 
     // Bypassing the merge passes model1 (node 1) straight through.
@@ -397,15 +397,7 @@ fn node_with(doc: &mut Document, id: i64, f: impl FnOnce(&mut amalgam::graph::No
 
 #[test]
 fn every_validation_error_type_is_reported_on_its_node() {
-    let base = tempdir();
-    std::fs::create_dir_all(base.path().join("models/checkpoints/sub")).expect("mkdir");
-    std::fs::write(base.path().join("models/checkpoints/a.safetensors"), b"x").expect("w");
-    std::fs::write(
-        base.path().join("models/checkpoints/sub/b.safetensors"),
-        b"x",
-    )
-    .expect("w");
-    let folders = ModelFolders::new(base.path(), None, None);
+    let (_base, folders) = rich_workflow_models();
     let fresh = || Document::from_json(rich_workflow(false)).expect("parse").0;
     let first_error = |doc: &Document| {
         let v = check(doc, &folders);

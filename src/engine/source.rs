@@ -76,18 +76,13 @@ impl Source {
         let prefix = s.detection.unet_prefix.clone();
         for (i, t) in s.file.tensors().iter().enumerate() {
             let name = t.name.as_str();
-            if vae_only {
-                let bare = name
-                    .strip_prefix("first_stage_model.")
-                    .or_else(|| name.strip_prefix("vae."))
-                    .unwrap_or(name);
-                if VAE_MODULES.iter().any(|m| bare.starts_with(m)) {
-                    s.vae.insert(bare.to_owned(), i);
-                    s.vae_order.push(bare.to_owned());
-                }
-                continue;
-            }
-            match component_of(name, &prefix) {
+            // In a standalone VAE file every key is a VAE key (bare or prefixed).
+            let component = if vae_only {
+                Component::Vae
+            } else {
+                component_of(name, &prefix)
+            };
+            match component {
                 Component::Model => {
                     let rel = name
                         .strip_prefix(prefix.as_str())
@@ -102,11 +97,7 @@ impl Source {
                     s.clip_order.push(internal);
                 }
                 Component::Vae => {
-                    let bare = name
-                        .strip_prefix("first_stage_model.")
-                        .or_else(|| name.strip_prefix("vae."))
-                        .unwrap_or(name);
-                    if VAE_MODULES.iter().any(|m| bare.starts_with(m)) {
+                    if let Some(bare) = vae_module_key(name) {
                         s.vae.insert(bare.to_owned(), i);
                         s.vae_order.push(bare.to_owned());
                     }
@@ -165,6 +156,19 @@ impl Source {
             Ok(())
         }
     }
+}
+
+/// The VAE module's own name for a key (`first_stage_model.`/`vae.` prefix removed), or `None`
+/// for keys ComfyUI's VAE ignores.
+fn vae_module_key(name: &str) -> Option<&str> {
+    let bare = name
+        .strip_prefix("first_stage_model.")
+        .or_else(|| name.strip_prefix("vae."))
+        .unwrap_or(name);
+    VAE_MODULES
+        .iter()
+        .any(|m| bare.starts_with(m))
+        .then_some(bare)
 }
 
 /// ComfyUI's internal text-encoder name for a checkpoint key (reference §3.2 step 6).

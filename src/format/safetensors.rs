@@ -283,7 +283,8 @@ fn validate_layout(tensors: &[TensorEntry], data_len: u64) -> Result<(), HeaderE
     Ok(())
 }
 
-fn json_kind(v: &Value) -> &'static str {
+/// How a JSON value is described in error messages (`a string`, `an object`, …).
+pub(crate) fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

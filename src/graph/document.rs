@@ -11,6 +11,8 @@
 
 use serde_json::{Map, Value, json};
 
+use crate::format::safetensors::json_kind;
+
 /// A node id as the workflow stores it (an integer in schema 0.4 and 1).
 pub type NodeId = i64;
 /// A link id.
@@ -278,17 +280,6 @@ impl Default for Document {
     }
 }
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// An id that may be stored as a number or a numeric string.
 fn as_id(v: &Value) -> Option<i64> {
     match v {
@@ -323,7 +314,7 @@ impl Document {
     /// Reads a UI workflow from parsed JSON. Malformed nodes and links are skipped and reported.
     pub fn from_json(value: Value) -> Result<(Document, LoadReport), DocumentError> {
         let Value::Object(mut top) = value else {
-            return Err(DocumentError::NotAnObject(kind(&value)));
+            return Err(DocumentError::NotAnObject(json_kind(&value)));
         };
         let Some(Value::Array(raw_nodes)) = top.remove("nodes") else {
             return Err(DocumentError::NoNodes);
@@ -369,7 +360,10 @@ impl Document {
             }
             Some(other) => report.skip(
                 None,
-                format!("links ignored: expected an array, found {}", kind(&other)),
+                format!(
+                    "links ignored: expected an array, found {}",
+                    json_kind(&other)
+                ),
             ),
         }
         let doc = Document {
@@ -559,7 +553,7 @@ fn is_virtual_type(t: &str) -> bool {
 
 fn parse_node(raw: Value) -> Result<Node, String> {
     let Value::Object(mut m) = raw else {
-        return Err(format!("expected an object, found {}", kind(&raw)));
+        return Err(format!("expected an object, found {}", json_kind(&raw)));
     };
     let id = m
         .remove("id")
@@ -729,7 +723,7 @@ fn parse_link(raw: Value) -> Result<Link, String> {
         }
         other => Err(format!(
             "expected an array or object, found {}",
-            kind(&other)
+            json_kind(&other)
         )),
     }
 }
