@@ -57,6 +57,58 @@ pub struct CanvasState {
     pub errors: HashMap<NodeId, Vec<String>>,
     /// The node the running job is at.
     pub running: Option<NodeId>,
+    /// The workflow's groups, drawn behind the nodes (shown, not edited).
+    pub groups: Vec<GroupView>,
+}
+
+/// A ComfyUI group box in document coordinates.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupView {
+    pub title: String,
+    /// x, y, width, height.
+    pub bounding: [f32; 4],
+    pub color: Color32,
+    pub font_size: f32,
+}
+
+impl GroupView {
+    /// The groups of a document (malformed entries are skipped).
+    pub fn from_document(doc: &Document) -> Vec<GroupView> {
+        let Some(groups) = doc.fields.get("groups").and_then(Value::as_array) else {
+            return Vec::new();
+        };
+        groups
+            .iter()
+            .filter_map(|g| {
+                let b = g.get("bounding")?.as_array()?;
+                let n = |i: usize| {
+                    b.get(i)
+                        .and_then(Value::as_f64)
+                        .filter(|v| v.is_finite())
+                        .map(|v| v as f32)
+                };
+                let color = g
+                    .get("color")
+                    .and_then(Value::as_str)
+                    .and_then(|c| Color32::from_hex(c).ok())
+                    .unwrap_or(Color32::from_rgb(0x33, 0x55, 0x77));
+                Some(GroupView {
+                    title: g
+                        .get("title")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    bounding: [n(0)?, n(1)?, n(2)?.max(0.0), n(3)?.max(0.0)],
+                    color,
+                    font_size: g
+                        .get("font_size")
+                        .and_then(Value::as_f64)
+                        .map_or(24.0, |f| f as f32)
+                        .clamp(6.0, 96.0),
+                })
+            })
+            .collect()
+    }
 }
 
 /// An editable widget value, bound to its document node and `widgets_values` position.
@@ -617,6 +669,7 @@ impl Canvas {
             .filter_map(|d| self.to_editor.get(d).copied())
             .collect();
         self.last_zoom = self.editor.pan_zoom.zoom;
+        self.state.groups = GroupView::from_document(doc);
     }
 
     /// Document position of an editor position.
@@ -665,6 +718,13 @@ impl Canvas {
             min = min.min(*p);
             max = max.max(*p + size);
         }
+        // Group boxes count too (editor position = zoom · document position + shift).
+        for g in &self.state.groups {
+            let [x, y, w, h] = g.bounding;
+            let p = (Vec2::new(x, y) * z + self.shift).to_pos2();
+            min = min.min(p);
+            max = max.max(p + Vec2::new(w, h) * z);
+        }
         let avail = ui.available_rect_before_wrap().size() - Vec2::splat(80.0);
         let extent = (max - min).max(Vec2::splat(1.0));
         let want = (avail.x / extent.x * z)
@@ -677,11 +737,16 @@ impl Canvas {
             self.shift = (self.shift - centre) * dz + centre;
             self.last_zoom = self.editor.pan_zoom.zoom;
         }
-        let min = self
+        // The same bounds after any zoom, to place the top-left corner at the margin.
+        let z = self.editor.pan_zoom.zoom;
+        let mut min = self
             .editor
             .node_positions
             .values()
             .fold(Pos2::new(f32::MAX, f32::MAX), |m, p| m.min(*p));
+        for g in &self.state.groups {
+            min = min.min((Vec2::new(g.bounding[0], g.bounding[1]) * z + self.shift).to_pos2());
+        }
         self.editor.pan_zoom.pan = Vec2::splat(40.0) - min.to_vec2();
     }
 
@@ -690,6 +755,9 @@ impl Canvas {
         if std::mem::take(&mut self.fit_pending) {
             self.fit_view(ui);
         }
+        // Groups go behind the nodes; their shapes are filled in after the editor has drawn,
+        // when this frame's zoom is known.
+        let groups_slot = ui.painter().add(egui::Shape::Noop);
         let response = self
             .editor
             .draw_graph_editor(ui, AllTemplates, &mut self.state, Vec::new());
@@ -701,6 +769,8 @@ impl Canvas {
             self.shift = (self.shift - centre) * dz + centre;
             self.last_zoom = zoom;
         }
+        let shapes = self.group_shapes(ui, ui.max_rect());
+        ui.painter().set(groups_slot, egui::Shape::Vec(shapes));
         let mut edits = Vec::new();
         let mut moved = Vec::new();
         for r in response.node_responses {
@@ -784,6 +854,38 @@ impl Canvas {
             }
         }
         edits
+    }
+
+    /// The shapes of the document's groups for this frame.
+    fn group_shapes(&self, ui: &egui::Ui, editor_rect: egui::Rect) -> Vec<egui::Shape> {
+        let z = self.editor.pan_zoom.zoom;
+        let origin = self.shift + self.editor.pan_zoom.pan + editor_rect.min.to_vec2();
+        let mut shapes = Vec::new();
+        for g in &self.state.groups {
+            let [x, y, w, h] = g.bounding;
+            let min = (Vec2::new(x, y) * z + origin).to_pos2();
+            let rect = egui::Rect::from_min_size(min, Vec2::new(w, h) * z);
+            shapes.push(egui::Shape::rect_filled(
+                rect,
+                4.0 * z,
+                g.color.gamma_multiply(0.3),
+            ));
+            shapes.push(egui::Shape::rect_stroke(
+                rect,
+                4.0 * z,
+                egui::Stroke::new(1.0, g.color),
+            ));
+            let font = egui::FontId::proportional(g.font_size * z * 0.75);
+            let galley = ui
+                .painter()
+                .layout_no_wrap(g.title.clone(), font, Color32::WHITE);
+            shapes.push(egui::Shape::galley(
+                min + Vec2::new(8.0, 4.0) * z,
+                galley,
+                Color32::WHITE,
+            ));
+        }
+        shapes
     }
 
     /// Binds a node the user created from the finder to its new document node.
@@ -870,5 +972,32 @@ pub fn apply(doc: &mut Document, edit: &Edit) -> bool {
             .map(|n| n.set_widget_value(*index, value.clone()))
             .is_some(),
         Edit::Create { .. } => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_are_read_from_the_document_and_malformed_ones_skipped() {
+        let doc = Document::from_json(json!({
+            "nodes": [], "links": [],
+            "groups": [
+                {"title": "Inputs", "bounding": [-10, -40, 340, 320], "color": "#3f789e", "font_size": 24},
+                {"title": "No colour", "bounding": [0, 0, 10, 10]},
+                {"title": "Broken", "bounding": [0, "x", 10, 10]},
+                {"title": "Missing"},
+                "not a group"
+            ]
+        }))
+        .expect("doc")
+        .0;
+        let groups = GroupView::from_document(&doc);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0].title, "Inputs");
+        assert_eq!(groups[0].bounding, [-10.0, -40.0, 340.0, 320.0]);
+        assert_eq!(groups[0].color, Color32::from_rgb(0x3f, 0x78, 0x9e));
+        assert_eq!(groups[1].font_size, 24.0);
     }
 }
