@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod components;
 pub mod folders;
 pub mod layouts;
+pub mod lora;
 pub mod report;
 pub mod samples;
 
