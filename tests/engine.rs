@@ -981,3 +981,215 @@ fn large_tensors_span_chunks_and_tiles_exactly() {
         "differs from the reference"
     );
 }
+
+/// A LoRA in kohya and PEFT naming, baked after a merge: each patched key equals the merge
+/// plus `f32(strength · alpha / rank) · (up @ down)` (a sequential f32 sum over the rank),
+/// rounded once; keys that match nothing are reported.
+#[test]
+fn lora_after_a_merge_is_exact_and_unmatched_keys_are_reported() {
+    let base = Base::new();
+    let sd = Layout::sd15(Scale::Sample);
+    let a = base.checkpoint("a.safetensors", &sd, 110);
+    let b = base.checkpoint("b.safetensors", &sd, 111);
+    let f16 = DType::F16;
+    // (LoRA base name, up suffix, down suffix, up shape, down shape, alpha, patched checkpoint key)
+    let q = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight";
+    let conv = "model.diffusion_model.input_blocks.1.0.in_layers.2.weight";
+    let k2 = "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight";
+    let te = "cond_stage_model.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight";
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        Vec<usize>,
+        Vec<usize>,
+        Option<f32>,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
+            ".lora_up.weight",
+            ".lora_down.weight",
+            vec![16, 4],
+            vec![4, 16],
+            Some(2.0),
+            q,
+        ),
+        (
+            "lora_unet_down_blocks_0_resnets_0_conv1",
+            ".lora_up.weight",
+            ".lora_down.weight",
+            vec![16, 4, 1, 1],
+            vec![4, 16, 3, 3],
+            Some(4.0),
+            conv,
+        ),
+        (
+            "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k",
+            ".lora_B.weight",
+            ".lora_A.weight",
+            vec![32, 2],
+            vec![2, 768],
+            None,
+            k2,
+        ),
+        (
+            "lora_te_text_model_encoder_layers_0_self_attn_q_proj",
+            ".lora_up.weight",
+            ".lora_down.weight",
+            vec![32, 2],
+            vec![2, 32],
+            Some(1.0),
+            te,
+        ),
+        (
+            "lora_unet_no_such_layer",
+            ".lora_up.weight",
+            ".lora_down.weight",
+            vec![4, 2],
+            vec![2, 4],
+            None,
+            "",
+        ),
+    ];
+    let mut specs = Vec::new();
+    for (name, up, down, us, ds, alpha, _) in &cases {
+        specs.push(spec(&format!("{name}{up}"), f16, us));
+        specs.push(spec(&format!("{name}{down}"), f16, ds));
+        if alpha.is_some() {
+            specs.push(spec(&format!("{name}.alpha"), DType::F32, &[]));
+        }
+    }
+    let mut overrides = HashMap::new();
+    for (name, _, _, _, _, alpha, _) in &cases {
+        if let Some(al) = alpha {
+            overrides.insert(format!("{name}.alpha"), al.to_le_bytes().to_vec());
+        }
+    }
+    let lora_dir = base.path().join("models/loras");
+    std::fs::create_dir_all(&lora_dir).expect("mkdir");
+    let lora_path = lora_dir.join("style.safetensors");
+    write_safetensors(&lora_path, &specs, 112, &overrides, &[]);
+
+    let (sm, sc, r) = (0.8, 0.6, 0.4);
+    let prompt = json!({
+        "1": loader("a.safetensors"), "2": loader("b.safetensors"),
+        "3": {"class_type": "ModelMergeSimple", "inputs": {"ratio": r, "model1": ["1", 0], "model2": ["2", 0]}},
+        "4": {"class_type": "LoraLoader", "inputs": {"lora_name": "style.safetensors", "strength_model": sm, "strength_clip": sc, "model": ["3", 0], "clip": ["1", 1]}},
+        "5": save(("4", 0), ("4", 1), ("1", 2), "checkpoints/baked"),
+    });
+    let (files, warnings, _) = run_api(&base, &prompt, Precision::Keep, &mut RunCache::default());
+    let out = base.read(&files[0].path);
+    let (ta, tb, tl) = (base.read(&a), base.read(&b), base.read(&lora_path));
+    for (name, up, down, us, ds, alpha, key) in &cases {
+        if key.is_empty() {
+            continue;
+        }
+        let (u, d) = (
+            f32s(&tl[&format!("{name}{up}")]),
+            f32s(&tl[&format!("{name}{down}")]),
+        );
+        let (rows, rank, inner) = (us[0], ds[0], ds[1..].iter().product::<usize>());
+        let mut delta = vec![0.0f32; rows * inner];
+        for i in 0..rows {
+            for c in 0..inner {
+                let mut acc = 0.0f32;
+                for k in 0..rank {
+                    acc += u[i * rank + k] * d[k * inner + c];
+                }
+                delta[i * inner + c] = acc;
+            }
+        }
+        let scale = alpha.map_or(1.0, |al| f64::from(al) / rank as f64);
+        let is_clip = key.starts_with("cond_stage_model.");
+        let mut w = f32s(&ta[*key]);
+        if !is_clip {
+            patch(&mut w, r, 1.0 - r, Some(&f32s(&tb[*key])));
+        }
+        let strength = if is_clip { sc } else { sm };
+        patch(&mut w, 1.0, strength * scale, Some(&delta));
+        assert!(
+            out[*key].bytes == to_bytes(&w, "F16"),
+            "{key} differs from the reference"
+        );
+    }
+    // An untouched key is the plain merge.
+    let k = "model.diffusion_model.out.2.weight";
+    let mut w = f32s(&ta[k]);
+    patch(&mut w, r, 1.0 - r, Some(&f32s(&tb[k])));
+    assert_eq!(out[k].bytes, to_bytes(&w, "F16"));
+    let messages: Vec<&str> = warnings.iter().map(|w| w.message.as_str()).collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("lora key not loaded: 2 of")
+                && m.contains("lora_unet_no_such_layer")),
+        "{messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("3 MODEL and 1 CLIP keys patched")),
+        "{messages:?}"
+    );
+}
+
+/// The shared `model_merging_lora.png` (merge, then bake a LoRA) runs end to end once its save
+/// node is unmuted, with checkpoints and a LoRA named as it expects.
+#[test]
+fn shared_lora_png_runs_end_to_end() {
+    let base = Base::new();
+    let sd = Layout::sd15(Scale::Sample);
+    let ck = base.path().join("models/checkpoints");
+    std::fs::create_dir_all(&ck).expect("mkdir");
+    write_ckpt(&ck.join("v1-5-pruned-emaonly.ckpt"), &sd.tensors(), 120);
+    base.checkpoint("cardosAnime_v10.safetensors", &sd, 121);
+    let loras = base.path().join("models/loras");
+    std::fs::create_dir_all(&loras).expect("mkdir");
+    let name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q";
+    let specs = [
+        spec(&format!("{name}.lora_up.weight"), DType::F16, &[16, 4]),
+        spec(&format!("{name}.lora_down.weight"), DType::F16, &[4, 16]),
+    ];
+    write_safetensors(
+        &loras.join("theovercomer8sContrastFix_sd15.safetensors"),
+        &specs,
+        122,
+        &HashMap::new(),
+        &[],
+    );
+    let vae_dir = base.path().join("models/vae");
+    std::fs::create_dir_all(&vae_dir).expect("mkdir");
+    let mut vae_specs = Vec::new();
+    amalgam::model::layouts::vae(&mut vae_specs, "", 8, DType::F32);
+    write_ckpt(&vae_dir.join("kl-f8-anime2.ckpt"), &vae_specs, 123);
+
+    let png =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/workflows/model_merging_lora.png");
+    let mut doc = amalgam::graph::load::load_file(&png).expect("png").document;
+    let save_node = doc
+        .nodes
+        .iter_mut()
+        .find(|n| n.type_ == "CheckpointSave")
+        .expect("save");
+    save_node.mode = amalgam::graph::Mode::Always;
+    let wf = base.path().join("lora.json");
+    std::fs::write(&wf, serde_json::to_vec(&doc.to_json()).expect("json")).expect("write");
+    let out = run(&[
+        "--base-dir",
+        path_str(base.path()),
+        "run",
+        "--json",
+        path_str(&wf),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let j: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let path = PathBuf::from(j["outputs"][0]["path"].as_str().expect("path"));
+    assert_eq!(read_reference(&path).0.len(), 1130);
+    let warnings = j["warnings"].to_string();
+    assert!(
+        warnings.contains("1 MODEL and 0 CLIP keys patched"),
+        "{warnings}"
+    );
+}

@@ -15,7 +15,7 @@ use half::{bf16, f16};
 
 use crate::format::DType;
 
-use super::plan::{Expr, Leaf, Recipe};
+use super::plan::{Expr, Leaf, LoraTerm, Recipe, Term};
 use super::source::Source;
 
 /// Elements per chunk: 1 Mi elements is 4 MiB of f32 per nesting level.
@@ -46,6 +46,8 @@ pub struct Scratch {
     raws: Vec<Raw>,
     /// One f32 tile per nesting level.
     tiles: Vec<Vec<f32>>,
+    /// The `up` and `down` factors (as f32) of each LoRA term, in visiting order.
+    loras: Vec<(Vec<f32>, Vec<f32>)>,
     half: Vec<f16>,
     bhalf: Vec<bf16>,
 }
@@ -58,8 +60,19 @@ fn io_err(e: &std::io::Error, source: &Source) -> String {
 fn leaves<'a>(expr: &'a Expr, out: &mut Vec<&'a Leaf>) {
     out.push(&expr.leaf);
     for step in &expr.steps {
-        if let Some((_, sub)) = &step.add {
+        if let Some((_, Term::Weights(sub))) = &step.add {
             leaves(sub, out);
+        }
+    }
+}
+
+/// LoRA terms of an expression in the order evaluation visits them.
+fn lora_terms<'a>(expr: &'a Expr, out: &mut Vec<&'a LoraTerm>) {
+    for step in &expr.steps {
+        match &step.add {
+            Some((_, Term::Weights(sub))) => lora_terms(sub, out),
+            Some((_, Term::Lora(t))) => out.push(t),
+            None => {}
         }
     }
 }
@@ -157,39 +170,74 @@ fn load_tile(raw: &Raw, range: std::ops::Range<usize>, out: &mut [f32], round: O
     }
 }
 
+/// What a tile evaluation reads: the chunk's raw inputs and LoRA factors, with cursors that
+/// walk them in the order they were collected.
+struct TileInputs<'a> {
+    raws: &'a [Raw],
+    loras: &'a [(Vec<f32>, Vec<f32>)],
+    next_leaf: usize,
+    next_lora: usize,
+    /// Element index of the chunk's first element within the tensor.
+    chunk_start: usize,
+    round: Option<DType>,
+}
+
 /// Evaluates one tile of `expr` into `out`: `w = f32(w1)`; per step `w = w * mm` when
-/// `mm ≠ 1`, then `w = w + s * sub` as a separate multiply and add. `next_leaf` walks the raw
-/// buffers in the same depth-first order they were read in.
+/// `mm ≠ 1`, then `w = w + s * term` as a separate multiply and add.
 fn eval_tile(
     expr: &Expr,
-    raws: &[Raw],
-    next_leaf: &mut usize,
+    inputs: &mut TileInputs,
     range: std::ops::Range<usize>,
     out: &mut [f32],
     deeper: &mut [Vec<f32>],
-    round: Option<DType>,
 ) {
-    load_tile(&raws[*next_leaf], range.clone(), out, round);
-    *next_leaf += 1;
+    load_tile(
+        &inputs.raws[inputs.next_leaf],
+        range.clone(),
+        out,
+        inputs.round,
+    );
+    inputs.next_leaf += 1;
     for step in &expr.steps {
         if let Some(mm) = step.mm {
             for v in out.iter_mut() {
                 *v *= mm;
             }
         }
-        if let Some((s, sub)) = &step.add {
-            let Some((tmp, rest)) = deeper.split_first_mut() else {
-                return;
-            };
-            let tmp = &mut tmp[..out.len()];
-            eval_tile(sub, raws, next_leaf, range.clone(), tmp, rest, round);
-            let s = *s;
-            for (w, &b) in out.iter_mut().zip(tmp.iter()) {
-                // Product first, then the add: two roundings, as in ComfyUI.
-                let product = s * b;
-                *w += product;
+        let Some((s, term)) = &step.add else { continue };
+        let Some((tmp, rest)) = deeper.split_first_mut() else {
+            return;
+        };
+        let tmp = &mut tmp[..out.len()];
+        match term {
+            Term::Weights(sub) => eval_tile(sub, inputs, range.clone(), tmp, rest),
+            Term::Lora(t) => {
+                let (up, down) = &inputs.loras[inputs.next_lora];
+                inputs.next_lora += 1;
+                lora_tile(t, up, down, inputs.chunk_start + range.start, tmp);
             }
         }
+        let s = *s;
+        for (w, &b) in out.iter_mut().zip(tmp.iter()) {
+            // Product first, then the add: two roundings, as in ComfyUI.
+            let product = s * b;
+            *w += product;
+        }
+    }
+}
+
+/// Elements `first .. first + out.len()` of the flattened `up @ down`, each a sequential f32 sum
+/// over the rank (ComfyUI's CPU result).
+fn lora_tile(t: &LoraTerm, up: &[f32], down: &[f32], first: usize, out: &mut [f32]) {
+    for (i, o) in out.iter_mut().enumerate() {
+        let e = first + i;
+        let (row, col) = (e / t.inner, e % t.inner);
+        let u = &up[row * t.rank..(row + 1) * t.rank];
+        let mut acc = 0.0f32;
+        for (k, &uk) in u.iter().enumerate() {
+            acc += uk * down[k * t.inner + col];
+        }
+        *o = acc;
     }
 }
 
@@ -220,6 +268,7 @@ pub fn produce(
             let Scratch {
                 raws,
                 tiles,
+                loras,
                 half,
                 bhalf,
             } = scratch;
@@ -232,6 +281,20 @@ pub fn produce(
             for (leaf, raw) in ls.iter().zip(raws.iter_mut()) {
                 read_leaf(leaf, start, len, sources, raw)?;
             }
+            // LoRA factors are small: read whole, as f32.
+            let mut ts = Vec::new();
+            lora_terms(expr, &mut ts);
+            if loras.len() < ts.len() {
+                loras.resize_with(ts.len(), Default::default);
+            }
+            let mut raw = Raw::default();
+            for (t, (up, down)) in ts.iter().zip(loras.iter_mut()) {
+                for (leaf, dst) in [(&t.up, up), (&t.down, down)] {
+                    read_leaf(leaf, 0, leaf.numel, sources, &mut raw)?;
+                    dst.resize(leaf.numel, 0.0);
+                    load_tile(&raw, 0..leaf.numel, dst, None);
+                }
+            }
             let depth = expr.depth();
             if tiles.len() < depth {
                 tiles.resize_with(depth, || vec![0.0; TILE]);
@@ -242,16 +305,15 @@ pub fn produce(
             while t < len {
                 let n = TILE.min(len - t);
                 let tile = &mut first[..n];
-                let mut next_leaf = 0;
-                eval_tile(
-                    expr,
+                let mut inputs = TileInputs {
                     raws,
-                    &mut next_leaf,
-                    t..t + n,
-                    tile,
-                    rest,
-                    *round_inputs,
-                );
+                    loras,
+                    next_leaf: 0,
+                    next_lora: 0,
+                    chunk_start: start,
+                    round: *round_inputs,
+                };
+                eval_tile(expr, &mut inputs, t..t + n, tile, rest);
                 store(tile, *dtype, out, half, bhalf);
                 t += n;
             }

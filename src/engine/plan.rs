@@ -42,8 +42,28 @@ pub struct Leaf {
 pub struct Step {
     /// `strength_model`, applied when it is not 1.
     pub mm: Option<f32>,
-    /// `strength_patch` and the other model's value, when it is added.
-    pub add: Option<(f32, Expr)>,
+    /// `strength_patch` and what is added: another model's value, or a LoRA delta.
+    pub add: Option<(f32, Term)>,
+}
+
+/// What a step adds.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Term {
+    /// Another model's (lazily evaluated) weight.
+    Weights(Expr),
+    /// A LoRA's `up @ down`, flattened to the weight's shape.
+    Lora(LoraTerm),
+}
+
+/// The factors of one LoRA delta: `up` is `[out, rank]`, `down` is `[rank, inner]` (any
+/// trailing dimensions flattened), and `out · inner` equals the weight's element count.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraTerm {
+    pub up: Leaf,
+    pub down: Leaf,
+    pub out: usize,
+    pub rank: usize,
+    pub inner: usize,
 }
 
 /// A lazily evaluated weight: a base tensor and the steps applied to it, in order.
@@ -59,7 +79,12 @@ impl Expr {
         1 + self
             .steps
             .iter()
-            .filter_map(|s| s.add.as_ref().map(|(_, e)| e.depth()))
+            .filter_map(|s| {
+                s.add.as_ref().map(|(_, t)| match t {
+                    Term::Weights(e) => e.depth(),
+                    Term::Lora(_) => 1,
+                })
+            })
             .max()
             .unwrap_or(0)
     }
@@ -171,8 +196,22 @@ impl Rule {
 #[derive(Clone, Debug)]
 struct Patch {
     node: String,
-    other: Weights,
-    rule: Rule,
+    kind: PatchKind,
+}
+
+#[derive(Clone, Debug)]
+enum PatchKind {
+    /// ComfyUI's merge patch: the other model's value, weighed by the node's rule.
+    Merge { other: Weights, rule: Rule },
+    /// A LoRA's deltas for the keys it matched, at `strength` (strength_model is 1).
+    Lora { set: Arc<LoraSet>, strength: f64 },
+}
+
+/// The matched deltas of one LoRA file, by key of the patched component.
+#[derive(Debug, Default)]
+struct LoraSet {
+    /// Key → factors and `alpha / rank` scale.
+    per_key: HashMap<String, (LoraTerm, f64)>,
 }
 
 /// Model sampling set by a ModelSampling node.
@@ -444,8 +483,7 @@ impl Planner<'_> {
                 self.report_unmatched(id, &class_type, &base, &other);
                 base.patches.push(Arc::new(Patch {
                     node: id.to_owned(),
-                    other,
-                    rule,
+                    kind: PatchKind::Merge { other, rule },
                 }));
                 vec![NodeValue::Weights(base)]
             }
@@ -465,12 +503,8 @@ impl Planner<'_> {
                 });
                 vec![NodeValue::Weights(m)]
             }
-            Operation::LoadLora { .. } => {
-                return Err(node_err(
-                    id,
-                    &class_type,
-                    "baking LoRAs is not implemented yet",
-                ));
+            Operation::LoadLora { clip: with_clip } => {
+                self.load_lora(id, &class_type, with_clip)?
             }
             Operation::SaveCheckpoint
             | Operation::SaveModel
@@ -487,6 +521,184 @@ impl Planner<'_> {
         };
         self.values.insert(id.to_owned(), out.clone());
         Ok(out)
+    }
+
+    /// LoraLoader / LoraLoaderModelOnly: one LoRA patch on the MODEL and one on the CLIP.
+    fn load_lora(
+        &mut self,
+        id: &str,
+        class_type: &str,
+        with_clip: bool,
+    ) -> Result<Vec<NodeValue>, EngineError> {
+        let mut model = self.weights(id, "model")?;
+        let mut clip = if with_clip {
+            Some(self.weights(id, "clip")?)
+        } else {
+            None
+        };
+        let strength_model = self.number(id, "strength_model")?;
+        let strength_clip = if with_clip {
+            self.number(id, "strength_clip")?
+        } else {
+            0.0
+        };
+        let outputs = |model: Weights, clip: Option<Weights>| {
+            let mut v = vec![NodeValue::Weights(model)];
+            v.extend(clip.map(NodeValue::Weights));
+            v
+        };
+        // As in ComfyUI: both strengths 0 returns the inputs unchanged.
+        if strength_model == 0.0 && strength_clip == 0.0 {
+            return Ok(outputs(model, clip));
+        }
+        let name = self.string(id, "lora_name")?;
+        let lora = self.open(id, class_type, "loras", &name, false)?;
+        let arch = self.sources[model.source].architecture();
+        let levels = if arch == Architecture::Sdxl { 3 } else { 4 };
+        let unet_keys = self.sources[model.source].keys(Component::Model).to_vec();
+        let clip_keys = clip
+            .as_ref()
+            .map(|c| self.sources[c.source].keys(Component::Clip).to_vec())
+            .unwrap_or_default();
+        let map = crate::model::lora::key_map(&unet_keys, &clip_keys, levels);
+        let (model_set, clip_set, unmatched) = self.lora_sets(id, lora, &map);
+        if !unmatched.is_empty() {
+            let shown: Vec<&str> = unmatched.iter().take(5).map(String::as_str).collect();
+            self.warnings.push(Warning {
+                node: Some(id.to_owned()),
+                key: unmatched.first().cloned(),
+                message: format!(
+                    "lora key not loaded: {} of {name}'s keys match nothing in this model (e.g. {})",
+                    unmatched.len(),
+                    shown.join(", ")
+                ),
+            });
+        }
+        self.warnings.push(Warning {
+            node: Some(id.to_owned()),
+            key: None,
+            message: format!(
+                "{name}: {} MODEL and {} CLIP keys patched",
+                model_set.per_key.len(),
+                clip_set.per_key.len()
+            ),
+        });
+        if strength_model != 0.0 && !model_set.per_key.is_empty() {
+            model.patches.push(Arc::new(Patch {
+                node: id.to_owned(),
+                kind: PatchKind::Lora {
+                    set: Arc::new(model_set),
+                    strength: strength_model,
+                },
+            }));
+        }
+        if let Some(c) = &mut clip
+            && strength_clip != 0.0
+            && !clip_set.per_key.is_empty()
+        {
+            c.patches.push(Arc::new(Patch {
+                node: id.to_owned(),
+                kind: PatchKind::Lora {
+                    set: Arc::new(clip_set),
+                    strength: strength_clip,
+                },
+            }));
+        }
+        Ok(outputs(model, clip))
+    }
+
+    /// Groups a LoRA file's tensors into up/down(/alpha) deltas for the MODEL and the CLIP;
+    /// returns the names that matched nothing.
+    fn lora_sets(
+        &mut self,
+        id: &str,
+        lora: usize,
+        map: &HashMap<String, String>,
+    ) -> (LoraSet, LoraSet, Vec<String>) {
+        const PAIRS: [(&str, &str); 6] = [
+            (".lora_up.weight", ".lora_down.weight"),
+            ("_lora.up.weight", "_lora.down.weight"),
+            (".lora_B.weight", ".lora_A.weight"),
+            (".lora.up.weight", ".lora.down.weight"),
+            (
+                ".lora_linear_layer.up.weight",
+                ".lora_linear_layer.down.weight",
+            ),
+            (".lora_B.default.weight", ".lora_A.default.weight"),
+        ];
+        let src = Arc::clone(&self.sources[lora]);
+        let (mut model, mut clip) = (LoraSet::default(), LoraSet::default());
+        let mut used = std::collections::HashSet::new();
+        for t in src.file.tensors() {
+            let Some((base, down_suffix)) = PAIRS
+                .iter()
+                .find_map(|(u, d)| t.name.strip_suffix(u).map(|b| (b, *d)))
+            else {
+                continue;
+            };
+            let Some(target) = map.get(base) else {
+                continue;
+            };
+            let down_name = format!("{base}{down_suffix}");
+            let Some(down) = src.file.get(&down_name) else {
+                continue;
+            };
+            if !t.dtype.is_mergeable()
+                || !down.dtype.is_mergeable()
+                || t.shape.len() < 2
+                || down.shape.is_empty()
+            {
+                continue;
+            }
+            let rank = down.shape[0];
+            let inner: usize = down.shape[1..].iter().product();
+            let out = t.shape[0];
+            if t.shape[1..].iter().product::<usize>() != rank {
+                self.warnings.push(Warning {
+                    node: Some(id.to_owned()),
+                    key: Some(base.to_owned()),
+                    message: format!(
+                        "ERROR lora {base}: up {:?} and down {:?} do not share a rank; not applied",
+                        t.shape, down.shape
+                    ),
+                });
+                continue;
+            }
+            let alpha_name = format!("{base}.alpha");
+            let alpha = src
+                .file
+                .get(&alpha_name)
+                .and_then(|a| src.file.read_f32(a))
+                .and_then(|v| v.first().copied())
+                .map(f64::from);
+            let leaf = |r: &crate::format::TensorRecord| Leaf {
+                source: lora,
+                offset: r.offset,
+                dtype: r.dtype,
+                numel: r.numel(),
+            };
+            let term = LoraTerm {
+                up: leaf(t),
+                down: leaf(down),
+                out,
+                rank,
+                inner,
+            };
+            let scale = crate::model::lora::lora_scale(alpha, rank);
+            match target.strip_prefix("diffusion_model.") {
+                Some(k) => model.per_key.insert(k.to_owned(), (term, scale)),
+                None => clip.per_key.insert(target.clone(), (term, scale)),
+            };
+            used.extend([t.name.clone(), down_name, alpha_name]);
+        }
+        let unmatched = src
+            .file
+            .tensors()
+            .iter()
+            .map(|t| t.name.clone())
+            .filter(|n| !used.contains(n))
+            .collect();
+        (model, clip, unmatched)
     }
 
     /// Keys of model2 that model1 lacks are ignored, as in ComfyUI; say how many.
@@ -528,26 +740,48 @@ impl Planner<'_> {
         let (leaf, shape) = self.leaf(w.source, w.component, key)?;
         let mut steps = Vec::new();
         for p in &w.patches {
+            let (other, rule) = match &p.kind {
+                PatchKind::Merge { other, rule } => (other, rule),
+                PatchKind::Lora { set, strength } => {
+                    if let Some((term, scale)) = set.per_key.get(key) {
+                        if term.out * term.inner == leaf.numel {
+                            // W += f32(strength · scale) · delta, with strength_model 1.
+                            let s = (strength * scale) as f32;
+                            steps.push(Step {
+                                mm: None,
+                                add: Some((s, Term::Lora(term.clone()))),
+                            });
+                        } else {
+                            self.warnings.push(Warning {
+                                node: Some(p.node.clone()),
+                                key: Some(key.to_owned()),
+                                message: format!("ERROR lora {key}: its delta does not fit the weight {shape:?}; not applied"),
+                            });
+                        }
+                    }
+                    continue;
+                }
+            };
             if w.component == Component::Clip
                 && (key.ends_with(".position_ids") || key.ends_with(".logit_scale"))
             {
                 continue;
             }
-            if self.sources[p.other.source]
-                .get(p.other.component, key)
+            if self.sources[other.source]
+                .get(other.component, key)
                 .is_none()
             {
                 continue;
             }
-            let (s, mm) = p.rule.strengths(key);
+            let (s, mm) = rule.strengths(key);
             let mm = (mm != 1.0).then_some(mm as f32);
             let mut add = None;
             if s != 0.0 {
-                let Some((sub, sub_shape)) = self.expr(&p.other, key) else {
+                let Some((sub, sub_shape)) = self.expr(other, key) else {
                     continue;
                 };
                 if sub_shape == shape {
-                    add = Some((s as f32, sub));
+                    add = Some((s as f32, Term::Weights(sub)));
                 } else {
                     self.warnings.push(Warning {
                         node: Some(p.node.clone()),
