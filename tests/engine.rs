@@ -1193,3 +1193,140 @@ fn shared_lora_png_runs_end_to_end() {
         "{warnings}"
     );
 }
+
+/// ComfyUI's CosXL example graph: Subtract → Add → ModelMergeSDXL → ModelSamplingContinuousEDM
+/// → CheckpointSave writes the EDM markers (and, as ComfyUI, no predict_key for an EDM base);
+/// `amalgam inspect` then reports EDM v-prediction. ModelSamplingDiscrete decides `ztsnr`.
+#[test]
+fn sampling_nodes_write_comfyuis_prediction_markers() {
+    let base = Base::new();
+    let xl = Layout::sdxl(Scale::Sample);
+    let dir = base.path().join("models/checkpoints");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let scalar = |n: &str| spec(n, DType::F32, &[]);
+    write_layout(
+        &dir.join("cosxl.safetensors"),
+        &xl,
+        130,
+        &[scalar("edm_vpred.sigma_max"), scalar("edm_vpred.sigma_min")],
+    );
+    base.checkpoint("sd_xl_base_1.0.safetensors", &xl, 131);
+    base.checkpoint("albedobaseXL_v21.safetensors", &xl, 132);
+    let mut sdxl_inputs = serde_json::Map::new();
+    for n in amalgam::nodes::block_prefixes("ModelMergeSDXL").expect("sdxl") {
+        let r = if [
+            "output_blocks.0",
+            "output_blocks.1",
+            "output_blocks.2",
+            "output_blocks.3",
+            "output_blocks.4",
+        ]
+        .contains(&n.as_str())
+        {
+            0.5
+        } else {
+            1.0
+        };
+        sdxl_inputs.insert(n, json!(r));
+    }
+    sdxl_inputs.insert("model1".into(), json!(["5", 0]));
+    sdxl_inputs.insert("model2".into(), json!(["3", 0]));
+    let prompt = json!({
+        "1": loader("cosxl.safetensors"), "2": loader("sd_xl_base_1.0.safetensors"), "3": loader("albedobaseXL_v21.safetensors"),
+        "4": {"class_type": "ModelMergeSubtract", "inputs": {"multiplier": 1.0, "model1": ["1", 0], "model2": ["2", 0]}},
+        "5": {"class_type": "ModelMergeAdd", "inputs": {"model1": ["4", 0], "model2": ["3", 0]}},
+        "6": {"class_type": "ModelMergeSDXL", "inputs": sdxl_inputs},
+        "7": {"class_type": "ModelSamplingContinuousEDM", "inputs": {"sampling": "v_prediction", "sigma_max": 120.0, "sigma_min": 0.002, "model": ["6", 0]}},
+        "8": {"class_type": "CLIPMergeSubtract", "inputs": {"multiplier": 1.0, "clip1": ["1", 1], "clip2": ["2", 1]}},
+        "9": {"class_type": "CLIPMergeAdd", "inputs": {"clip1": ["8", 0], "clip2": ["3", 1]}},
+        "10": save(("7", 0), ("9", 0), ("1", 2), "checkpoints/cosxl_merge"),
+    });
+    let (files, _, _) = run_api(&base, &prompt, Precision::Keep, &mut RunCache::default());
+    let (out, meta) = read_reference(&files[0].path);
+    let value = |k: &str| f32::from_le_bytes(out[k].bytes[..4].try_into().expect("4 bytes"));
+    assert_eq!(out["edm_vpred.sigma_max"].shape, Vec::<usize>::new());
+    assert_eq!(value("edm_vpred.sigma_max"), (120f64.ln() as f32).exp());
+    assert_eq!(value("edm_vpred.sigma_min"), (0.002f64.ln() as f32).exp());
+    assert!((value("edm_vpred.sigma_max") - 120.0).abs() < 1e-4);
+    assert!(
+        !out.contains_key("v_pred") && !meta.contains_key("modelspec.predict_key"),
+        "an EDM base has no predict_key"
+    );
+    assert_eq!(
+        meta["modelspec.architecture"],
+        "stable-diffusion-xl-v1-base"
+    );
+    let j = inspect_json(&files[0].path);
+    assert_eq!(
+        (j["architecture"].as_str(), j["prediction"].as_str()),
+        (Some("sdxl"), Some("edm_v"))
+    );
+
+    // A v-prediction base through ModelSamplingDiscrete(zsnr): v_pred + ztsnr, predict_key "v".
+    write_layout(
+        &dir.join("vpred.safetensors"),
+        &xl,
+        133,
+        &[spec("v_pred", DType::F32, &[0])],
+    );
+    for (zsnr, file) in [(true, "z"), (false, "noz")] {
+        let prompt = json!({
+            "1": loader("vpred.safetensors"),
+            "2": {"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "v_prediction", "zsnr": zsnr, "model": ["1", 0]}},
+            "3": save(("2", 0), ("1", 1), ("1", 2), &format!("checkpoints/{file}")),
+        });
+        let (files, _, _) = run_api(&base, &prompt, Precision::Keep, &mut RunCache::default());
+        let (out, meta) = read_reference(&files[0].path);
+        assert_eq!(meta["modelspec.predict_key"], "v");
+        assert!(out.contains_key("v_pred"));
+        assert_eq!(out.contains_key("ztsnr"), zsnr, "zsnr {zsnr}");
+        let j = inspect_json(&files[0].path);
+        assert_eq!(
+            (j["prediction"].as_str(), j["zsnr"].as_bool()),
+            (Some("v"), Some(zsnr))
+        );
+    }
+}
+
+/// `amalgam samples` also writes a LoRA for the SD1.5 samples and a standalone VAE; the LoRA
+/// matches every key it names (no "lora key not loaded"), baked through the CLI.
+#[test]
+fn sample_lora_and_vae_bake_into_a_sample_checkpoint() {
+    let base = Base::new();
+    let out = run(&["--base-dir", path_str(base.path()), "samples"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listing = stdout(&out);
+    assert!(
+        listing.contains("models/loras/sample-lora-sd15.safetensors"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("models/vae/sample-vae.safetensors"),
+        "{listing}"
+    );
+    let prompt = json!({
+        "1": loader("sample-sd15-a.safetensors"),
+        "2": {"class_type": "LoraLoader", "inputs": {"lora_name": "sample-lora-sd15.safetensors", "strength_model": 1.0, "strength_clip": 1.0, "model": ["1", 0], "clip": ["1", 1]}},
+        "3": {"class_type": "VAELoader", "inputs": {"vae_name": "sample-vae.safetensors"}},
+        "4": save(("2", 0), ("2", 1), ("3", 0), "checkpoints/with_lora"),
+    });
+    let wf = base.path().join("lora.json");
+    std::fs::write(&wf, serde_json::to_vec(&prompt).expect("json")).expect("write");
+    let out = run(&[
+        "--base-dir",
+        path_str(base.path()),
+        "run",
+        "--json",
+        path_str(&wf),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let j: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let warnings = j["warnings"].to_string();
+    assert!(
+        warnings.contains("128 MODEL and 48 CLIP keys patched"),
+        "{warnings}"
+    );
+    assert!(!warnings.contains("not loaded"), "{warnings}");
+    let (tensors, _) = read_reference(Path::new(j["outputs"][0]["path"].as_str().expect("path")));
+    assert_eq!(tensors.len(), 1130);
+}

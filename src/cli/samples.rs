@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use crate::model::layouts::Scale;
-use crate::model::samples::{SampleOutcome, write_samples};
+use crate::model::samples::{SampleOutcome, write_sample_extras, write_samples};
 
 use super::{FolderArgs, human_bytes};
 
@@ -23,21 +23,31 @@ pub struct SamplesArgs {
 }
 
 pub fn run(folders: &FolderArgs, args: &SamplesArgs) -> anyhow::Result<()> {
-    let dir = match &args.dir {
-        Some(d) => d.clone(),
-        None => folders
-            .resolve()?
-            .primary("checkpoints")
-            .context("no checkpoints folder is configured")?
-            .to_owned(),
+    let resolved = folders.resolve()?;
+    let folder = |kind: &str| -> anyhow::Result<PathBuf> {
+        match &args.dir {
+            // With --dir, everything goes into that one folder.
+            Some(d) => Ok(d.clone()),
+            None => Ok(resolved
+                .primary(kind)
+                .with_context(|| format!("no {kind} folder is configured"))?
+                .to_owned()),
+        }
     };
     let scale = if args.full_size {
         Scale::Full
     } else {
         Scale::Sample
     };
-    let outcomes = write_samples(&dir, scale, args.family.as_deref())
+    let mut outcomes = write_samples(&folder("checkpoints")?, scale, args.family.as_deref())
         .context("cannot write the sample checkpoints")?;
+    // The LoRA and VAE samples go with the small checkpoints only.
+    if !args.full_size && args.family.is_none() {
+        outcomes.extend(
+            write_sample_extras(&folder("loras")?, &folder("vae")?)
+                .context("cannot write the sample LoRA and VAE")?,
+        );
+    }
     for o in outcomes {
         match o {
             SampleOutcome::Written { path, bytes } => {

@@ -1026,8 +1026,11 @@ impl Planner<'_> {
                 sigma_max,
                 sigma_min,
             }) if sampling == "v_prediction" => {
-                out.push(scalar("edm_vpred.sigma_max", *sigma_max as f32));
-                out.push(scalar("edm_vpred.sigma_min", *sigma_min as f32));
+                // ComfyUI stores sigmas[-1] / sigmas[0] of `linspace(log σmin, log σmax).exp()` in
+                // f32: the end points are exp of the f32 logarithms.
+                let sigma = |s: f64| (s.ln() as f32).exp();
+                out.push(scalar("edm_vpred.sigma_max", sigma(*sigma_max)));
+                out.push(scalar("edm_vpred.sigma_min", sigma(*sigma_min)));
             }
             Some(SamplingOverride::ContinuousEdm { .. }) => {}
             _ if d.prediction == Prediction::EdmV => {
@@ -1052,9 +1055,12 @@ impl Planner<'_> {
             Prediction::V => {
                 meta.push(("modelspec.predict_key".into(), "v".into()));
                 out.push(marker("v_pred"));
+                // `getattr(model_sampling, "zsnr", False)`: a Discrete override says, an EDM one
+                // has no such attribute, the loaded model keeps its own.
                 let zsnr = match &model.sampling {
                     Some(SamplingOverride::Discrete { zsnr, .. }) => *zsnr,
-                    _ => d.zsnr,
+                    Some(SamplingOverride::ContinuousEdm { .. }) => false,
+                    None => d.zsnr,
                 };
                 if zsnr {
                     out.push(marker("ztsnr"));

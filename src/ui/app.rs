@@ -1045,7 +1045,17 @@ impl AmalgamApp {
                             false,
                             format!("writing sample checkpoints into {}…", dir.display()),
                         );
-                        self.files.send(Request::WriteSamples(dir));
+                        let kind_dir = |k: &str| {
+                            self.folders
+                                .primary(k)
+                                .map_or_else(|| dir.clone(), Path::to_path_buf)
+                        };
+                        let (loras, vae) = (kind_dir("loras"), kind_dir("vae"));
+                        self.files.send(Request::WriteSamples {
+                            checkpoints: dir,
+                            loras,
+                            vae,
+                        });
                     }
                     if ui.button("Open models folder").clicked()
                         && let Some(dir) = self.folders.primary("checkpoints")

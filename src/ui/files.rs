@@ -13,14 +13,19 @@ use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 
 use crate::graph::load::{LoadError, Loaded, load_file};
 use crate::model::report::text_report;
-use crate::model::samples::{SampleOutcome, write_samples};
+use crate::model::samples::{SampleOutcome, write_sample_extras, write_samples};
 use crate::model::{Checkpoint, ModelFolders};
 
 /// Work for the file thread.
 pub enum Request {
     Load(PathBuf),
     Scan(ModelFolders),
-    WriteSamples(PathBuf),
+    /// Sample checkpoints, LoRA and VAE, into these folders.
+    WriteSamples {
+        checkpoints: PathBuf,
+        loras: PathBuf,
+        vae: PathBuf,
+    },
 }
 
 /// A saved file, as the output browser lists it.
@@ -78,10 +83,23 @@ impl FileThread {
                             let outputs = scan_outputs(folders.output_dir(), &mut known);
                             Reply::Scanned { models, outputs }
                         }
-                        Request::WriteSamples(dir) => Reply::Samples(
-                            write_samples(&dir, crate::model::layouts::Scale::Sample, None)
-                                .map_err(|e| e.to_string()),
-                        ),
+                        Request::WriteSamples {
+                            checkpoints,
+                            loras,
+                            vae,
+                        } => {
+                            let r = write_samples(
+                                &checkpoints,
+                                crate::model::layouts::Scale::Sample,
+                                None,
+                            )
+                            .and_then(|mut v| {
+                                v.extend(write_sample_extras(&loras, &vae)?);
+                                Ok(v)
+                            })
+                            .map_err(|e| e.to_string());
+                            Reply::Samples(r)
+                        }
                     };
                     if rep_tx.send(reply).is_err() {
                         break;
