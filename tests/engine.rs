@@ -1330,3 +1330,105 @@ fn sample_lora_and_vae_bake_into_a_sample_checkpoint() {
     let (tensors, _) = read_reference(Path::new(j["outputs"][0]["path"].as_str().expect("path")));
     assert_eq!(tensors.len(), 1130);
 }
+
+/// LoHa (`(w1a @ w1b) ⊙ (w2a @ w2b)`, scale alpha / rank) and full differences (`diff` on a
+/// weight, `diff_b` on its bias) are baked exactly; a Tucker LoHa is refused by name.
+#[test]
+fn loha_and_full_differences_are_exact() {
+    let base = Base::new();
+    let sd = Layout::sd15(Scale::Sample);
+    let a = base.checkpoint("a.safetensors", &sd, 140);
+    let f16 = DType::F16;
+    let q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q";
+    let k = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_k";
+    let conv = "lora_unet_down_blocks_0_resnets_0_conv1";
+    let specs = vec![
+        spec(&format!("{q}.hada_w1_a"), f16, &[16, 4]),
+        spec(&format!("{q}.hada_w1_b"), f16, &[4, 16]),
+        spec(&format!("{q}.hada_w2_a"), f16, &[16, 2]),
+        spec(&format!("{q}.hada_w2_b"), f16, &[2, 16]),
+        spec(&format!("{q}.alpha"), DType::F32, &[]),
+        spec(&format!("{k}.hada_w1_a"), f16, &[16, 2]),
+        spec(&format!("{k}.hada_w1_b"), f16, &[2, 16]),
+        spec(&format!("{k}.hada_w2_a"), f16, &[16, 2]),
+        spec(&format!("{k}.hada_w2_b"), f16, &[2, 16]),
+        spec(&format!("{k}.hada_t1"), f16, &[2, 2]),
+        spec(&format!("{conv}.diff"), f16, &[16, 16, 3, 3]),
+        spec(&format!("{conv}.diff_b"), f16, &[16]),
+    ];
+    let loras = base.path().join("models/loras");
+    std::fs::create_dir_all(&loras).expect("mkdir");
+    let path = loras.join("loha.safetensors");
+    write_safetensors(
+        &path,
+        &specs,
+        141,
+        &HashMap::from([(format!("{q}.alpha"), 2.0f32.to_le_bytes().to_vec())]),
+        &[],
+    );
+    let strength = 0.7;
+    let prompt = json!({
+        "1": loader("a.safetensors"),
+        "2": {"class_type": "LoraLoaderModelOnly", "inputs": {"lora_name": "loha.safetensors", "strength_model": strength, "model": ["1", 0]}},
+        "3": {"class_type": "ModelSave", "inputs": {"filename_prefix": "loha", "model": ["2", 0]}},
+    });
+    let (files, warnings, _) = run_api(&base, &prompt, Precision::Keep, &mut RunCache::default());
+    let out = base.read(&files[0].path);
+    let (ta, tl) = (base.read(&a), base.read(&path));
+    let f = |n: &str| f32s(&tl[n]);
+    let mm = |a: &[f32], b: &[f32], rows: usize, rank: usize, cols: usize| -> Vec<f32> {
+        let mut o = vec![0.0f32; rows * cols];
+        for r in 0..rows {
+            for c in 0..cols {
+                let mut acc = 0.0f32;
+                for kk in 0..rank {
+                    acc += a[r * rank + kk] * b[kk * cols + c];
+                }
+                o[r * cols + c] = acc;
+            }
+        }
+        o
+    };
+    // LoHa on to_q.
+    let m1 = mm(
+        &f(&format!("{q}.hada_w1_a")),
+        &f(&format!("{q}.hada_w1_b")),
+        16,
+        4,
+        16,
+    );
+    let m2 = mm(
+        &f(&format!("{q}.hada_w2_a")),
+        &f(&format!("{q}.hada_w2_b")),
+        16,
+        2,
+        16,
+    );
+    let delta: Vec<f32> = m1.iter().zip(&m2).map(|(x, y)| x * y).collect();
+    let key = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight";
+    let mut w = f32s(&ta[key]);
+    patch(&mut w, 1.0, strength * (2.0 / 4.0), Some(&delta));
+    assert!(out[key].bytes == to_bytes(&w, "F16"), "LoHa differs");
+    // diff and diff_b on the conv and its bias.
+    for (suffix, key) in [
+        (
+            ".diff",
+            "model.diffusion_model.input_blocks.1.0.in_layers.2.weight",
+        ),
+        (
+            ".diff_b",
+            "model.diffusion_model.input_blocks.1.0.in_layers.2.bias",
+        ),
+    ] {
+        let mut w = f32s(&ta[key]);
+        patch(&mut w, 1.0, strength, Some(&f(&format!("{conv}{suffix}"))));
+        assert!(out[key].bytes == to_bytes(&w, "F16"), "{suffix} differs");
+    }
+    // The Tucker LoHa is refused, and its key left as it was.
+    let tk = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_k.weight";
+    assert_eq!(out[tk].bytes, ta[tk].bytes);
+    assert!(
+        warnings.iter().any(|w| w.message.contains("Tucker")),
+        "{warnings:?}"
+    );
+}

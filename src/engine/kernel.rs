@@ -46,8 +46,9 @@ pub struct Scratch {
     raws: Vec<Raw>,
     /// One f32 tile per nesting level.
     tiles: Vec<Vec<f32>>,
-    /// The `up` and `down` factors (as f32) of each LoRA term, in visiting order.
-    loras: Vec<(Vec<f32>, Vec<f32>)>,
+    /// The factors (as f32) of each LoRA term, in visiting order: up, down, and for a LoHa the
+    /// second pair.
+    loras: Vec<[Vec<f32>; 4]>,
     half: Vec<f16>,
     bhalf: Vec<bf16>,
 }
@@ -174,7 +175,7 @@ fn load_tile(raw: &Raw, range: std::ops::Range<usize>, out: &mut [f32], round: O
 /// walk them in the order they were collected.
 struct TileInputs<'a> {
     raws: &'a [Raw],
-    loras: &'a [(Vec<f32>, Vec<f32>)],
+    loras: &'a [[Vec<f32>; 4]],
     next_leaf: usize,
     next_lora: usize,
     /// Element index of the chunk's first element within the tensor.
@@ -212,9 +213,9 @@ fn eval_tile(
         match term {
             Term::Weights(sub) => eval_tile(sub, inputs, range.clone(), tmp, rest),
             Term::Lora(t) => {
-                let (up, down) = &inputs.loras[inputs.next_lora];
+                let f = &inputs.loras[inputs.next_lora];
                 inputs.next_lora += 1;
-                lora_tile(t, up, down, inputs.chunk_start + range.start, tmp);
+                lora_tile(t, f, inputs.chunk_start + range.start, tmp);
             }
         }
         let s = *s;
@@ -226,18 +227,25 @@ fn eval_tile(
     }
 }
 
-/// Elements `first .. first + out.len()` of the flattened `up @ down`, each a sequential f32 sum
-/// over the rank (ComfyUI's CPU result).
-fn lora_tile(t: &LoraTerm, up: &[f32], down: &[f32], first: usize, out: &mut [f32]) {
+/// Elements `first .. first + out.len()` of the flattened delta: `up @ down`, or for a LoHa
+/// `(up @ down) ⊙ (w2a @ w2b)`; each product a sequential f32 sum over its rank, which is what
+/// ComfyUI computes on a CPU.
+fn lora_tile(t: &LoraTerm, f: &[Vec<f32>; 4], first: usize, out: &mut [f32]) {
+    let product = |a: &[f32], b: &[f32], rank: usize, row: usize, col: usize| {
+        let mut acc = 0.0f32;
+        for (k, &ak) in a[row * rank..(row + 1) * rank].iter().enumerate() {
+            acc += ak * b[k * t.inner + col];
+        }
+        acc
+    };
     for (i, o) in out.iter_mut().enumerate() {
         let e = first + i;
         let (row, col) = (e / t.inner, e % t.inner);
-        let u = &up[row * t.rank..(row + 1) * t.rank];
-        let mut acc = 0.0f32;
-        for (k, &uk) in u.iter().enumerate() {
-            acc += uk * down[k * t.inner + col];
-        }
-        *o = acc;
+        let m1 = product(&f[0], &f[1], t.rank, row, col);
+        *o = match t.hadamard {
+            Some((_, _, rank2)) => m1 * product(&f[2], &f[3], rank2, row, col),
+            None => m1,
+        };
     }
 }
 
@@ -288,8 +296,12 @@ pub fn produce(
                 loras.resize_with(ts.len(), Default::default);
             }
             let mut raw = Raw::default();
-            for (t, (up, down)) in ts.iter().zip(loras.iter_mut()) {
-                for (leaf, dst) in [(&t.up, up), (&t.down, down)] {
+            for (t, bufs) in ts.iter().zip(loras.iter_mut()) {
+                let mut leaves = vec![&t.up, &t.down];
+                if let Some((w2a, w2b, _)) = &t.hadamard {
+                    leaves.extend([w2a, w2b]);
+                }
+                for (leaf, dst) in leaves.into_iter().zip(bufs.iter_mut()) {
                     read_leaf(leaf, 0, leaf.numel, sources, &mut raw)?;
                     dst.resize(leaf.numel, 0.0);
                     load_tile(&raw, 0..leaf.numel, dst, None);

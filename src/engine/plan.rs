@@ -56,7 +56,8 @@ pub enum Term {
 }
 
 /// The factors of one LoRA delta: `up` is `[out, rank]`, `down` is `[rank, inner]` (any
-/// trailing dimensions flattened), and `out · inner` equals the weight's element count.
+/// trailing dimensions flattened), and `out · inner` equals the weight's element count. A LoHa
+/// has a second pair, and its delta is the element-wise product of the two matrix products.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoraTerm {
     pub up: Leaf,
@@ -64,6 +65,8 @@ pub struct LoraTerm {
     pub out: usize,
     pub rank: usize,
     pub inner: usize,
+    /// LoHa's `hada_w2_a`, `hada_w2_b` and their rank.
+    pub hadamard: Option<(Leaf, Leaf, usize)>,
 }
 
 /// A lazily evaluated weight: a base tensor and the steps applied to it, in order.
@@ -210,8 +213,17 @@ enum PatchKind {
 /// The matched deltas of one LoRA file, by key of the patched component.
 #[derive(Debug, Default)]
 struct LoraSet {
-    /// Key → factors and `alpha / rank` scale.
-    per_key: HashMap<String, (LoraTerm, f64)>,
+    /// Key → what is added and its scale (`alpha / rank`, or 1 for a full difference).
+    per_key: HashMap<String, (LoraDelta, f64)>,
+}
+
+/// One key's delta in a LoRA file.
+#[derive(Clone, Debug)]
+enum LoraDelta {
+    /// A low-rank (LoRA, LoHa) product.
+    Factors(LoraTerm),
+    /// A full weight-shaped difference (`diff`, `diff_b`), and its shape.
+    Full(Leaf, Vec<usize>),
 }
 
 /// Model sampling set by a ModelSampling node.
@@ -607,8 +619,9 @@ impl Planner<'_> {
         Ok(outputs(model, clip))
     }
 
-    /// Groups a LoRA file's tensors into up/down(/alpha) deltas for the MODEL and the CLIP;
-    /// returns the names that matched nothing.
+    /// Groups a LoRA file's tensors into deltas for the MODEL and the CLIP: LoRA up/down pairs
+    /// (with `alpha`), LoHa (`hada_w1_a/b`, `hada_w2_a/b`), and full differences (`diff` for a
+    /// weight, `diff_b` for its bias). Returns the names that matched nothing.
     fn lora_sets(
         &mut self,
         id: &str,
@@ -627,72 +640,147 @@ impl Planner<'_> {
             (".lora_B.default.weight", ".lora_A.default.weight"),
         ];
         let src = Arc::clone(&self.sources[lora]);
+        let file = &src.file;
+        let leaf = |r: &crate::format::TensorRecord| Leaf {
+            source: lora,
+            offset: r.offset,
+            dtype: r.dtype,
+            numel: r.numel(),
+        };
+        let float = |r: &crate::format::TensorRecord| r.dtype.is_mergeable();
+        let alpha_of = |base: &str| {
+            file.get(&format!("{base}.alpha"))
+                .and_then(|a| file.read_f32(a))
+                .and_then(|v| v.first().copied())
+                .map(f64::from)
+        };
         let (mut model, mut clip) = (LoraSet::default(), LoraSet::default());
         let mut used = std::collections::HashSet::new();
-        for t in src.file.tensors() {
-            let Some((base, down_suffix)) = PAIRS
-                .iter()
-                .find_map(|(u, d)| t.name.strip_suffix(u).map(|b| (b, *d)))
-            else {
-                continue;
-            };
-            let Some(target) = map.get(base) else {
-                continue;
-            };
-            let down_name = format!("{base}{down_suffix}");
-            let Some(down) = src.file.get(&down_name) else {
-                continue;
-            };
-            if !t.dtype.is_mergeable()
-                || !down.dtype.is_mergeable()
-                || t.shape.len() < 2
-                || down.shape.is_empty()
-            {
-                continue;
-            }
-            let rank = down.shape[0];
-            let inner: usize = down.shape[1..].iter().product();
-            let out = t.shape[0];
-            if t.shape[1..].iter().product::<usize>() != rank {
-                self.warnings.push(Warning {
-                    node: Some(id.to_owned()),
-                    key: Some(base.to_owned()),
-                    message: format!(
-                        "ERROR lora {base}: up {:?} and down {:?} do not share a rank; not applied",
-                        t.shape, down.shape
-                    ),
-                });
-                continue;
-            }
-            let alpha_name = format!("{base}.alpha");
-            let alpha = src
-                .file
-                .get(&alpha_name)
-                .and_then(|a| src.file.read_f32(a))
-                .and_then(|v| v.first().copied())
-                .map(f64::from);
-            let leaf = |r: &crate::format::TensorRecord| Leaf {
-                source: lora,
-                offset: r.offset,
-                dtype: r.dtype,
-                numel: r.numel(),
-            };
-            let term = LoraTerm {
-                up: leaf(t),
-                down: leaf(down),
-                out,
-                rank,
-                inner,
-            };
-            let scale = crate::model::lora::lora_scale(alpha, rank);
+        let mut insert = |target: &str, delta: LoraDelta, scale: f64| {
             match target.strip_prefix("diffusion_model.") {
-                Some(k) => model.per_key.insert(k.to_owned(), (term, scale)),
-                None => clip.per_key.insert(target.clone(), (term, scale)),
+                Some(k) => model.per_key.insert(k.to_owned(), (delta, scale)),
+                None => clip.per_key.insert(target.to_owned(), (delta, scale)),
             };
-            used.extend([t.name.clone(), down_name, alpha_name]);
+        };
+        for t in file.tensors() {
+            let name = t.name.as_str();
+            // A low-rank pair: up [out, rank(, 1, 1)], down [rank, inner…].
+            if let Some((base, down_suffix)) = PAIRS
+                .iter()
+                .find_map(|(u, d)| name.strip_suffix(u).map(|b| (b, *d)))
+                && let Some(target) = map.get(base)
+                && let Some(down) = file.get(&format!("{base}{down_suffix}"))
+                && float(t)
+                && float(down)
+                && t.shape.len() >= 2
+                && !down.shape.is_empty()
+            {
+                let (out, rank, inner) = (
+                    t.shape[0],
+                    down.shape[0],
+                    down.shape[1..].iter().product::<usize>(),
+                );
+                if t.shape[1..].iter().product::<usize>() != rank {
+                    self.warnings.push(Warning {
+                        node: Some(id.to_owned()),
+                        key: Some(base.to_owned()),
+                        message: format!("ERROR lora {base}: up {:?} and down {:?} do not share a rank; not applied", t.shape, down.shape),
+                    });
+                    continue;
+                }
+                let term = LoraTerm {
+                    up: leaf(t),
+                    down: leaf(down),
+                    out,
+                    rank,
+                    inner,
+                    hadamard: None,
+                };
+                insert(
+                    target,
+                    LoraDelta::Factors(term),
+                    crate::model::lora::lora_scale(alpha_of(base), rank),
+                );
+                used.extend([
+                    name.to_owned(),
+                    format!("{base}{down_suffix}"),
+                    format!("{base}.alpha"),
+                ]);
+                continue;
+            }
+            // LoHa: (w1a @ w1b) ⊙ (w2a @ w2b), scale alpha / w1b.shape[0].
+            if let Some(base) = name.strip_suffix(".hada_w1_a")
+                && let Some(target) = map.get(base)
+            {
+                let part = |s: &str| file.get(&format!("{base}.{s}"));
+                if part("hada_t1").is_some() || part("hada_t2").is_some() {
+                    self.warnings.push(Warning {
+                        node: Some(id.to_owned()),
+                        key: Some(base.to_owned()),
+                        message: format!("lora {base}: LoHa with Tucker factors (hada_t1/t2) is not supported yet; not applied"),
+                    });
+                    continue;
+                }
+                let (Some(w1b), Some(w2a), Some(w2b)) =
+                    (part("hada_w1_b"), part("hada_w2_a"), part("hada_w2_b"))
+                else {
+                    continue;
+                };
+                let (out, rank, inner) = (
+                    t.shape.first().copied().unwrap_or(0),
+                    w1b.shape.first().copied().unwrap_or(0),
+                    w1b.shape.iter().skip(1).product::<usize>(),
+                );
+                let rank2 = w2b.shape.first().copied().unwrap_or(0);
+                let consistent = [t, w1b, w2a, w2b].iter().all(|r| float(r))
+                    && t.numel() == out * rank
+                    && w2a.numel() == out * rank2
+                    && w2b.numel() == rank2 * inner;
+                if !consistent {
+                    self.warnings.push(Warning {
+                        node: Some(id.to_owned()),
+                        key: Some(base.to_owned()),
+                        message: format!(
+                            "ERROR lora {base}: LoHa factor shapes do not agree; not applied"
+                        ),
+                    });
+                    continue;
+                }
+                let term = LoraTerm {
+                    up: leaf(t),
+                    down: leaf(w1b),
+                    out,
+                    rank,
+                    inner,
+                    hadamard: Some((leaf(w2a), leaf(w2b), rank2)),
+                };
+                insert(
+                    target,
+                    LoraDelta::Factors(term),
+                    crate::model::lora::lora_scale(alpha_of(base), rank),
+                );
+                for s in ["hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"] {
+                    used.insert(format!("{base}.{s}"));
+                }
+                continue;
+            }
+            // Full differences, added at the strength as they are.
+            let full = name
+                .strip_suffix(".diff_b")
+                .and_then(|b| {
+                    map.get(b)
+                        .map(|w| w.strip_suffix(".weight").map(|s| format!("{s}.bias")))
+                })
+                .flatten()
+                .or_else(|| name.strip_suffix(".diff").and_then(|b| map.get(b).cloned()));
+            if let Some(target) = full
+                && float(t)
+            {
+                insert(&target, LoraDelta::Full(leaf(t), t.shape.clone()), 1.0);
+                used.insert(name.to_owned());
+            }
         }
-        let unmatched = src
-            .file
+        let unmatched = file
             .tensors()
             .iter()
             .map(|t| t.name.clone())
@@ -743,20 +831,28 @@ impl Planner<'_> {
             let (other, rule) = match &p.kind {
                 PatchKind::Merge { other, rule } => (other, rule),
                 PatchKind::Lora { set, strength } => {
-                    if let Some((term, scale)) = set.per_key.get(key) {
-                        if term.out * term.inner == leaf.numel {
-                            // W += f32(strength · scale) · delta, with strength_model 1.
-                            let s = (strength * scale) as f32;
-                            steps.push(Step {
-                                mm: None,
-                                add: Some((s, Term::Lora(term.clone()))),
-                            });
-                        } else {
-                            self.warnings.push(Warning {
+                    if let Some((delta, scale)) = set.per_key.get(key) {
+                        // W += f32(strength · scale) · delta, with strength_model 1.
+                        let s = (strength * scale) as f32;
+                        let term = match delta {
+                            LoraDelta::Factors(t) if t.out * t.inner == leaf.numel => {
+                                Some(Term::Lora(t.clone()))
+                            }
+                            LoraDelta::Full(d, dshape) if *dshape == shape => {
+                                Some(Term::Weights(Expr {
+                                    leaf: d.clone(),
+                                    steps: Vec::new(),
+                                }))
+                            }
+                            _ => None,
+                        };
+                        match term {
+                            Some(term) => steps.push(Step { mm: None, add: Some((s, term)) }),
+                            None => self.warnings.push(Warning {
                                 node: Some(p.node.clone()),
                                 key: Some(key.to_owned()),
                                 message: format!("ERROR lora {key}: its delta does not fit the weight {shape:?}; not applied"),
-                            });
+                            }),
                         }
                     }
                     continue;
