@@ -1432,3 +1432,123 @@ fn loha_and_full_differences_are_exact() {
         "{warnings:?}"
     );
 }
+
+/// LoKr deltas `kron(w1, w2)` — whole or factored factors, 2-D and 3×3-conv weights, scale
+/// alpha / factored rank — are baked exactly.
+#[test]
+fn lokr_is_exact() {
+    let base = Base::new();
+    let sd = Layout::sd15(Scale::Sample);
+    let a = base.checkpoint("a.safetensors", &sd, 150);
+    let f16 = DType::F16;
+    let v = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_v";
+    let conv = "lora_unet_down_blocks_0_resnets_0_conv1";
+    let specs = vec![
+        spec(&format!("{v}.lokr_w1"), f16, &[4, 2]),
+        spec(&format!("{v}.lokr_w2_a"), f16, &[4, 2]),
+        spec(&format!("{v}.lokr_w2_b"), f16, &[2, 8]),
+        spec(&format!("{v}.alpha"), DType::F32, &[]),
+        spec(&format!("{conv}.lokr_w1_a"), f16, &[4, 1]),
+        spec(&format!("{conv}.lokr_w1_b"), f16, &[1, 4]),
+        spec(&format!("{conv}.lokr_w2"), f16, &[4, 4, 3, 3]),
+    ];
+    let loras = base.path().join("models/loras");
+    std::fs::create_dir_all(&loras).expect("mkdir");
+    let path = loras.join("lokr.safetensors");
+    write_safetensors(
+        &path,
+        &specs,
+        151,
+        &HashMap::from([(format!("{v}.alpha"), 4.0f32.to_le_bytes().to_vec())]),
+        &[],
+    );
+    let strength = 0.9;
+    let prompt = json!({
+        "1": loader("a.safetensors"),
+        "2": {"class_type": "LoraLoaderModelOnly", "inputs": {"lora_name": "lokr.safetensors", "strength_model": strength, "model": ["1", 0]}},
+        "3": {"class_type": "ModelSave", "inputs": {"filename_prefix": "lokr", "model": ["2", 0]}},
+    });
+    let (files, warnings, _) = run_api(&base, &prompt, Precision::Keep, &mut RunCache::default());
+    assert!(
+        !warnings
+            .iter()
+            .any(|w| w.message.contains("not loaded") || w.message.contains("not applied")),
+        "{warnings:?}"
+    );
+    let out = base.read(&files[0].path);
+    let (ta, tl) = (base.read(&a), base.read(&path));
+    let f = |n: &str| f32s(&tl[n]);
+    let mm = |x: &[f32], y: &[f32], rows: usize, rank: usize, cols: usize| -> Vec<f32> {
+        let mut o = vec![0.0f32; rows * cols];
+        for r in 0..rows {
+            for c in 0..cols {
+                let mut acc = 0.0f32;
+                for k in 0..rank {
+                    acc += x[r * rank + k] * y[k * cols + c];
+                }
+                o[r * cols + c] = acc;
+            }
+        }
+        o
+    };
+    // kron of w1 [p, q] and w2 [r, s, hw] into [p·r, q·s, hw], by nested loops.
+    let kron = |w1: &[f32],
+                (p, q): (usize, usize),
+                w2: &[f32],
+                (r, s, hw): (usize, usize, usize)|
+     -> Vec<f32> {
+        let mut o = vec![0.0f32; p * q * r * s * hw];
+        for i1 in 0..p {
+            for j1 in 0..q {
+                for i2 in 0..r {
+                    for j2 in 0..s {
+                        for x in 0..hw {
+                            o[((i1 * r + i2) * (q * s) + (j1 * s + j2)) * hw + x] =
+                                w1[i1 * q + j1] * w2[(i2 * s + j2) * hw + x];
+                        }
+                    }
+                }
+            }
+        }
+        o
+    };
+    let cases = [
+        (
+            "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_v.weight",
+            kron(
+                &f(&format!("{v}.lokr_w1")),
+                (4, 2),
+                &mm(
+                    &f(&format!("{v}.lokr_w2_a")),
+                    &f(&format!("{v}.lokr_w2_b")),
+                    4,
+                    2,
+                    8,
+                ),
+                (4, 8, 1),
+            ),
+            4.0 / 2.0,
+        ),
+        (
+            "model.diffusion_model.input_blocks.1.0.in_layers.2.weight",
+            kron(
+                &mm(
+                    &f(&format!("{conv}.lokr_w1_a")),
+                    &f(&format!("{conv}.lokr_w1_b")),
+                    4,
+                    1,
+                    4,
+                ),
+                (4, 4),
+                &f(&format!("{conv}.lokr_w2")),
+                (4, 4, 9),
+            ),
+            1.0,
+        ),
+    ];
+    for (key, delta, scale) in cases {
+        let mut w = f32s(&ta[key]);
+        patch(&mut w, 1.0, strength * scale, Some(&delta));
+        assert!(out[key].bytes == to_bytes(&w, "F16"), "{key} differs");
+    }
+}

@@ -15,7 +15,7 @@ use half::{bf16, f16};
 
 use crate::format::DType;
 
-use super::plan::{Expr, Leaf, LoraTerm, Recipe, Term};
+use super::plan::{Expr, Factor, KronTerm, Leaf, LoraTerm, Recipe, Term};
 use super::source::Source;
 
 /// Elements per chunk: 1 Mi elements is 4 MiB of f32 per nesting level.
@@ -67,13 +67,55 @@ fn leaves<'a>(expr: &'a Expr, out: &mut Vec<&'a Leaf>) {
     }
 }
 
-/// LoRA terms of an expression in the order evaluation visits them.
-fn lora_terms<'a>(expr: &'a Expr, out: &mut Vec<&'a LoraTerm>) {
+/// A low-rank term of an expression (LoRA/LoHa or LoKr).
+enum Factored<'a> {
+    Lora(&'a LoraTerm),
+    Kron(&'a KronTerm),
+}
+
+/// Low-rank terms of an expression in the order evaluation visits them.
+fn lora_terms<'a>(expr: &'a Expr, out: &mut Vec<Factored<'a>>) {
     for step in &expr.steps {
         match &step.add {
             Some((_, Term::Weights(sub))) => lora_terms(sub, out),
-            Some((_, Term::Lora(t))) => out.push(t),
+            Some((_, Term::Lora(t))) => out.push(Factored::Lora(t)),
+            Some((_, Term::Kron(k))) => out.push(Factored::Kron(k)),
             None => {}
+        }
+    }
+}
+
+/// Reads a whole (small) tensor as f32.
+fn read_whole(
+    leaf: &Leaf,
+    sources: &[Arc<Source>],
+    raw: &mut Raw,
+    dst: &mut Vec<f32>,
+) -> Result<(), String> {
+    read_leaf(leaf, 0, leaf.numel, sources, raw)?;
+    dst.resize(leaf.numel, 0.0);
+    load_tile(raw, 0..leaf.numel, dst, None);
+    Ok(())
+}
+
+/// A LoKr factor as an f32 matrix: read whole, or `a @ b` with the sequential f32 sum.
+fn materialize(
+    f: &Factor,
+    sources: &[Arc<Source>],
+    raw: &mut Raw,
+    dst: &mut Vec<f32>,
+) -> Result<(), String> {
+    match f {
+        Factor::Full(leaf) => read_whole(leaf, sources, raw, dst),
+        Factor::Product { a, b, rank } => {
+            let (mut av, mut bv) = (Vec::new(), Vec::new());
+            read_whole(a, sources, raw, &mut av)?;
+            read_whole(b, sources, raw, &mut bv)?;
+            let (rows, cols) = (a.numel / rank, b.numel / rank);
+            dst.clear();
+            dst.resize(rows * cols, 0.0);
+            crate::model::lora::lora_delta(&av, &bv, *rank, cols, 0..rows, dst);
+            Ok(())
         }
     }
 }
@@ -217,6 +259,11 @@ fn eval_tile(
                 inputs.next_lora += 1;
                 lora_tile(t, f, inputs.chunk_start + range.start, tmp);
             }
+            Term::Kron(k) => {
+                let f = &inputs.loras[inputs.next_lora];
+                inputs.next_lora += 1;
+                kron_tile(k, &f[0], &f[1], inputs.chunk_start + range.start, tmp);
+            }
         }
         let s = *s;
         for (w, &b) in out.iter_mut().zip(tmp.iter()) {
@@ -246,6 +293,21 @@ fn lora_tile(t: &LoraTerm, f: &[Vec<f32>; 4], first: usize, out: &mut [f32]) {
             Some((_, _, rank2)) => m1 * product(&f[2], &f[3], rank2, row, col),
             None => m1,
         };
+    }
+}
+
+/// Elements `first .. first + out.len()` of `kron(w1, w2)` flattened as the weight
+/// `[a·c, b·d, h·w]`.
+fn kron_tile(k: &KronTerm, w1: &[f32], w2: &[f32], first: usize, out: &mut [f32]) {
+    let [_, b] = k.w1_shape;
+    let [c, d, hw] = k.w2_shape;
+    let cols = b * d;
+    for (i, o) in out.iter_mut().enumerate() {
+        let e = first + i;
+        let x = e % hw;
+        let j = (e / hw) % cols;
+        let r = e / (hw * cols);
+        *o = w1[(r / c) * b + j / d] * w2[((r % c) * d + j % d) * hw + x];
     }
 }
 
@@ -297,14 +359,21 @@ pub fn produce(
             }
             let mut raw = Raw::default();
             for (t, bufs) in ts.iter().zip(loras.iter_mut()) {
-                let mut leaves = vec![&t.up, &t.down];
-                if let Some((w2a, w2b, _)) = &t.hadamard {
-                    leaves.extend([w2a, w2b]);
-                }
-                for (leaf, dst) in leaves.into_iter().zip(bufs.iter_mut()) {
-                    read_leaf(leaf, 0, leaf.numel, sources, &mut raw)?;
-                    dst.resize(leaf.numel, 0.0);
-                    load_tile(&raw, 0..leaf.numel, dst, None);
+                match t {
+                    Factored::Lora(t) => {
+                        let mut leaves = vec![&t.up, &t.down];
+                        if let Some((w2a, w2b, _)) = &t.hadamard {
+                            leaves.extend([w2a, w2b]);
+                        }
+                        for (leaf, dst) in leaves.into_iter().zip(bufs.iter_mut()) {
+                            read_whole(leaf, sources, &mut raw, dst)?;
+                        }
+                    }
+                    Factored::Kron(k) => {
+                        let [b0, b1, ..] = bufs;
+                        materialize(&k.w1, sources, &mut raw, b0)?;
+                        materialize(&k.w2, sources, &mut raw, b1)?;
+                    }
                 }
             }
             let depth = expr.depth();

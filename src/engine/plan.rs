@@ -53,6 +53,26 @@ pub enum Term {
     Weights(Expr),
     /// A LoRA's `up @ down`, flattened to the weight's shape.
     Lora(LoraTerm),
+    /// A LoKr's `kron(w1, w2)`.
+    Kron(KronTerm),
+}
+
+/// A factor matrix of a LoKr: stored whole, or as the product of two stored factors.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Factor {
+    Full(Leaf),
+    Product { a: Leaf, b: Leaf, rank: usize },
+}
+
+/// `kron(w1, w2)` for `w1: [a, b]` and `w2: [c, d]` or `[c, d, h, w]`; the weight is
+/// `[a·c, b·d(, h, w)]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KronTerm {
+    pub w1: Factor,
+    pub w2: Factor,
+    /// `[a, b]` and `[c, d, h·w]`.
+    pub w1_shape: [usize; 2],
+    pub w2_shape: [usize; 3],
 }
 
 /// The factors of one LoRA delta: `up` is `[out, rank]`, `down` is `[rank, inner]` (any
@@ -85,7 +105,7 @@ impl Expr {
             .filter_map(|s| {
                 s.add.as_ref().map(|(_, t)| match t {
                     Term::Weights(e) => e.depth(),
-                    Term::Lora(_) => 1,
+                    Term::Lora(_) | Term::Kron(_) => 1,
                 })
             })
             .max()
@@ -224,6 +244,8 @@ enum LoraDelta {
     Factors(LoraTerm),
     /// A full weight-shaped difference (`diff`, `diff_b`), and its shape.
     Full(Leaf, Vec<usize>),
+    /// A LoKr, and the number of elements it produces.
+    Kron(KronTerm, usize),
 }
 
 /// Model sampling set by a ModelSampling node.
@@ -764,6 +786,92 @@ impl Planner<'_> {
                 }
                 continue;
             }
+            // LoKr: kron(w1, w2), each factor whole or a product; scale alpha / the factored rank.
+            if let Some(base) = name
+                .strip_suffix(".lokr_w1")
+                .or_else(|| name.strip_suffix(".lokr_w1_a"))
+                && let Some(target) = map.get(base)
+            {
+                let part = |s: &str| file.get(&format!("{base}.{s}"));
+                let why = if part("lokr_t2").is_some() {
+                    Some("LoKr with a Tucker factor (lokr_t2) is not supported yet")
+                } else {
+                    None
+                };
+                let mut dim = None;
+                let mut factor =
+                    |whole: &str, fa: &str, fb: &str| -> Option<(Factor, Vec<usize>)> {
+                        if let Some(w) = part(whole) {
+                            return float(w).then(|| (Factor::Full(leaf(w)), w.shape.clone()));
+                        }
+                        let (a, b) = (part(fa)?, part(fb)?);
+                        let rank = *b.shape.first()?;
+                        if !float(a)
+                            || !float(b)
+                            || a.shape.len() != 2
+                            || a.shape[1] != rank
+                            || b.shape.len() != 2
+                        {
+                            return None;
+                        }
+                        dim = Some(rank);
+                        Some((
+                            Factor::Product {
+                                a: leaf(a),
+                                b: leaf(b),
+                                rank,
+                            },
+                            vec![a.shape[0], b.shape[1]],
+                        ))
+                    };
+                let w1 = factor("lokr_w1", "lokr_w1_a", "lokr_w1_b");
+                let w2 = factor("lokr_w2", "lokr_w2_a", "lokr_w2_b");
+                let parsed = match (why, w1, w2) {
+                    (Some(why), _, _) => Err(why),
+                    (None, Some((w1, s1)), Some((w2, s2)))
+                        if s1.len() == 2 && (s2.len() == 2 || s2.len() == 4) =>
+                    {
+                        Ok((w1, s1, w2, s2))
+                    }
+                    _ => Err("LoKr factors are missing, malformed or of an unsupported shape"),
+                };
+                let (w1, s1, w2, s2) = match parsed {
+                    Ok(p) => p,
+                    Err(why) => {
+                        self.warnings.push(Warning {
+                            node: Some(id.to_owned()),
+                            key: Some(base.to_owned()),
+                            message: format!("lora {base}: {why}; not applied"),
+                        });
+                        continue;
+                    }
+                };
+                let hw = s2.iter().skip(2).product::<usize>();
+                let term = KronTerm {
+                    w1,
+                    w2,
+                    w1_shape: [s1[0], s1[1]],
+                    w2_shape: [s2[0], s2[1], hw],
+                };
+                let n = s1[0] * s1[1] * s2[0] * s2[1] * hw;
+                let scale = match (alpha_of(base), dim) {
+                    (Some(al), Some(d)) => al / d as f64,
+                    _ => 1.0,
+                };
+                insert(target, LoraDelta::Kron(term, n), scale);
+                for s in [
+                    "lokr_w1",
+                    "lokr_w1_a",
+                    "lokr_w1_b",
+                    "lokr_w2",
+                    "lokr_w2_a",
+                    "lokr_w2_b",
+                    "alpha",
+                ] {
+                    used.insert(format!("{base}.{s}"));
+                }
+                continue;
+            }
             // Full differences, added at the strength as they are.
             let full = name
                 .strip_suffix(".diff_b")
@@ -843,6 +951,9 @@ impl Planner<'_> {
                                     leaf: d.clone(),
                                     steps: Vec::new(),
                                 }))
+                            }
+                            LoraDelta::Kron(k, n) if *n == leaf.numel => {
+                                Some(Term::Kron(k.clone()))
                             }
                             _ => None,
                         };
