@@ -1342,6 +1342,8 @@ fn loha_and_full_differences_are_exact() {
     let q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q";
     let k = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_k";
     let conv = "lora_unet_down_blocks_0_resnets_0_conv1";
+    let dora = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_v";
+    let mid = "lora_unet_down_blocks_1_resnets_0_conv1";
     let specs = vec![
         spec(&format!("{q}.hada_w1_a"), f16, &[16, 4]),
         spec(&format!("{q}.hada_w1_b"), f16, &[4, 16]),
@@ -1354,6 +1356,12 @@ fn loha_and_full_differences_are_exact() {
         spec(&format!("{k}.hada_w2_b"), f16, &[2, 16]),
         spec(&format!("{k}.hada_t1"), f16, &[2, 2]),
         spec(&format!("{conv}.diff"), f16, &[16, 16, 3, 3]),
+        spec(&format!("{dora}.lora_up.weight"), f16, &[16, 4]),
+        spec(&format!("{dora}.lora_down.weight"), f16, &[4, 16]),
+        spec(&format!("{dora}.dora_scale"), f16, &[16, 1]),
+        spec(&format!("{mid}.lora_up.weight"), f16, &[32, 4, 1, 1]),
+        spec(&format!("{mid}.lora_down.weight"), f16, &[4, 32, 1, 1]),
+        spec(&format!("{mid}.lora_mid.weight"), f16, &[4, 4, 3, 3]),
         spec(&format!("{conv}.diff_b"), f16, &[16]),
     ];
     let loras = base.path().join("models/loras");
@@ -1424,6 +1432,17 @@ fn loha_and_full_differences_are_exact() {
         patch(&mut w, 1.0, strength, Some(&f(&format!("{conv}{suffix}"))));
         assert!(out[key].bytes == to_bytes(&w, "F16"), "{suffix} differs");
     }
+    // DoRA and LoCon-mid keys are refused, not baked as plain LoRAs.
+    for what in ["DoRA (dora_scale)", "LoCon with lora_mid"] {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.message.contains(&format!("{what} is not supported yet"))),
+            "{what}: {warnings:?}"
+        );
+    }
+    let v = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_v.weight";
+    assert_eq!(out[v].bytes, ta[v].bytes, "the DoRA key is left as it was");
     // The Tucker LoHa is refused, and its key left as it was.
     let tk = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_k.weight";
     assert_eq!(out[tk].bytes, ta[tk].bytes);

@@ -697,6 +697,32 @@ impl Planner<'_> {
                 && t.shape.len() >= 2
                 && !down.shape.is_empty()
             {
+                // DoRA and LoCon's Tucker factor change the result in ways not reproduced
+                // exactly yet: refuse the key rather than bake something ComfyUI would not.
+                let extra = ["dora_scale", "lora_mid.weight"]
+                    .into_iter()
+                    .find(|x| file.get(&format!("{base}.{x}")).is_some());
+                if let Some(extra) = extra {
+                    self.warnings.push(Warning {
+                        node: Some(id.to_owned()),
+                        key: Some(base.to_owned()),
+                        message: format!(
+                            "lora {base}: {} is not supported yet; not applied",
+                            if extra == "dora_scale" {
+                                "DoRA (dora_scale)"
+                            } else {
+                                "LoCon with lora_mid"
+                            }
+                        ),
+                    });
+                    used.extend([
+                        name.to_owned(),
+                        format!("{base}{down_suffix}"),
+                        format!("{base}.alpha"),
+                        format!("{base}.{extra}"),
+                    ]);
+                    continue;
+                }
                 let (out, rank, inner) = (
                     t.shape[0],
                     down.shape[0],
