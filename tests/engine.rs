@@ -1384,28 +1384,15 @@ fn loha_and_full_differences_are_exact() {
     let out = base.read(&files[0].path);
     let (ta, tl) = (base.read(&a), base.read(&path));
     let f = |n: &str| f32s(&tl[n]);
-    let mm = |a: &[f32], b: &[f32], rows: usize, rank: usize, cols: usize| -> Vec<f32> {
-        let mut o = vec![0.0f32; rows * cols];
-        for r in 0..rows {
-            for c in 0..cols {
-                let mut acc = 0.0f32;
-                for kk in 0..rank {
-                    acc += a[r * rank + kk] * b[kk * cols + c];
-                }
-                o[r * cols + c] = acc;
-            }
-        }
-        o
-    };
     // LoHa on to_q.
-    let m1 = mm(
+    let m1 = seq_matmul(
         &f(&format!("{q}.hada_w1_a")),
         &f(&format!("{q}.hada_w1_b")),
         16,
         4,
         16,
     );
-    let m2 = mm(
+    let m2 = seq_matmul(
         &f(&format!("{q}.hada_w2_a")),
         &f(&format!("{q}.hada_w2_b")),
         16,
@@ -1497,19 +1484,6 @@ fn lokr_is_exact() {
     let out = base.read(&files[0].path);
     let (ta, tl) = (base.read(&a), base.read(&path));
     let f = |n: &str| f32s(&tl[n]);
-    let mm = |x: &[f32], y: &[f32], rows: usize, rank: usize, cols: usize| -> Vec<f32> {
-        let mut o = vec![0.0f32; rows * cols];
-        for r in 0..rows {
-            for c in 0..cols {
-                let mut acc = 0.0f32;
-                for k in 0..rank {
-                    acc += x[r * rank + k] * y[k * cols + c];
-                }
-                o[r * cols + c] = acc;
-            }
-        }
-        o
-    };
     // kron of w1 [p, q] and w2 [r, s, hw] into [p·r, q·s, hw], by nested loops.
     let kron = |w1: &[f32],
                 (p, q): (usize, usize),
@@ -1537,7 +1511,7 @@ fn lokr_is_exact() {
             kron(
                 &f(&format!("{v}.lokr_w1")),
                 (4, 2),
-                &mm(
+                &seq_matmul(
                     &f(&format!("{v}.lokr_w2_a")),
                     &f(&format!("{v}.lokr_w2_b")),
                     4,
@@ -1551,7 +1525,7 @@ fn lokr_is_exact() {
         (
             "model.diffusion_model.input_blocks.1.0.in_layers.2.weight",
             kron(
-                &mm(
+                &seq_matmul(
                     &f(&format!("{conv}.lokr_w1_a")),
                     &f(&format!("{conv}.lokr_w1_b")),
                     4,

@@ -188,3 +188,19 @@ pub fn patch(w: &mut [f32], mm: f64, s: f64, b: Option<&[f32]>) {
         }
     }
 }
+
+/// `a @ b` for row-major `a: [rows, rank]` and `b: [rank, cols]`, each element a sequential f32
+/// sum over the rank (ComfyUI's CPU result), as an independent reference for LoRA tests.
+pub fn seq_matmul(a: &[f32], b: &[f32], rows: usize, rank: usize, cols: usize) -> Vec<f32> {
+    let mut o = vec![0.0f32; rows * cols];
+    for r in 0..rows {
+        for c in 0..cols {
+            let mut acc = 0.0f32;
+            for k in 0..rank {
+                acc += a[r * rank + k] * b[k * cols + c];
+            }
+            o[r * cols + c] = acc;
+        }
+    }
+    o
+}
