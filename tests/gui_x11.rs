@@ -9,6 +9,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -18,6 +19,21 @@ struct Guard(Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        // SIGTERM first: a SIGKILLed Xvfb leaves its lock file and socket behind, and a stale
+        // socket would make a later run think its server is ready before it is.
+        let terminated = Command::new("kill")
+            .arg(self.0.id().to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        if terminated {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if matches!(self.0.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -54,8 +70,16 @@ fn xdotool(display: &str, args: &[&str]) -> Option<String> {
 }
 
 fn start_xvfb() -> (Guard, String) {
-    // A display number unlikely to be taken, derived from the process id.
-    let n = 100 + std::process::id() % 800;
+    // Each call needs its own display: tests in this file run in parallel in one process, and a
+    // shared server would let `xdotool search` find the other test's window. The number comes
+    // from the process id plus a per-call counter, skipping displays whose lock file exists.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = loop {
+        let n = 100 + (std::process::id() % 400) * 2 + NEXT.fetch_add(1, Ordering::Relaxed);
+        if !Path::new(&format!("/tmp/.X{n}-lock")).exists() {
+            break n;
+        }
+    };
     let display = format!(":{n}");
     let xvfb = Command::new("Xvfb")
         .args([
