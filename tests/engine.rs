@@ -12,6 +12,7 @@ use amalgam::engine::worker::{Job, run_job};
 use amalgam::engine::{Event, Precision, SavedFile, Warning};
 use amalgam::format::DType;
 use amalgam::format::pyjson;
+use amalgam::format::safetensors::TensorSpec;
 use amalgam::graph::Prompt;
 use amalgam::graph::resolve::Resolved;
 use amalgam::model::ModelFolders;
@@ -1091,16 +1092,7 @@ fn lora_after_a_merge_is_exact_and_unmatched_keys_are_reported() {
             f32s(&tl[&format!("{name}{down}")]),
         );
         let (rows, rank, inner) = (us[0], ds[0], ds[1..].iter().product::<usize>());
-        let mut delta = vec![0.0f32; rows * inner];
-        for i in 0..rows {
-            for c in 0..inner {
-                let mut acc = 0.0f32;
-                for k in 0..rank {
-                    acc += u[i * rank + k] * d[k * inner + c];
-                }
-                delta[i * inner + c] = acc;
-            }
-        }
+        let delta = seq_matmul(&u, &d, rows, rank, inner);
         let scale = alpha.map_or(1.0, |al| f64::from(al) / rank as f64);
         let is_clip = key.starts_with("cond_stage_model.");
         let mut w = f32s(&ta[*key]);
@@ -1364,23 +1356,9 @@ fn loha_and_full_differences_are_exact() {
         spec(&format!("{mid}.lora_mid.weight"), f16, &[4, 4, 3, 3]),
         spec(&format!("{conv}.diff_b"), f16, &[16]),
     ];
-    let loras = base.path().join("models/loras");
-    std::fs::create_dir_all(&loras).expect("mkdir");
-    let path = loras.join("loha.safetensors");
-    write_safetensors(
-        &path,
-        &specs,
-        141,
-        &HashMap::from([(format!("{q}.alpha"), 2.0f32.to_le_bytes().to_vec())]),
-        &[],
-    );
     let strength = 0.7;
-    let prompt = json!({
-        "1": loader("a.safetensors"),
-        "2": {"class_type": "LoraLoaderModelOnly", "inputs": {"lora_name": "loha.safetensors", "strength_model": strength, "model": ["1", 0]}},
-        "3": {"class_type": "ModelSave", "inputs": {"filename_prefix": "loha", "model": ["2", 0]}},
-    });
-    let (files, warnings, _) = run_api(&base, &prompt, Precision::Keep, &mut RunCache::default());
+    let alpha = (format!("{q}.alpha"), 2.0f32);
+    let (path, files, warnings) = bake_model_only_lora(&base, "loha", &specs, 141, alpha, strength);
     let out = base.read(&files[0].path);
     let (ta, tl) = (base.read(&a), base.read(&path));
     let f = |n: &str| f32s(&tl[n]);
@@ -1458,23 +1436,9 @@ fn lokr_is_exact() {
         spec(&format!("{conv}.lokr_w1_b"), f16, &[1, 4]),
         spec(&format!("{conv}.lokr_w2"), f16, &[4, 4, 3, 3]),
     ];
-    let loras = base.path().join("models/loras");
-    std::fs::create_dir_all(&loras).expect("mkdir");
-    let path = loras.join("lokr.safetensors");
-    write_safetensors(
-        &path,
-        &specs,
-        151,
-        &HashMap::from([(format!("{v}.alpha"), 4.0f32.to_le_bytes().to_vec())]),
-        &[],
-    );
     let strength = 0.9;
-    let prompt = json!({
-        "1": loader("a.safetensors"),
-        "2": {"class_type": "LoraLoaderModelOnly", "inputs": {"lora_name": "lokr.safetensors", "strength_model": strength, "model": ["1", 0]}},
-        "3": {"class_type": "ModelSave", "inputs": {"filename_prefix": "lokr", "model": ["2", 0]}},
-    });
-    let (files, warnings, _) = run_api(&base, &prompt, Precision::Keep, &mut RunCache::default());
+    let alpha = (format!("{v}.alpha"), 4.0f32);
+    let (path, files, warnings) = bake_model_only_lora(&base, "lokr", &specs, 151, alpha, strength);
     assert!(
         !warnings
             .iter()
@@ -1544,4 +1508,34 @@ fn lokr_is_exact() {
         patch(&mut w, 1.0, strength * scale, Some(&delta));
         assert!(out[key].bytes == to_bytes(&w, "F16"), "{key} differs");
     }
+}
+
+/// Writes `specs` (seeded) as `models/loras/<name>.safetensors` with one f32 alpha tensor, bakes it
+/// into `a.safetensors` through LoraLoaderModelOnly at `strength`, and saves with prefix `<name>`.
+fn bake_model_only_lora(
+    base: &Base,
+    name: &str,
+    specs: &[TensorSpec],
+    seed: u64,
+    (alpha_key, alpha): (String, f32),
+    strength: f64,
+) -> (PathBuf, Vec<SavedFile>, Vec<Warning>) {
+    let loras = base.path().join("models/loras");
+    std::fs::create_dir_all(&loras).expect("mkdir");
+    let path = loras.join(format!("{name}.safetensors"));
+    write_safetensors(
+        &path,
+        specs,
+        seed,
+        &HashMap::from([(alpha_key, alpha.to_le_bytes().to_vec())]),
+        &[],
+    );
+    let file = format!("{name}.safetensors");
+    let prompt = json!({
+        "1": loader("a.safetensors"),
+        "2": {"class_type": "LoraLoaderModelOnly", "inputs": {"lora_name": file, "strength_model": strength, "model": ["1", 0]}},
+        "3": {"class_type": "ModelSave", "inputs": {"filename_prefix": name, "model": ["2", 0]}},
+    });
+    let (files, warnings, _) = run_api(base, &prompt, Precision::Keep, &mut RunCache::default());
+    (path, files, warnings)
 }
