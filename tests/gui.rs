@@ -263,6 +263,26 @@ fn queue_button_runs_the_merge_and_the_panels_show_it() {
     });
     assert!(h.app.jobs[1].outputs[0].cached);
     assert!(!h.output("checkpoints/ComfyUI_00002_.safetensors").exists());
+    // Deleting from the output browser asks first, then removes the file and its entry.
+    h.click("Outputs");
+    h.click("Delete");
+    assert!(h.has_label("This cannot be undone"), "{:?}", h.tree);
+    assert!(file.is_file(), "nothing is deleted before the confirmation");
+    let cancel = h.find("Cancel");
+    let confirm = h
+        .tree
+        .iter()
+        .filter_map(|(n, r)| {
+            r.filter(|r| n == "Delete" && (r.center().y - cancel.center().y).abs() < 1.0)
+        })
+        .next()
+        .expect("the dialog's Delete button");
+    h.click_at(confirm.center());
+    h.wait_for("the deleted file to leave the list", |a| {
+        a.outputs.is_empty()
+    });
+    assert!(!file.exists());
+    assert!(h.app.log.iter().any(|e| e.text.starts_with("deleted ")));
 }
 
 #[test]

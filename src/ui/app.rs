@@ -510,6 +510,14 @@ impl AmalgamApp {
                     self.outputs = outputs;
                     self.scanned_once = true;
                 }
+                Reply::Deleted(path, r) => {
+                    let (failed, message) = match r {
+                        Ok(()) => (false, format!("deleted {}", path.display())),
+                        Err(e) => (true, format!("cannot delete {}: {e}", path.display())),
+                    };
+                    self.notify(failed, message);
+                    self.last_scan = None;
+                }
                 Reply::Samples(r) => match r {
                     Ok(outcomes) => {
                         self.notify(
@@ -1089,13 +1097,8 @@ impl AmalgamApp {
                     ui.label(format!("Delete {}? This cannot be undone.", path.display()));
                     ui.horizontal(|ui| {
                         if ui.button("Delete").clicked() {
-                            match std::fs::remove_file(&path) {
-                                Ok(()) => self.notify(false, format!("deleted {}", path.display())),
-                                Err(e) => self
-                                    .notify(true, format!("cannot delete {}: {e}", path.display())),
-                            }
+                            self.files.send(Request::Delete(path.clone()));
                             self.confirm_delete = None;
-                            self.last_scan = None;
                         }
                         if ui.button("Cancel").clicked() {
                             self.confirm_delete = None;

@@ -26,6 +26,9 @@ pub enum Request {
         loras: PathBuf,
         vae: PathBuf,
     },
+    /// Delete a saved output the user confirmed; kept off the UI thread because a delete on a
+    /// network or sleeping drive can block for seconds.
+    Delete(PathBuf),
 }
 
 /// A saved file, as the output browser lists it.
@@ -50,6 +53,7 @@ pub enum Reply {
         outputs: Vec<OutputEntry>,
     },
     Samples(Result<Vec<SampleOutcome>, String>),
+    Deleted(PathBuf, Result<(), String>),
 }
 
 /// Model folder kinds the canvas offers in COMBO widgets.
@@ -99,6 +103,10 @@ impl FileThread {
                             })
                             .map_err(|e| e.to_string());
                             Reply::Samples(r)
+                        }
+                        Request::Delete(path) => {
+                            let r = std::fs::remove_file(&path).map_err(|e| e.to_string());
+                            Reply::Deleted(path, r)
                         }
                     };
                     if rep_tx.send(reply).is_err() {
