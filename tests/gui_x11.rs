@@ -177,7 +177,10 @@ fn the_real_window_queues_a_merge_from_a_keystroke() {
             "no output after Ctrl+Enter; app log:\n{}",
             std::fs::read_to_string(base.path().join("app.log")).unwrap_or_default()
         );
-        let _ = xdotool(&display, &["key", "--window", &id, "ctrl+Return"]);
+        // Focus again each time and type through XTEST (no --window): synthetic XSendEvent keys
+        // were sometimes ignored, and a focus set while the window mapped can be lost.
+        let _ = xdotool(&display, &["windowfocus", "--sync", &id]);
+        let _ = xdotool(&display, &["key", "ctrl+Return"]);
         std::thread::sleep(Duration::from_millis(1500));
     }
     let (tensors, meta) = read_reference(&file);
