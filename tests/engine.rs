@@ -699,25 +699,7 @@ fn missing_models_and_hostile_prefixes_fail_with_clear_errors_and_no_file() {
             &json!({"1": loader("a.safetensors"), "2": save(("1", 0), ("1", 1), ("1", 2), prefix)}),
         )
         .expect("p");
-        let job = Job {
-            prompt,
-            outputs: vec!["2".into()],
-            workflow: None,
-            folders: base.folders(),
-            precision: Precision::Keep,
-        };
-        let mut failed = None;
-        run_job(
-            &job,
-            &AtomicBool::new(false),
-            &mut RunCache::default(),
-            &mut |e| {
-                if let Event::Failed(e) = e {
-                    failed = Some(e.to_string());
-                }
-            },
-        );
-        let msg = failed.expect("must fail");
+        let msg = run_unvalidated(&base, prompt).expect("must fail");
         assert!(msg.contains(expect) && msg.contains("node #2"), "{msg}");
     }
     assert!(!base.path().join("outside_00001_.safetensors").exists());
@@ -726,6 +708,17 @@ fn missing_models_and_hostile_prefixes_fail_with_clear_errors_and_no_file() {
         &json!({"1": loader("gone.safetensors"), "2": save(("1", 0), ("1", 1), ("1", 2), "x")}),
     )
     .expect("p");
+    assert_eq!(
+        run_unvalidated(&base, prompt).as_deref(),
+        Some(
+            "node #1 (CheckpointLoaderSimple): Model in folder 'checkpoints' with filename 'gone.safetensors' not found."
+        )
+    );
+}
+
+/// Runs `prompt` (output node "2") without validation, as a job whose inputs changed after it was
+/// validated; returns the failure message, if the run failed.
+fn run_unvalidated(base: &Base, prompt: Prompt) -> Option<String> {
     let job = Job {
         prompt,
         outputs: vec!["2".into()],
@@ -744,12 +737,7 @@ fn missing_models_and_hostile_prefixes_fail_with_clear_errors_and_no_file() {
             }
         },
     );
-    assert_eq!(
-        failed.as_deref(),
-        Some(
-            "node #1 (CheckpointLoaderSimple): Model in folder 'checkpoints' with filename 'gone.safetensors' not found."
-        )
-    );
+    failed
 }
 
 /// Writes a torch-zip checkpoint of `layout` (as `torch.save` of a training checkpoint would).
