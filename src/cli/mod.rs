@@ -107,3 +107,38 @@ pub fn emit(text: &str) -> anyhow::Result<()> {
 }
 
 pub use crate::model::report::human_bytes;
+
+/// An error and its causes on one line, `outer: inner: …`, leaving out a cause whose text the
+/// message before it already contains (library errors name their source themselves, so anyhow's
+/// `{:#}` would print it two or three times).
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_chain_prints_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device");
+        let write = crate::format::safetensors::WriteError::Io {
+            path: "out/x.safetensors".into(),
+            source: io,
+        };
+        let e = anyhow::Error::new(write).context("running merge.json");
+        assert_eq!(
+            super::error_chain(&e),
+            "running merge.json: cannot write out/x.safetensors: No space left on device"
+        );
+    }
+}

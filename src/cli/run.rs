@@ -49,7 +49,10 @@ pub fn run(folders: &FolderArgs, args: &RunArgs) -> anyhow::Result<()> {
     if !validation.ok() {
         anyhow::bail!("nothing can run in {}", args.workflow.display());
     }
-    clean_stray_temp_files(folders.output_dir());
+    let cleaned = clean_stray_temp_files(folders.output_dir());
+    if cleaned > 0 {
+        eprintln!("removed {cleaned} temporary file(s) left by an interrupted save");
+    }
 
     let mut worker = Worker::spawn(None).context("cannot start the worker thread")?;
     let job_id = worker.submit(Job {

@@ -297,11 +297,20 @@ fn write_tensors(
     })
 }
 
-/// How long a temporary file must have been left untouched before it counts as stray: a save in
-/// progress (perhaps by another Amalgam process) writes to its file continuously.
+/// How long a temporary file must have been left untouched before it counts as stray when its
+/// lock cannot be checked (a filesystem without locks): a save in progress writes continuously.
 pub const STRAY_AFTER: Duration = Duration::from_secs(600);
 
+/// A temporary file younger than this is never removed: it may belong to a save that has just
+/// created it and not yet taken its lock.
+const JUST_CREATED: Duration = Duration::from_secs(2);
+
 /// Removes temporary files left by a crash (a normal cancel or error leaves none) below `dir`.
+///
+/// A save holds an exclusive lock on its temporary file until it ends; the operating system
+/// drops the lock when the process dies, even by SIGKILL or power loss. So a temporary file whose
+/// lock can be taken belongs to no running save and is removed at once; where locks are not
+/// supported, only files untouched for [`STRAY_AFTER`] are removed.
 pub fn clean_stray_temp_files(dir: &Path) -> usize {
     let now = std::time::SystemTime::now();
     let mut removed = 0;
@@ -312,17 +321,28 @@ pub fn clean_stray_temp_files(dir: &Path) -> usize {
         };
         for e in entries.flatten() {
             let p = e.path();
-            let name = e.file_name();
             if p.is_dir() && !p.is_symlink() {
                 stack.push(p);
-            } else if name
+                continue;
+            }
+            let is_temp = e
+                .file_name()
                 .to_string_lossy()
-                .starts_with(crate::format::safetensors::TEMP_PREFIX)
-                && e.metadata()
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|m| now.duration_since(m).unwrap_or_default() >= STRAY_AFTER)
-                && std::fs::remove_file(&p).is_ok()
-            {
+                .starts_with(crate::format::safetensors::TEMP_PREFIX);
+            let age = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .map(|m| now.duration_since(m).unwrap_or_default());
+            let Ok(age) = age else { continue };
+            if !is_temp || age < JUST_CREATED || p.is_symlink() {
+                continue;
+            }
+            let stray = match std::fs::File::open(&p).map(|f| f.try_lock()) {
+                Ok(Ok(())) => true,
+                Ok(Err(std::fs::TryLockError::WouldBlock)) => false,
+                Ok(Err(std::fs::TryLockError::Error(_))) | Err(_) => age >= STRAY_AFTER,
+            };
+            if stray && std::fs::remove_file(&p).is_ok() {
                 removed += 1;
             }
         }

@@ -477,6 +477,10 @@ impl PendingFile {
         builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
         let temp = builder.tempfile_in(dir).map_err(io_err)?;
         let (file, temp) = temp.into_parts();
+        // Held until the file is closed — by the process ending too, however it ends — so a
+        // later start can tell a crashed save's leftover from a save in progress. Filesystems
+        // without locks fall back to the age rule in `clean_stray_temp_files`.
+        let _ = file.try_lock();
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&header).map_err(io_err)?;
         Ok(PendingFile {
@@ -556,6 +560,10 @@ impl PendingFile {
         let file = self.out.into_inner().map_err(|e| io_err(e.into_error()))?;
         file.sync_all().map_err(io_err)?;
         let size = file.metadata().map_err(io_err)?.len();
+        // On Unix the file stays open, and so locked, until it has its final name: a cleaner
+        // started meanwhile must not take it for a crashed save's leftover. Windows cannot
+        // rename a file that is open.
+        #[cfg(not(unix))]
         drop(file);
         self.temp.persist_noclobber(&path).map_err(|e| {
             if e.error.kind() == io::ErrorKind::AlreadyExists {
@@ -570,6 +578,8 @@ impl PendingFile {
         {
             let _ = d.sync_all();
         }
+        #[cfg(unix)]
+        drop(file);
         Ok(size)
     }
 }
