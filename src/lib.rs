@@ -25,6 +25,8 @@
 pub mod cli;
 pub mod engine;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod graph;
 pub mod model;
 pub mod nodes;

@@ -136,13 +136,8 @@ impl TensorFile {
             return Err(err(ReadErrorKind::Empty));
         }
         let map = map_file(&file).map_err(|e| err(e.into()))?;
-        let (container, tensors, metadata) = read_table(&file, &map).map_err(err)?;
-        let mut index = HashMap::with_capacity(tensors.len());
-        for (i, t) in tensors.iter().enumerate() {
-            if index.insert(t.name.clone(), i).is_some() {
-                return Err(err(ReadErrorKind::DuplicateName(t.name.clone())));
-            }
-        }
+        let (container, tensors, metadata) = read_table(&map).map_err(err)?;
+        let index = index_by_name(&tensors).map_err(err)?;
         Ok(TensorFile {
             path: path.to_owned(),
             container,
@@ -219,11 +214,32 @@ fn map_file(file: &File) -> io::Result<Mmap> {
     unsafe { Mmap::map(file) }
 }
 
-type Table = (Container, Vec<TensorRecord>, Option<Metadata>);
+/// A checkpoint's container, tensor table and safetensors metadata.
+pub type Table = (Container, Vec<TensorRecord>, Option<Metadata>);
 
-fn read_table(file: &File, map: &[u8]) -> Result<Table, ReadErrorKind> {
+/// Looks tensors up by name, refusing a name that appears twice.
+fn index_by_name(tensors: &[TensorRecord]) -> Result<HashMap<String, usize>, ReadErrorKind> {
+    let mut index = HashMap::with_capacity(tensors.len());
+    for (i, t) in tensors.iter().enumerate() {
+        if index.insert(t.name.clone(), i).is_some() {
+            return Err(ReadErrorKind::DuplicateName(t.name.clone()));
+        }
+    }
+    Ok(index)
+}
+
+/// Reads the tensor table of a whole checkpoint file held in memory, exactly as
+/// [`TensorFile::open`] does after mapping it (duplicate names included). Every record's byte
+/// range lies inside `bytes`.
+pub fn read_table_bytes(bytes: &[u8]) -> Result<Table, ReadErrorKind> {
+    let table = read_table(bytes)?;
+    index_by_name(&table.1)?;
+    Ok(table)
+}
+
+fn read_table(map: &[u8]) -> Result<Table, ReadErrorKind> {
     if map.starts_with(b"PK\x03\x04") || map.starts_with(b"PK\x05\x06") {
-        return Ok((Container::TorchZip, torch::read_zip(file, map)?, None));
+        return Ok((Container::TorchZip, torch::read_zip(map)?, None));
     }
     if torch::is_legacy(map) {
         return Ok((Container::TorchLegacy, torch::read_legacy(map)?, None));

@@ -47,9 +47,9 @@ struct StorageLoc {
 }
 
 /// Reads the tensor table of a zip-format torch file.
-pub fn read_zip(file: &File, bytes: &[u8]) -> Result<Vec<TensorRecord>, ReadErrorKind> {
+pub fn read_zip(bytes: &[u8]) -> Result<Vec<TensorRecord>, ReadErrorKind> {
     let zip_err = |e: zip::result::ZipError| ReadErrorKind::Zip(e.to_string());
-    let mut archive = zip::ZipArchive::new(file).map_err(zip_err)?;
+    let mut archive = zip::ZipArchive::new(io::Cursor::new(bytes)).map_err(zip_err)?;
     if archive.len() > MAX_ZIP_MEMBERS {
         return Err(ReadErrorKind::Zip(format!(
             "{} members, over the limit of {MAX_ZIP_MEMBERS}",

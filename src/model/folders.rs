@@ -239,7 +239,7 @@ type ExtraPaths = Vec<(String, Vec<PathBuf>, bool)>;
 
 /// Parses ComfyUI's `extra_model_paths.yaml`: named sections, each with an optional
 /// `base_path` and `is_default`, and `<kind>: <path or multi-line paths>` entries.
-fn parse_extra_paths(text: &str, yaml_dir: &Path) -> Result<ExtraPaths, String> {
+pub(crate) fn parse_extra_paths(text: &str, yaml_dir: &Path) -> Result<ExtraPaths, String> {
     use yaml_rust2::{Yaml, YamlLoader};
     let docs = YamlLoader::load_from_str(text).map_err(|e| e.to_string())?;
     let mut out = Vec::new();

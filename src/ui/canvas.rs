@@ -873,7 +873,7 @@ impl Canvas {
             shapes.push(egui::Shape::rect_stroke(
                 rect,
                 4.0 * z,
-                egui::Stroke::new(1.0, g.color),
+                egui::Stroke::new(1.0_f32, g.color),
             ));
             let font = egui::FontId::proportional(g.font_size * z * 0.75);
             let galley = ui

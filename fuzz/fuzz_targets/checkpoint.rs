@@ -1,0 +1,8 @@
+//! Fuzz target `checkpoint`: see `amalgam::fuzzing::checkpoint`.
+#![no_main]
+
+mod budget;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    budget::within(1 << 20, data.len(), || amalgam::fuzzing::checkpoint(data));
+});
