@@ -146,7 +146,7 @@ pub fn read_legacy(bytes: &[u8]) -> Result<Vec<TensorRecord>, ReadErrorKind> {
     // Storages follow in key order, each as an 8-byte element count then the data. Their sizes
     // come from the element type, which only the object pickle knows.
     let mut sizes = std::collections::HashMap::new();
-    collect_storages(&value, &mut sizes, 0)?;
+    collect_storages(&value, &mut sizes, &mut std::collections::HashSet::new(), 0)?;
     let mut locations = std::collections::HashMap::new();
     let mut offset = pos as u64;
     let file_len = bytes.len() as u64;
@@ -187,14 +187,29 @@ pub fn read_legacy(bytes: &[u8]) -> Result<Vec<TensorRecord>, ReadErrorKind> {
     })
 }
 
+/// Walks everything reachable from `v` once, noting every storage reference. Containers are
+/// shared in a pickle (the memo, DUP), so a hostile file can make a small graph whose paths are
+/// exponentially many: each container is visited once, whatever number of paths lead to it.
 fn collect_storages(
     v: &Value,
     out: &mut std::collections::HashMap<String, u64>,
+    visited: &mut std::collections::HashSet<usize>,
     depth: usize,
 ) -> Result<(), ReadErrorKind> {
     if depth > 64 {
         return Ok(());
     }
+    let identity = match v {
+        Value::Tuple(t) => Some(t.as_ptr() as usize),
+        Value::List(l) => Some(std::rc::Rc::as_ptr(l) as usize),
+        Value::Dict(d) => Some(std::rc::Rc::as_ptr(d) as usize),
+        Value::Call(c) => Some(std::rc::Rc::as_ptr(c) as usize),
+        _ => None,
+    };
+    if identity.is_some_and(|id| !visited.insert(id)) {
+        return Ok(());
+    }
+    let mut walk = |child: &Value| collect_storages(child, out, visited, depth + 1);
     match v {
         Value::PersistentId(pid) => {
             let s = storage_ref(pid)?;
@@ -202,22 +217,22 @@ fn collect_storages(
         }
         Value::Tuple(items) => {
             for i in items.iter() {
-                collect_storages(i, out, depth + 1)?;
+                walk(i)?;
             }
         }
         Value::List(items) => {
             for i in items.borrow().iter() {
-                collect_storages(i, out, depth + 1)?;
+                walk(i)?;
             }
         }
         Value::Dict(_) | Value::Call(_) => {
             if let Some(items) = pickle::dict_items(v) {
                 for (_, i) in items {
-                    collect_storages(&i, out, depth + 1)?;
+                    walk(&i)?;
                 }
             }
             if let Value::Call(c) = v {
-                collect_storages(&c.args, out, depth + 1)?;
+                walk(&c.args)?;
             }
         }
         _ => {}
