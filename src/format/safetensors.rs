@@ -309,14 +309,21 @@ impl<'de> Visitor<'de> for OrderedUniqueMap {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut seen = std::collections::HashSet::new();
         let mut entries = Vec::new();
+        let mut duplicate = None;
+        // The whole map is read even after a repeat: serde_json checks that the map was consumed,
+        // and stopping early would report a confusing JSON error instead of the repeated name.
         while let Some(key) = map.next_key::<String>()? {
             let value: Value = map.next_value()?;
             if !seen.insert(key.clone()) {
-                return Ok(Err(HeaderError::DuplicateName { name: key }));
+                duplicate.get_or_insert(key);
+                continue;
             }
             entries.push((key, value));
         }
-        Ok(Ok(entries))
+        Ok(match duplicate {
+            Some(name) => Err(HeaderError::DuplicateName { name }),
+            None => Ok(entries),
+        })
     }
 }
 
@@ -637,6 +644,12 @@ mod tests {
         assert!(matches!(
             err(&format!(r#"{{"a":{{{t}}},"a":{{{t}}}}}"#), 4),
             HeaderError::DuplicateName { .. }
+        ));
+        // Not the last entry either: the repeat is named, not a JSON error about the rest.
+        let b = r#""dtype":"F16","shape":[2],"data_offsets":[4,8]"#;
+        assert!(matches!(
+            err(&format!(r#"{{"a":{{{t}}},"a":{{{t}}},"b":{{{b}}}}}"#), 8),
+            HeaderError::DuplicateName { ref name } if name == "a"
         ));
         assert!(matches!(
             err(&format!(r#" {{"a":{{{t}}}}}"#), 4),
