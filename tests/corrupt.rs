@@ -8,20 +8,12 @@ mod common;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 
-use amalgam::engine::cache::RunCache;
-use amalgam::engine::worker::{Job, run_job};
-use amalgam::engine::{Event, Precision};
 use amalgam::format::png::{TextKind, write_png_with_text};
 use amalgam::format::safetensors::TensorSpec;
 use amalgam::format::torch::{TorchTensor, write_legacy, write_zip};
-use amalgam::graph::prompt::Prompt;
-use amalgam::graph::resolve::Resolved;
 use amalgam::model::folders::ModelFolders;
 use amalgam::model::layouts::{Layout, Scale, fill_tensor};
-use amalgam::nodes::Registry;
-use amalgam::nodes::validate::validate;
 use common::{tempdir, write_layout};
 use serde_json::{Value, json};
 
@@ -103,40 +95,10 @@ impl Tree {
     /// Validates and runs `prompt`; returns the error (validation's or the engine's), panicking
     /// if the prompt ran to completion.
     fn fail(&self, prompt: &Value, label: &str) -> String {
-        let prompt = Prompt::from_json(prompt).expect("test prompt");
-        let folders = self.folders();
-        let v = validate(
-            Resolved {
-                prompt,
-                ..Resolved::default()
-            },
-            Registry::builtin(),
-            &folders,
-        );
-        if !v.errors.is_empty() || v.outputs.is_empty() {
-            return format!("{:?}", v.errors);
+        match common::run_prompt(&self.folders(), prompt) {
+            Ok(saved) => panic!("{label}: the broken file was merged and saved: {saved:?}"),
+            Err(e) => e,
         }
-        let job = Job {
-            prompt: v.prompt,
-            outputs: v.outputs,
-            workflow: None,
-            folders,
-            precision: Precision::Keep,
-        };
-        let mut failed = None;
-        let mut finished = false;
-        run_job(
-            &job,
-            &AtomicBool::new(false),
-            &mut RunCache::default(),
-            &mut |e| match e {
-                Event::Failed(e) => failed = Some(e.to_string()),
-                Event::Finished { .. } => finished = true,
-                _ => {}
-            },
-        );
-        assert!(!finished, "{label}: the broken file was merged and saved");
-        failed.unwrap_or_else(|| panic!("{label}: neither finished nor failed"))
     }
 }
 

@@ -18,7 +18,7 @@ use crossbeam_channel::bounded;
 use crate::format::safetensors::{PendingFile, WriteError};
 
 use super::kernel::{CHUNK_ELEMENTS, Scratch, produce};
-use super::naming::next_output_name;
+use super::naming::{check_inside_output, next_output_name};
 use super::plan::{Plan, PlannedFile, Recipe};
 use super::source::Source;
 use super::{EngineError, Event, Progress, SavedFile};
@@ -103,6 +103,15 @@ fn write_one(
                 source,
             }
         })?;
+        let inside = |folder: &Path| {
+            check_inside_output(folder, &plan.output_dir).map_err(|source| EngineError::Naming {
+                node: node.clone(),
+                source,
+            })
+        };
+        // Before creating anything (a symlinked subfolder would create folders elsewhere) and
+        // after (in case one appeared meanwhile).
+        inside(&name.folder)?;
         std::fs::create_dir_all(&name.folder).map_err(|e| EngineError::Write {
             node: node.clone(),
             source: WriteError::Io {
@@ -110,6 +119,7 @@ fn write_one(
                 source: e,
             },
         })?;
+        inside(&name.folder)?;
         let path = name.path();
         let canonical_dir = name.folder.canonicalize().unwrap_or(name.folder.clone());
         if inputs

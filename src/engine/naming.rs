@@ -25,6 +25,44 @@ pub enum NamingError {
     Nul(String),
     #[error("filename_prefix is empty")]
     Empty,
+    #[error(
+        "refusing to save into {}: a symlink takes it to {}, outside the output folder {} (point the output folder at the real location instead)",
+        folder.display(), target.display(), output.display()
+    )]
+    SymlinkOutside {
+        folder: PathBuf,
+        target: PathBuf,
+        output: PathBuf,
+    },
+}
+
+/// Checks that `folder` (below `output_dir`, perhaps not created yet) really is inside the
+/// output folder once symlinks are followed: its nearest existing ancestor must resolve to a
+/// place under the resolved output folder. The output folder itself may be a symlink.
+pub fn check_inside_output(folder: &Path, output_dir: &Path) -> Result<(), NamingError> {
+    let Ok(output) = output_dir.canonicalize() else {
+        return Ok(()); // not created yet: nothing below it can be a symlink either
+    };
+    let mut existing = folder;
+    while std::fs::symlink_metadata(existing).is_err() {
+        match existing.parent() {
+            Some(p) => existing = p,
+            None => return Ok(()),
+        }
+    }
+    // A dangling symlink does not resolve; treat it as leading nowhere safe.
+    let target = existing
+        .canonicalize()
+        .unwrap_or_else(|_| std::fs::read_link(existing).unwrap_or_else(|_| existing.to_owned()));
+    if target.starts_with(&output) {
+        Ok(())
+    } else {
+        Err(NamingError::SymlinkOutside {
+            folder: folder.to_owned(),
+            target,
+            output,
+        })
+    }
 }
 
 /// Where one saved file goes.
@@ -216,6 +254,33 @@ mod tests {
         // `..` that stays inside is fine, and `\` separates folders.
         let n = next_output_name("a/../b\\c", out.path()).expect("inside");
         assert_eq!(n.path(), out.path().join("b/c_00001_.safetensors"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlinks_out_of_the_output_folder_are_refused() {
+        let out = tempfile::tempdir().expect("tmp");
+        let elsewhere = tempfile::tempdir().expect("tmp");
+        let output = out.path().join("output");
+        std::fs::create_dir_all(output.join("real")).expect("mkdir");
+        std::os::unix::fs::symlink(elsewhere.path(), output.join("away")).expect("link");
+        std::os::unix::fs::symlink(output.join("real"), output.join("inside")).expect("link");
+        std::os::unix::fs::symlink("/nonexistent", output.join("dangling")).expect("link");
+        // The output folder itself through a symlink is fine.
+        std::os::unix::fs::symlink(&output, out.path().join("linked-output")).expect("link");
+        let ok = |f: &Path, o: &Path| check_inside_output(f, o).is_ok();
+        assert!(ok(&output.join("real/new/deeper"), &output));
+        assert!(ok(&output.join("inside/new"), &output));
+        assert!(ok(&output.join("not-yet"), &output));
+        let linked = out.path().join("linked-output");
+        assert!(ok(&linked.join("real"), &linked));
+        for bad in ["away", "away/new/deeper", "dangling/x"] {
+            let err = check_inside_output(&output.join(bad), &output).expect_err(bad);
+            assert!(
+                err.to_string().contains("outside the output folder"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -204,3 +204,43 @@ pub fn seq_matmul(a: &[f32], b: &[f32], rows: usize, rank: usize, cols: usize) -
     }
     o
 }
+
+/// Validates an API prompt against `folders` and runs it in-process like the app's worker does.
+/// `Err` carries validation errors (debug-printed) or the job's failure message.
+pub fn run_prompt(
+    folders: &amalgam::model::folders::ModelFolders,
+    prompt: &serde_json::Value,
+) -> Result<Vec<amalgam::engine::SavedFile>, String> {
+    use amalgam::engine::Event;
+    let prompt = amalgam::graph::prompt::Prompt::from_json(prompt).expect("test prompt");
+    let v = amalgam::nodes::validate::validate(
+        amalgam::graph::resolve::Resolved {
+            prompt,
+            ..Default::default()
+        },
+        amalgam::nodes::Registry::builtin(),
+        folders,
+    );
+    if !v.errors.is_empty() || v.outputs.is_empty() {
+        return Err(format!("{:?}", v.errors));
+    }
+    let job = amalgam::engine::worker::Job {
+        prompt: v.prompt,
+        outputs: v.outputs,
+        workflow: None,
+        folders: folders.clone(),
+        precision: amalgam::engine::Precision::Keep,
+    };
+    let mut result = Err("neither finished nor failed".to_owned());
+    amalgam::engine::worker::run_job(
+        &job,
+        &std::sync::atomic::AtomicBool::new(false),
+        &mut amalgam::engine::cache::RunCache::default(),
+        &mut |e| match e {
+            Event::Finished { outputs, .. } => result = Ok(outputs),
+            Event::Failed(e) => result = Err(e.to_string()),
+            _ => {}
+        },
+    );
+    result
+}
