@@ -239,46 +239,109 @@ type ExtraPaths = Vec<(String, Vec<PathBuf>, bool)>;
 
 /// Parses ComfyUI's `extra_model_paths.yaml`: named sections, each with an optional
 /// `base_path` and `is_default`, and `<kind>: <path or multi-line paths>` entries.
+///
+/// Read from the parser's events rather than through a document tree: a tree would let a small
+/// hostile file grow large (every `{a: b}` in a flow list becomes a hash map, and aliases are
+/// copied where used), while only two levels of plain text matter here. Deeper structures are
+/// skipped without being kept; aliases are refused.
 pub(crate) fn parse_extra_paths(text: &str, yaml_dir: &Path) -> Result<ExtraPaths, String> {
-    use yaml_rust2::{Yaml, YamlLoader};
-    let docs = YamlLoader::load_from_str(text).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    let Some(doc) = docs.first() else {
-        return Ok(out);
-    };
-    let Yaml::Hash(sections) = doc else {
-        if matches!(doc, Yaml::Null) {
-            return Ok(out);
+    use yaml_rust2::parser::{Event, Parser};
+    let mut parser = Parser::new_from_str(text);
+    let mut next = move || -> Result<Event, String> {
+        match parser.next_token() {
+            Ok((Event::Alias(_), mark)) => Err(format!(
+                "line {}: aliases (*name) are not supported here",
+                mark.line()
+            )),
+            Ok((e, _)) => Ok(e),
+            Err(e) => Err(e.to_string()),
         }
-        return Err("the top level must be a map of named sections".into());
     };
-    for (section_name, section) in sections {
-        let section_name = section_name.as_str().unwrap_or("?");
-        let Yaml::Hash(entries) = section else {
-            if matches!(section, Yaml::Null) {
-                continue;
+    // Skips the rest of a collection whose start was just read, keeping nothing.
+    fn skip(next: &mut impl FnMut() -> Result<Event, String>) -> Result<(), String> {
+        let mut depth = 1usize;
+        while depth > 0 {
+            match next()? {
+                Event::SequenceStart(..) | Event::MappingStart(..) => depth += 1,
+                Event::SequenceEnd | Event::MappingEnd => depth -= 1,
+                Event::StreamEnd => return Err("the file ends inside a list or map".into()),
+                _ => {}
             }
-            return Err(format!("section {section_name:?} must be a map"));
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    let top = loop {
+        match next()? {
+            Event::StreamStart | Event::DocumentStart | Event::Nothing => {}
+            Event::StreamEnd => return Ok(out),
+            e => break e,
+        }
+    };
+    match top {
+        Event::MappingStart(..) => {}
+        Event::Scalar(ref v, style, ..) if plain_value(v, style) == Plain::Null => return Ok(out),
+        _ => return Err("the top level must be a map of named sections".into()),
+    }
+    loop {
+        let section_name = match next()? {
+            Event::MappingEnd => break,
+            Event::Scalar(name, ..) => name,
+            _ => return Err("section names must be plain text".into()),
         };
+        match next()? {
+            Event::MappingStart(..) => {}
+            Event::Scalar(ref v, style, ..) if plain_value(v, style) == Plain::Null => continue,
+            Event::SequenceStart(..) | Event::Scalar(..) => {
+                return Err(format!("section {section_name:?} must be a map"));
+            }
+            _ => return Err(format!("section {section_name:?} is malformed")),
+        }
+        // (key, Some(text) for a string value, None for anything else)
+        let mut entries: Vec<(String, Option<String>, Plain)> = Vec::new();
+        loop {
+            let key = match next()? {
+                Event::MappingEnd => break,
+                Event::Scalar(k, ..) => Some(k),
+                Event::SequenceStart(..) | Event::MappingStart(..) => {
+                    skip(&mut next)?;
+                    None
+                }
+                _ => return Err(format!("section {section_name:?} is malformed")),
+            };
+            let (text, plain) = match next()? {
+                Event::Scalar(v, style, ..) => {
+                    let plain = plain_value(&v, style);
+                    (Some(v), plain)
+                }
+                Event::SequenceStart(..) | Event::MappingStart(..) => {
+                    skip(&mut next)?;
+                    (None, Plain::Other)
+                }
+                _ => return Err(format!("section {section_name:?} is malformed")),
+            };
+            if let Some(key) = key {
+                entries.push((key, text, plain));
+            }
+        }
         let mut base: Option<PathBuf> = None;
         let mut is_default = false;
-        for (k, v) in entries {
-            match (k.as_str(), v) {
-                (Some("base_path"), Yaml::String(s)) => {
+        for (k, v, plain) in &entries {
+            match (k.as_str(), v, plain) {
+                ("base_path", Some(s), Plain::Text) => {
                     let p = PathBuf::from(expand(s));
                     base = Some(if p.is_absolute() { p } else { yaml_dir.join(p) });
                 }
-                (Some("is_default"), Yaml::Boolean(b)) => is_default = *b,
+                ("is_default", _, Plain::Bool(b)) => is_default = *b,
                 _ => {}
             }
         }
         let root = base.unwrap_or_else(|| yaml_dir.to_owned());
-        for (k, v) in entries {
-            let Some(kind) = k.as_str() else { continue };
+        for (kind, v, plain) in entries {
             if kind == "base_path" || kind == "is_default" {
                 continue;
             }
-            let Yaml::String(paths) = v else {
+            let (Some(paths), Plain::Text) = (v, plain) else {
                 return Err(format!(
                     "{section_name}.{kind} must be a path or a block of paths"
                 ));
@@ -292,14 +355,43 @@ pub(crate) fn parse_extra_paths(text: &str, yaml_dir: &Path) -> Result<ExtraPath
                     if p.is_absolute() { p } else { root.join(p) }
                 })
                 .collect();
-            out.push((canonical_kind(kind).to_owned(), dirs, is_default));
+            out.push((canonical_kind(&kind).to_owned(), dirs, is_default));
         }
     }
     Ok(out)
 }
 
-/// Expands a leading `~` and `$VAR` / `${VAR}` references (unknown variables are kept as is, as
-/// Python's `os.path.expandvars` does).
+/// What a YAML scalar means under the YAML 1.2 core schema (what a document loader would have
+/// made of it): quoted and block scalars are always text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plain {
+    Null,
+    Bool(bool),
+    /// A number, or a collection.
+    Other,
+    Text,
+}
+
+fn plain_value(v: &str, style: yaml_rust2::scanner::TScalarStyle) -> Plain {
+    if style != yaml_rust2::scanner::TScalarStyle::Plain {
+        return Plain::Text;
+    }
+    match v {
+        "" | "~" | "null" | "Null" | "NULL" => Plain::Null,
+        "true" | "True" | "TRUE" => Plain::Bool(true),
+        "false" | "False" | "FALSE" => Plain::Bool(false),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "-.inf" | ".nan" | ".NaN" | ".NAN" => Plain::Other,
+        _ if v.parse::<i64>().is_ok()
+            || (v.starts_with("0x") && i64::from_str_radix(&v[2..], 16).is_ok())
+            || (v.starts_with("0o") && i64::from_str_radix(&v[2..], 8).is_ok())
+            || (v.bytes().any(|b| b.is_ascii_digit()) && v.parse::<f64>().is_ok()) =>
+        {
+            Plain::Other
+        }
+        _ => Plain::Text,
+    }
+}
+
 fn expand(s: &str) -> String {
     let s = match s.strip_prefix('~') {
         Some(rest) if rest.is_empty() || rest.starts_with('/') => match std::env::var("HOME") {
@@ -403,6 +495,44 @@ mod tests {
         assert_eq!(folders.resolve("checkpoints", "missing.ckpt"), None);
         // Legacy alias.
         assert_eq!(folders.folders("clip"), folders.folders("text_encoders"));
+    }
+
+    #[test]
+    fn hostile_or_odd_yaml_is_refused_or_skipped_not_expanded() {
+        let parse = |t: &str| parse_extra_paths(t, Path::new("/y"));
+        // Billion laughs: aliases are refused before anything is copied.
+        let mut laughs = "s:\n  a: &a [x, x, x, x, x, x, x, x, x]\n".to_owned();
+        for i in 0..9 {
+            laughs += &format!(
+                "  b{i}: &b{i} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n",
+                p = if i == 0 {
+                    "a".to_owned()
+                } else {
+                    format!("b{}", i - 1)
+                }
+            );
+        }
+        let err = parse(&laughs).expect_err("aliases");
+        assert!(err.contains("aliases"), "{err}");
+        // Collections where paths are expected are refused by name; elsewhere they are skipped.
+        let err = parse("s:\n  checkpoints: [a, {b: c}]\n").expect_err("list");
+        assert_eq!(err, "s.checkpoints must be a path or a block of paths");
+        let ok = parse("s:\n  ? [odd, key]\n  : 1\n  loras: l\n").expect("skipped");
+        assert_eq!(
+            ok,
+            vec![("loras".to_owned(), vec![PathBuf::from("/y/l")], false)]
+        );
+        // Numbers and booleans are not paths; quoted they are.
+        assert!(parse("s:\n  vae: 12\n").is_err());
+        assert!(parse("s:\n  vae: true\n").is_err());
+        let ok = parse("s:\n  vae: '12'\n  is_default: TRUE\n").expect("quoted");
+        assert_eq!(
+            ok,
+            vec![("vae".to_owned(), vec![PathBuf::from("/y/12")], true)]
+        );
+        assert_eq!(parse("").expect("empty"), vec![]);
+        assert_eq!(parse("~").expect("null"), vec![]);
+        assert!(parse("- a").is_err());
     }
 
     #[test]
