@@ -795,3 +795,52 @@ fn fuzzed_inputs_never_panic() {
         "only {reached_resolver} inputs reached the resolver"
     );
 }
+
+#[test]
+fn api_prompts_are_laid_out_in_linear_time_and_bounded_space() {
+    // A link's slot number does not size a node of unknown type (found by cargo fuzz: a link to
+    // output 691 made 692 slots; 100000000 would have made that many).
+    let text = json!({
+        "1": {"class_type": "SomeCustomNode", "inputs": {}},
+        "2": {"class_type": "OtherCustomNode", "inputs": {"x": ["1", 100_000_000], "y": ["1", 2]}}
+    })
+    .to_string();
+    let loaded = load_bytes(text.as_bytes()).expect("loads");
+    let node = loaded.document.node(1).expect("node 1");
+    assert_eq!(node.outputs.len(), 3);
+    assert!(
+        loaded
+            .report
+            .issues
+            .iter()
+            .any(|i| i.message.contains("missing output 100000000")),
+        "{:?}",
+        loaded.report.issues
+    );
+    // A long chain listed backwards (the worst order for layering by relaxation) is laid out
+    // with each node one column right of its input.
+    let n = 3000;
+    let mut prompt = serde_json::Map::new();
+    for i in (1..=n).rev() {
+        let inputs = if i == 1 {
+            json!({})
+        } else {
+            json!({"x": [(i - 1).to_string(), 0]})
+        };
+        prompt.insert(
+            i.to_string(),
+            json!({"class_type": "Custom", "inputs": inputs}),
+        );
+    }
+    let loaded = load_bytes(Value::Object(prompt).to_string().as_bytes()).expect("loads");
+    let x = |id| {
+        loaded
+            .document
+            .node(id)
+            .expect("node")
+            .pos
+            .get()
+            .expect("pos")[0]
+    };
+    assert_eq!(x(n) - x(1), (n - 1) as f64 * 380.0);
+}

@@ -191,37 +191,45 @@ fn from_json_value(value: Value, source: Option<SourceKind>) -> Result<Loaded, L
     })
 }
 
+/// Most output slots inferred for a node of unknown type from the links that use it.
+const MAX_INFERRED_OUTPUTS: usize = 64;
+
 /// Lays an API prompt out as a document: registered nodes get their schema's slots and widget
 /// values; unknown ones get slots inferred from their links. Columns follow dependency depth.
 pub fn document_from_prompt(prompt: &Prompt, registry: &Registry) -> (Document, LoadReport) {
     let mut doc = Document::new();
     let mut report = LoadReport::default();
     // Prompt ids may be strings ("12:3" inside subgraphs); give each node an integer id.
-    let mut ids: Vec<(String, NodeId)> = Vec::new();
-    let mut next = 1;
+    let mut ids: std::collections::HashMap<&str, NodeId> = Default::default();
+    let mut taken: std::collections::HashSet<NodeId> = Default::default();
     for (pid, _) in &prompt.nodes {
         if let Ok(n) = pid.parse::<NodeId>()
             && n > 0
-            && !ids.iter().any(|(_, i)| *i == n)
+            && taken.insert(n)
         {
-            ids.push((pid.clone(), n));
+            ids.insert(pid.as_str(), n);
         }
     }
+    let mut next = 1;
     for (pid, _) in &prompt.nodes {
-        if !ids.iter().any(|(p, _)| p == pid) {
-            while ids.iter().any(|(_, i)| *i == next) {
+        if !ids.contains_key(pid.as_str()) {
+            while taken.contains(&next) {
                 next += 1;
             }
-            ids.push((pid.clone(), next));
+            taken.insert(next);
+            ids.insert(pid.as_str(), next);
         }
     }
-    let id_of = |pid: &str| ids.iter().find(|(p, _)| p == pid).map(|(_, i)| *i);
+    let id_of = |pid: &str| ids.get(pid).copied();
 
-    // Output slot counts and types that links ask of each node.
+    // Output slot counts that links ask of each node (for nodes whose schema is unknown). A
+    // link's slot number is the file's word, so it is capped: no node has hundreds of outputs.
     let mut wanted_outputs: std::collections::HashMap<&str, usize> = Default::default();
     for (_, n) in &prompt.nodes {
         for (_, v) in &n.inputs {
-            if let PromptInput::Link { node, slot } = v {
+            if let PromptInput::Link { node, slot } = v
+                && *slot < MAX_INFERRED_OUTPUTS
+            {
                 let e = wanted_outputs.entry(node.as_str()).or_default();
                 *e = (*e).max(slot + 1);
             }
@@ -344,27 +352,46 @@ fn output_slot(name: &str, type_name: &str) -> OutputSlot {
 
 /// Longest path from a source to each node (cycles are cut).
 fn depths(prompt: &Prompt) -> std::collections::HashMap<&str, usize> {
+    // Longest path from a source, in one pass over a topological order (Kahn); nodes on a
+    // cycle keep the depth reached from outside it. Linear in nodes and links.
     let mut depth: std::collections::HashMap<&str, usize> = prompt
         .nodes
         .iter()
         .map(|(id, _)| (id.as_str(), 0))
         .collect();
-    // Relax at most n times: enough for any DAG, bounded for cycles.
-    for _ in 0..prompt.nodes.len() {
-        let mut changed = false;
-        for (id, n) in &prompt.nodes {
-            for (_, v) in &n.inputs {
-                if let PromptInput::Link { node, .. } = v
-                    && let Some(&d) = depth.get(node.as_str())
-                    && depth.get(id.as_str()).is_some_and(|&cur| cur < d + 1)
-                {
-                    depth.insert(id.as_str(), d + 1);
-                    changed = true;
-                }
+    let mut pending: std::collections::HashMap<&str, usize> = Default::default();
+    let mut consumers: std::collections::HashMap<&str, Vec<&str>> = Default::default();
+    for (id, n) in &prompt.nodes {
+        for (_, v) in &n.inputs {
+            if let PromptInput::Link { node, .. } = v
+                && depth.contains_key(node.as_str())
+            {
+                *pending.entry(id.as_str()).or_default() += 1;
+                consumers
+                    .entry(node.as_str())
+                    .or_default()
+                    .push(id.as_str());
             }
         }
-        if !changed {
-            break;
+    }
+    let mut ready: Vec<&str> = prompt
+        .nodes
+        .iter()
+        .map(|(id, _)| id.as_str())
+        .filter(|id| !pending.contains_key(id))
+        .collect();
+    while let Some(id) = ready.pop() {
+        let d = depth.get(id).copied().unwrap_or(0);
+        for &c in consumers.get(id).map(Vec::as_slice).unwrap_or_default() {
+            if let Some(cd) = depth.get_mut(c) {
+                *cd = (*cd).max(d + 1);
+            }
+            if let Some(p) = pending.get_mut(c) {
+                *p -= 1;
+                if *p == 0 {
+                    ready.push(c);
+                }
+            }
         }
     }
     depth
