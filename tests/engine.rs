@@ -1527,3 +1527,68 @@ fn bake_model_only_lora(
     let (files, warnings, _) = run_api(base, &prompt, Precision::Keep, &mut RunCache::default());
     (path, files, warnings)
 }
+
+#[test]
+fn nan_and_infinity_in_inputs_are_reported_by_file_and_key() {
+    let base = Base::new();
+    let layout = Layout::sd15(Scale::Sample);
+    let specs = layout.tensors();
+    let ck = base.path().join("models/checkpoints");
+    std::fs::create_dir_all(&ck).expect("mkdir");
+    let unet_key = "model.diffusion_model.input_blocks.1.0.in_layers.2.weight";
+    let vae_key = "first_stage_model.decoder.conv_out.bias";
+    let spec_of = |k: &str| {
+        specs
+            .iter()
+            .find(|s| s.name == k)
+            .expect("key in layout")
+            .clone()
+    };
+    // b: one NaN in the middle of a merged UNet weight; a: +inf in a VAE bias that is copied
+    // unchanged.
+    let mut nan_weight = Vec::new();
+    amalgam::model::layouts::fill_tensor(2, &spec_of(unet_key), &mut nan_weight);
+    let at = nan_weight.len() / 2 / 2 * 2 + 2;
+    nan_weight[at..at + 2].copy_from_slice(&half::f16::NAN.to_le_bytes());
+    write_safetensors(
+        &ck.join("b.safetensors"),
+        &specs,
+        2,
+        &HashMap::from([(unet_key.to_owned(), nan_weight)]),
+        &[],
+    );
+    let mut inf_bias = Vec::new();
+    amalgam::model::layouts::fill_tensor(1, &spec_of(vae_key), &mut inf_bias);
+    inf_bias[..2].copy_from_slice(&half::f16::INFINITY.to_le_bytes());
+    write_safetensors(
+        &ck.join("a.safetensors"),
+        &specs,
+        1,
+        &HashMap::from([(vae_key.to_owned(), inf_bias)]),
+        &[],
+    );
+    let prompt = json!({
+        "1": loader("a.safetensors"),
+        "2": loader("b.safetensors"),
+        "3": {"class_type": "ModelMergeSimple", "inputs": {"ratio": 0.5, "model1": ["1", 0], "model2": ["2", 0]}},
+        "5": save(("3", 0), ("1", 1), ("1", 2), "checkpoints/nan"),
+    });
+    let (files, warnings, _) = run_api(&base, &prompt, Precision::Keep, &mut RunCache::default());
+    let messages: Vec<String> = warnings.iter().map(|w| w.message.clone()).collect();
+    assert_eq!(warnings.len(), 2, "{messages:?}");
+    let about = |file: &str, key: &str| {
+        warnings.iter().any(|w| {
+            w.message.contains(file)
+                && w.message.contains("NaN or infinite values in 1 tensor(s)")
+                && w.key.as_deref() == Some(key)
+        })
+    };
+    assert!(about("b.safetensors", unet_key), "{messages:?}");
+    assert!(about("a.safetensors", vae_key), "{messages:?}");
+    // The values pass through as ComfyUI's arithmetic passes them.
+    let out = base.read(&files[0].path);
+    let merged = out[unet_key].f32s();
+    assert!(merged[at / 2].is_nan());
+    assert_eq!(merged.iter().filter(|v| !v.is_finite()).count(), 1);
+    assert_eq!(out[vae_key].f32s()[0], f32::INFINITY);
+}

@@ -21,7 +21,7 @@ use super::kernel::{CHUNK_ELEMENTS, Scratch, produce};
 use super::naming::{check_inside_output, next_output_name};
 use super::plan::{Plan, PlannedFile, Recipe};
 use super::source::Source;
-use super::{EngineError, Event, Progress, SavedFile};
+use super::{EngineError, Event, Progress, SavedFile, Warning};
 
 /// Worker threads for evaluation: `AMALGAM_THREADS`, else the machine's cores (at most 8).
 pub fn thread_count() -> usize {
@@ -148,23 +148,58 @@ fn write_one(
             Err(source) => return Err(EngineError::Write { node, source }),
         }
     };
-    write_tensors(file, &plan.sources, &mut pending, cancel, &mut |index| {
-        let t = &file.tensors[index];
-        tally.tensors_done += 1;
-        tally.bytes_done += t.spec.byte_len().unwrap_or(0);
-        emit(Event::Progress(Progress {
-            tensors_done: tally.tensors_done,
-            tensors_total: tally.tensors_total,
-            bytes_done: tally.bytes_done,
-            bytes_total: tally.bytes_total,
-            current_key: t.spec.name.clone(),
-        }));
-    })?;
+    // Input files whose values that went into this save hold NaN or infinity, with the keys.
+    let mut non_finite: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    write_tensors(
+        file,
+        &plan.sources,
+        &mut pending,
+        cancel,
+        &mut |index, flagged| {
+            let t = &file.tensors[index];
+            for &source in flagged {
+                non_finite
+                    .entry(source)
+                    .or_default()
+                    .push(t.spec.name.clone());
+            }
+            tally.tensors_done += 1;
+            tally.bytes_done += t.spec.byte_len().unwrap_or(0);
+            emit(Event::Progress(Progress {
+                tensors_done: tally.tensors_done,
+                tensors_total: tally.tensors_total,
+                bytes_done: tally.bytes_done,
+                bytes_total: tally.bytes_total,
+                current_key: t.spec.name.clone(),
+            }));
+        },
+    )?;
     let path = pending.final_path().to_owned();
     let bytes = pending.finish().map_err(|source| EngineError::Write {
         node: node.clone(),
         source,
     })?;
+    // ComfyUI merges NaN and infinity silently; they reach the output, so say where they are.
+    for (source, keys) in non_finite {
+        let shown: Vec<&str> = keys.iter().take(5).map(String::as_str).collect();
+        emit(Event::Warning(Warning {
+            node: Some(node.clone()),
+            key: keys.first().cloned(),
+            message: format!(
+                "{}: NaN or infinite values in {} tensor(s) used for {}: {}{} (they are in the saved file too)",
+                plan.sources[source].path.display(),
+                keys.len(),
+                path.file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                shown.join(", "),
+                if keys.len() > shown.len() {
+                    ", …"
+                } else {
+                    ""
+                }
+            ),
+        }));
+    }
     Ok(SavedFile {
         node,
         path,
@@ -218,7 +253,7 @@ fn write_tensors(
     sources: &[Arc<Source>],
     pending: &mut PendingFile,
     cancel: &AtomicBool,
-    on_tensor: &mut dyn FnMut(usize),
+    on_tensor: &mut dyn FnMut(usize, &[usize]),
 ) -> Result<(), EngineError> {
     let tasks = tasks_for(file);
     let threads = thread_count();
@@ -227,7 +262,8 @@ fn write_tensors(
     let node = file.node.clone();
     std::thread::scope(|scope| -> Result<(), EngineError> {
         let (task_tx, task_rx) = bounded::<usize>(window);
-        let (result_tx, result_rx) = bounded::<(usize, Result<Vec<u8>, String>)>(window);
+        type Produced = Result<(Vec<u8>, Vec<usize>), String>;
+        let (result_tx, result_rx) = bounded::<(usize, Produced)>(window);
         let (pool_tx, pool_rx) = bounded::<Vec<u8>>(window);
         for i in 0..threads {
             let (task_rx, result_tx, pool_rx) =
@@ -249,7 +285,7 @@ fn write_tensors(
                             &mut scratch,
                             &mut buf,
                         )
-                        .map(|()| buf);
+                        .map(|flagged| (buf, flagged));
                         if result_tx.send((seq, r)).is_err() {
                             break;
                         }
@@ -263,8 +299,10 @@ fn write_tensors(
             let _ = task_tx.send(next_send);
             next_send += 1;
         }
-        let mut early: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
+        let mut early: BTreeMap<usize, (Vec<u8>, Vec<usize>)> = BTreeMap::new();
         let mut next_write = 0;
+        // Sources flagged by the chunks of the tensor being written.
+        let mut flagged: Vec<usize> = Vec::new();
         while next_write < tasks.len() {
             if cancel.load(Ordering::Relaxed) {
                 return Err(EngineError::Cancelled);
@@ -280,13 +318,18 @@ fn write_tensors(
                     });
                 }
             };
-            let bytes = result.map_err(|message| EngineError::Compute {
+            let produced = result.map_err(|message| EngineError::Compute {
                 node: node.clone(),
                 key: file.tensors[tasks[seq].tensor].spec.name.clone(),
                 message,
             })?;
-            early.insert(seq, bytes);
-            while let Some(buf) = early.remove(&next_write) {
+            early.insert(seq, produced);
+            while let Some((buf, sources)) = early.remove(&next_write) {
+                for s in sources {
+                    if !flagged.contains(&s) {
+                        flagged.push(s);
+                    }
+                }
                 pending.write(&buf).map_err(|source| EngineError::Write {
                     node: node.clone(),
                     source,
@@ -294,7 +337,8 @@ fn write_tensors(
                 let _ = pool_tx.try_send(buf);
                 let t = tasks[next_write];
                 if t.last_of_tensor {
-                    on_tensor(t.tensor);
+                    on_tensor(t.tensor, &flagged);
+                    flagged.clear();
                 }
                 next_write += 1;
                 if next_send < tasks.len() {

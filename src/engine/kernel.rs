@@ -91,11 +91,50 @@ fn read_whole(
     sources: &[Arc<Source>],
     raw: &mut Raw,
     dst: &mut Vec<f32>,
+    non_finite: &mut Vec<usize>,
 ) -> Result<(), String> {
     read_leaf(leaf, 0, leaf.numel, sources, raw)?;
     dst.resize(leaf.numel, 0.0);
     load_tile(raw, 0..leaf.numel, dst, None);
+    if any_non_finite(dst) {
+        note(non_finite, leaf.source);
+    }
     Ok(())
+}
+
+/// Whether any value is NaN or infinite; branch-free so it vectorises over a tile.
+fn any_non_finite(values: &[f32]) -> bool {
+    values.iter().fold(false, |acc, v| {
+        acc | (v.to_bits() & 0x7f80_0000 == 0x7f80_0000)
+    })
+}
+
+/// Whether stored bytes of a float dtype hold a NaN or infinity (all exponent bits set).
+fn bytes_non_finite(bytes: &[u8], dtype: DType) -> bool {
+    let exp16 = |mask: u16| {
+        bytes.chunks_exact(2).fold(false, |acc, c| {
+            acc | (u16::from_le_bytes([c[0], c[1]]) & mask == mask)
+        })
+    };
+    match dtype {
+        DType::F16 => exp16(0x7c00),
+        DType::BF16 => exp16(0x7f80),
+        DType::F32 => bytes.chunks_exact(4).fold(false, |acc, c| {
+            acc | (u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7f80_0000 == 0x7f80_0000)
+        }),
+        DType::F64 => bytes.chunks_exact(8).any(|c| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(c);
+            !f64::from_le_bytes(a).is_finite()
+        }),
+        _ => false,
+    }
+}
+
+fn note(found: &mut Vec<usize>, source: usize) {
+    if !found.contains(&source) {
+        found.push(source);
+    }
 }
 
 /// A LoKr factor as an f32 matrix: read whole, or `a @ b` with the sequential f32 sum.
@@ -104,13 +143,14 @@ fn materialize(
     sources: &[Arc<Source>],
     raw: &mut Raw,
     dst: &mut Vec<f32>,
+    non_finite: &mut Vec<usize>,
 ) -> Result<(), String> {
     match f {
-        Factor::Full(leaf) => read_whole(leaf, sources, raw, dst),
+        Factor::Full(leaf) => read_whole(leaf, sources, raw, dst, non_finite),
         Factor::Product { a, b, rank } => {
             let (mut av, mut bv) = (Vec::new(), Vec::new());
-            read_whole(a, sources, raw, &mut av)?;
-            read_whole(b, sources, raw, &mut bv)?;
+            read_whole(a, sources, raw, &mut av, non_finite)?;
+            read_whole(b, sources, raw, &mut bv, non_finite)?;
             let (rows, cols) = (a.numel / rank, b.numel / rank);
             dst.clear();
             dst.resize(rows * cols, 0.0);
@@ -223,6 +263,9 @@ struct TileInputs<'a> {
     /// Element index of the chunk's first element within the tensor.
     chunk_start: usize,
     round: Option<DType>,
+    /// Bit `i` set: leaf `i` (in visiting order; 63 and beyond share the last bit) held a NaN or
+    /// infinity in this chunk.
+    non_finite: u64,
 }
 
 /// Evaluates one tile of `expr` into `out`: `w = f32(w1)`; per step `w = w * mm` when
@@ -240,6 +283,10 @@ fn eval_tile(
         out,
         inputs.round,
     );
+    // Checked while the tile is in L1: NaN and infinity pass through merges silently.
+    if any_non_finite(out) {
+        inputs.non_finite |= 1 << inputs.next_leaf.min(63);
+    }
     inputs.next_leaf += 1;
     for step in &expr.steps {
         if let Some(mm) = step.mm {
@@ -312,6 +359,7 @@ fn kron_tile(k: &KronTerm, w1: &[f32], w2: &[f32], first: usize, out: &mut [f32]
 }
 
 /// Produces the bytes of `recipe` for elements `start .. start + len`, appending to `out`.
+/// Returns the sources (indices) whose values in this chunk include a NaN or an infinity.
 pub fn produce(
     recipe: &Recipe,
     start: usize,
@@ -319,7 +367,8 @@ pub fn produce(
     sources: &[Arc<Source>],
     scratch: &mut Scratch,
     out: &mut Vec<u8>,
-) -> Result<(), String> {
+) -> Result<Vec<usize>, String> {
+    let mut non_finite = Vec::new();
     match recipe {
         Recipe::Bytes(b) => out.extend_from_slice(b),
         Recipe::Copy(leaf) => {
@@ -329,6 +378,9 @@ pub fn produce(
             let src = &sources[leaf.source];
             src.read_at(leaf.offset + (start * es) as u64, &mut out[at..])
                 .map_err(|e| io_err(&e, src))?;
+            if bytes_non_finite(&out[at..], leaf.dtype) {
+                note(&mut non_finite, leaf.source);
+            }
         }
         Recipe::Compute {
             expr,
@@ -366,13 +418,13 @@ pub fn produce(
                             leaves.extend([w2a, w2b]);
                         }
                         for (leaf, dst) in leaves.into_iter().zip(bufs.iter_mut()) {
-                            read_whole(leaf, sources, &mut raw, dst)?;
+                            read_whole(leaf, sources, &mut raw, dst, &mut non_finite)?;
                         }
                     }
                     Factored::Kron(k) => {
                         let [b0, b1, ..] = bufs;
-                        materialize(&k.w1, sources, &mut raw, b0)?;
-                        materialize(&k.w2, sources, &mut raw, b1)?;
+                        materialize(&k.w1, sources, &mut raw, b0, &mut non_finite)?;
+                        materialize(&k.w2, sources, &mut raw, b1, &mut non_finite)?;
                     }
                 }
             }
@@ -383,6 +435,7 @@ pub fn produce(
             out.reserve(len * dtype.size_bytes());
             let (first, rest) = tiles.split_first_mut().ok_or("no scratch")?;
             let mut t = 0;
+            let mut flagged = 0u64;
             while t < len {
                 let n = TILE.min(len - t);
                 let tile = &mut first[..n];
@@ -393,14 +446,21 @@ pub fn produce(
                     next_lora: 0,
                     chunk_start: start,
                     round: *round_inputs,
+                    non_finite: 0,
                 };
                 eval_tile(expr, &mut inputs, t..t + n, tile, rest);
+                flagged |= inputs.non_finite;
                 store(tile, *dtype, out, half, bhalf);
                 t += n;
             }
+            for (i, leaf) in ls.iter().enumerate() {
+                if flagged & (1 << i.min(63)) != 0 {
+                    note(&mut non_finite, leaf.source);
+                }
+            }
         }
     }
-    Ok(())
+    Ok(non_finite)
 }
 
 /// Rounds f32 values once to `dtype` (round-to-nearest-even) and appends their bytes.
