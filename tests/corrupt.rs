@@ -720,6 +720,13 @@ fn workflow_variants(rng: &mut Lcg) -> Vec<Variant> {
         let v = write_png_with_text(8, 8, &[(TextKind::TEXt, "workflow", &text)]).expect("png");
         out.push(variant(format!("PNG with {what}"), "broken.png", v));
     }
+    let bomb = "{".repeat(16 << 20);
+    let v = write_png_with_text(8, 8, &[(TextKind::ZTXt, "workflow", &bomb)]).expect("png");
+    out.push(variant(
+        "PNG with a zTXt bomb (16 MiB from ~16 KiB)",
+        "broken.png",
+        v,
+    ));
     let v = write_png_with_text(8, 8, &[(TextKind::TEXt, "parameters", "a photo")]).expect("png");
     out.push(variant("PNG without a workflow", "broken.png", v));
     // JSON files.

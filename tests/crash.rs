@@ -140,7 +140,11 @@ fn a_killed_save_leaves_no_partial_checkpoint_and_is_cleaned_up_next_start() {
     // Kill at seeded random points across the whole run (start-up, planning, writing, sync).
     let mut state = 0x9e37_79b9_7f4a_7c15_u64;
     let mut killed_mid_save = 0;
-    let kills = 12;
+    // 12 in CI; AMALGAM_CRASH_KILLS=<n> for a longer run.
+    let kills: usize = std::env::var("AMALGAM_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12);
     for round in 0..kills {
         state = state
             .wrapping_mul(6_364_136_223_846_793_005)

@@ -6,12 +6,16 @@
 //! `tEXt` and uncompressed `iTXt` only — and when a keyword repeats, the later chunk wins, as in
 //! the frontend. `tEXt` is decoded as UTF-8 like the frontend does (falling back to Latin-1, the
 //! PNG standard, when the bytes are not UTF-8). CRCs are checked. One text chunk may hold at most
-//! [`MAX_TEXT_BYTES`], compressed or expanded.
+//! [`MAX_TEXT_BYTES`], compressed or expanded, and compressed text may expand at most
+//! [`MAX_EXPANSION`] times (past its first MiB), which stops deflate bombs.
 
 use png::{StreamingDecoder, chunk};
 
 /// Largest text chunk accepted (a big workflow is well under 1 MiB).
 pub const MAX_TEXT_BYTES: usize = 64 << 20;
+
+/// Most a compressed text chunk may expand, as a multiple of its size (past the first MiB).
+pub const MAX_EXPANSION: usize = 32;
 
 const SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
 
@@ -24,7 +28,9 @@ pub enum PngError {
     Corrupt(String),
     #[error("PNG ends early (truncated) after {0} bytes")]
     Truncated(usize),
-    #[error("PNG text chunk {keyword:?} is larger than the {MAX_TEXT_BYTES}-byte limit")]
+    #[error(
+        "PNG text chunk {keyword:?} is larger than the {MAX_TEXT_BYTES}-byte limit, or expands more than {MAX_EXPANSION}x"
+    )]
     TextTooLarge { keyword: String },
 }
 
@@ -42,6 +48,7 @@ pub fn text_chunks(bytes: &[u8]) -> Result<Vec<(String, String)>, PngError> {
     decoder.set_skip_ancillary_crc_failures(false);
     let mut out = Vec::new();
     let mut pos = 0;
+    let mut chunk_len = 0usize;
     loop {
         if pos >= bytes.len() {
             // Ran out before IEND: keep what was read if anything, as a truncated image still
@@ -65,11 +72,12 @@ pub fn text_chunks(bytes: &[u8]) -> Result<Vec<(String, String)>, PngError> {
                     keyword: String::from_utf8_lossy(&kind.0).into_owned(),
                 });
             }
+            png::Decoded::ChunkBegin(len, _) => chunk_len = len as usize,
             png::Decoded::ChunkComplete(kind) => {
                 if kind == chunk::IEND {
                     return Ok(out);
                 }
-                if let Some(entry) = last_text(&decoder, kind)? {
+                if let Some(entry) = last_text(&decoder, kind, chunk_len)? {
                     out.push(entry);
                 }
             }
@@ -85,7 +93,11 @@ pub fn text_chunks(bytes: &[u8]) -> Result<Vec<(String, String)>, PngError> {
 fn last_text(
     decoder: &StreamingDecoder,
     kind: png::chunk::ChunkType,
+    chunk_len: usize,
 ) -> Result<Option<(String, String)>, PngError> {
+    // Compressed text may expand to a bounded multiple of the chunk: JSON compresses 5-15x, a
+    // deflate bomb 1000x.
+    let expanded_limit = MAX_TEXT_BYTES.min((1 << 20) + MAX_EXPANSION * chunk_len);
     let Some(info) = decoder.info() else {
         return Ok(None);
     };
@@ -103,7 +115,7 @@ fn last_text(
             return Ok(None);
         };
         let mut t = t.clone();
-        t.decompress_text_with_limit(MAX_TEXT_BYTES)
+        t.decompress_text_with_limit(expanded_limit)
             .map_err(|_| too_large(&t.keyword))?;
         let text = t.get_text().map_err(|e| PngError::Corrupt(e.to_string()))?;
         return Ok(Some((t.keyword.clone(), utf8_or_latin1(&text))));
@@ -113,7 +125,7 @@ fn last_text(
             return Ok(None);
         };
         let mut t = t.clone();
-        t.decompress_text_with_limit(MAX_TEXT_BYTES)
+        t.decompress_text_with_limit(expanded_limit)
             .map_err(|_| too_large(&t.keyword))?;
         let text = t.get_text().map_err(|e| PngError::Corrupt(e.to_string()))?;
         return Ok(Some((t.keyword.clone(), text)));
@@ -236,5 +248,26 @@ mod tests {
         let mut bad = png.clone();
         bad[at..at + 4].copy_from_slice(&0x7fff_0000u32.to_be_bytes());
         assert!(text_chunks(&bad).is_err());
+    }
+
+    #[test]
+    fn compressed_text_may_not_expand_like_a_bomb() {
+        // 20 MiB of one letter compresses to ~20 KiB: a 1000x expansion. (iTXt goes through
+        // the same limit; the encoder here writes iTXt uncompressed.)
+        let bomb = "a".repeat(20 << 20);
+        let png =
+            write_png_with_text(2, 2, &[(TextKind::ZTXt, "workflow", &bomb)]).expect("encode");
+        assert!(png.len() < 200 << 10, "{} bytes", png.len());
+        let err = text_chunks(&png).expect_err("bomb refused");
+        assert!(err.to_string().contains("expands more than 32x"), "{err}");
+        // A real workflow's JSON, compressed, reads back.
+        let json = format!(
+            "{{\"nodes\": [{}]}}",
+            vec!["{\"id\": 1, \"type\": \"CheckpointLoaderSimple\"}"; 30_000].join(",")
+        );
+        let png =
+            write_png_with_text(2, 2, &[(TextKind::ZTXt, "workflow", &json)]).expect("encode");
+        let chunks = text_chunks(&png).expect("reads");
+        assert_eq!(find_text(&chunks, "workflow"), Some(json.as_str()));
     }
 }
