@@ -10,10 +10,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use amalgam::format::png::{TextKind, write_png_with_text};
-use amalgam::format::safetensors::TensorSpec;
-use amalgam::format::torch::{TorchTensor, write_legacy, write_zip};
 use amalgam::model::folders::ModelFolders;
-use amalgam::model::layouts::{Layout, Scale, fill_tensor};
+use amalgam::model::layouts::{Layout, Scale};
 use common::{tempdir, write_layout};
 use serde_json::{Value, json};
 
@@ -367,29 +365,10 @@ fn safetensors_variants(good: &[u8], rng: &mut Lcg) -> Vec<Variant> {
 // ---- PyTorch checkpoints ----------------------------------------------------------------------
 
 fn good_torch(tree: &Tree) -> (Vec<u8>, Vec<u8>) {
-    let specs: Vec<TensorSpec> = Layout::sd15(Scale::Sample).tensors();
-    let data: Vec<Vec<u8>> = specs
-        .iter()
-        .map(|s| {
-            let mut b = Vec::new();
-            fill_tensor(1, s, &mut b);
-            b
-        })
-        .collect();
-    let tensors: Vec<TorchTensor> = specs
-        .iter()
-        .zip(&data)
-        .map(|(s, d)| TorchTensor {
-            name: &s.name,
-            dtype: s.dtype,
-            shape: &s.shape,
-            data: d,
-        })
-        .collect();
     let zip = tree.path().join("good-zip.tmp");
     let legacy = tree.path().join("good-legacy.tmp");
-    write_zip(&zip, &tensors, true).expect("write zip");
-    write_legacy(&legacy, &tensors).expect("write legacy");
+    let specs = Layout::sd15(Scale::Sample).tensors();
+    common::write_torch(&specs, 1, Some(&zip), Some(&legacy));
     let out = (
         std::fs::read(&zip).expect("read"),
         std::fs::read(&legacy).expect("read"),

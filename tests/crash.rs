@@ -72,6 +72,15 @@ impl Setup {
         c
     }
 
+    /// Starts the merge in the background, its output discarded.
+    fn spawn_quiet(&self) -> std::process::Child {
+        self.command()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn amalgam")
+    }
+
     fn input_digests(&self) -> Vec<u64> {
         ["a", "b"]
             .iter()
@@ -151,12 +160,7 @@ fn a_killed_save_leaves_no_partial_checkpoint_and_is_cleaned_up_next_start() {
             .wrapping_add(1_442_695_040_888_963_407);
         let fraction = (state >> 11) as f64 / (1u64 << 53) as f64;
         let delay = full.mul_f64(0.05 + fraction * 1.0);
-        let mut child = s
-            .command()
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn amalgam");
+        let mut child = s.spawn_quiet();
         std::thread::sleep(delay);
         let _ = child.kill(); // SIGKILL on Unix
         let _ = child.wait();
@@ -200,12 +204,7 @@ fn a_killed_save_leaves_no_partial_checkpoint_and_is_cleaned_up_next_start() {
 #[test]
 fn a_save_in_progress_is_not_taken_for_a_leftover() {
     let s = Setup::new();
-    let mut child = s
-        .command()
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn amalgam");
+    let mut child = s.spawn_quiet();
     // Wait until the first run's temporary file exists and is old enough to be a candidate.
     let deadline = Instant::now() + Duration::from_secs(60);
     let temp = loop {

@@ -742,25 +742,7 @@ fn run_unvalidated(base: &Base, prompt: Prompt) -> Option<String> {
 
 /// Writes a torch-zip checkpoint of `layout` (as `torch.save` of a training checkpoint would).
 fn write_ckpt(path: &Path, specs: &[amalgam::format::safetensors::TensorSpec], seed: u64) {
-    let data: Vec<Vec<u8>> = specs
-        .iter()
-        .map(|s| {
-            let mut b = Vec::new();
-            amalgam::model::layouts::fill_tensor(seed, s, &mut b);
-            b
-        })
-        .collect();
-    let tensors: Vec<amalgam::format::torch::TorchTensor> = specs
-        .iter()
-        .zip(&data)
-        .map(|(s, d)| amalgam::format::torch::TorchTensor {
-            name: &s.name,
-            dtype: s.dtype,
-            shape: &s.shape,
-            data: d,
-        })
-        .collect();
-    amalgam::format::torch::write_zip(path, &tensors, true).expect("write ckpt");
+    write_torch(specs, seed, Some(path), None);
 }
 
 #[test]

@@ -6,7 +6,6 @@ mod common;
 use std::collections::HashMap;
 
 use amalgam::format::DType;
-use amalgam::format::torch::{TorchTensor, write_legacy, write_zip};
 use amalgam::model::layouts::{Layout, Scale, TextEncoder, UnetConfig};
 use common::*;
 
@@ -320,28 +319,9 @@ fn pytorch_checkpoints_are_read_and_detected() {
     let dir = tempdir();
     let l = Layout::sd15(Scale::Sample);
     let specs = l.tensors();
-    let data: Vec<Vec<u8>> = specs
-        .iter()
-        .map(|s| {
-            let mut b = Vec::new();
-            amalgam::model::layouts::fill_tensor(5, s, &mut b);
-            b
-        })
-        .collect();
-    let tensors: Vec<TorchTensor> = specs
-        .iter()
-        .zip(&data)
-        .map(|(s, d)| TorchTensor {
-            name: &s.name,
-            dtype: s.dtype,
-            shape: &s.shape,
-            data: d,
-        })
-        .collect();
     let zip = dir.path().join("v1-5-pruned-emaonly.ckpt");
-    write_zip(&zip, &tensors, true).expect("write zip");
     let legacy = dir.path().join("old.pth");
-    write_legacy(&legacy, &tensors).expect("write legacy");
+    write_torch(&specs, 5, Some(&zip), Some(&legacy));
     let st = dir.path().join("same.safetensors");
     write_safetensors(&st, &specs, 5, &HashMap::new(), &[]);
     for (path, container) in [

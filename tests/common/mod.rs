@@ -244,3 +244,33 @@ pub fn run_prompt(
     );
     result
 }
+
+/// Writes `specs` with generated data as PyTorch files: a zip (`torch.save`, state dict wrapped
+/// under `state_dict`) at `zip`, and/or the legacy format at `legacy`.
+pub fn write_torch(specs: &[TensorSpec], seed: u64, zip: Option<&Path>, legacy: Option<&Path>) {
+    use amalgam::format::torch::{TorchTensor, write_legacy, write_zip};
+    let data: Vec<Vec<u8>> = specs
+        .iter()
+        .map(|s| {
+            let mut b = Vec::new();
+            fill_tensor(seed, s, &mut b);
+            b
+        })
+        .collect();
+    let tensors: Vec<TorchTensor> = specs
+        .iter()
+        .zip(&data)
+        .map(|(s, d)| TorchTensor {
+            name: &s.name,
+            dtype: s.dtype,
+            shape: &s.shape,
+            data: d,
+        })
+        .collect();
+    if let Some(p) = zip {
+        write_zip(p, &tensors, true).expect("write torch zip");
+    }
+    if let Some(p) = legacy {
+        write_legacy(p, &tensors).expect("write legacy torch");
+    }
+}
