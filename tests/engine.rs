@@ -1322,7 +1322,7 @@ fn loha_and_full_differences_are_exact() {
         spec(&format!("{dora}.lora_down.weight"), f16, &[4, 16]),
         spec(&format!("{dora}.dora_scale"), f16, &[16, 1]),
         spec(&format!("{mid}.lora_up.weight"), f16, &[32, 4, 1, 1]),
-        spec(&format!("{mid}.lora_down.weight"), f16, &[4, 32, 1, 1]),
+        spec(&format!("{mid}.lora_down.weight"), f16, &[4, 16, 1, 1]),
         spec(&format!("{mid}.lora_mid.weight"), f16, &[4, 4, 3, 3]),
         spec(&format!("{conv}.diff_b"), f16, &[16]),
     ];
@@ -1367,15 +1367,47 @@ fn loha_and_full_differences_are_exact() {
         patch(&mut w, 1.0, strength, Some(&f(&format!("{conv}{suffix}"))));
         assert!(out[key].bytes == to_bytes(&w, "F16"), "{suffix} differs");
     }
-    // DoRA and LoCon-mid keys are refused, not baked as plain LoRAs.
-    for what in ["DoRA (dora_scale)", "LoCon with lora_mid"] {
-        assert!(
-            warnings
-                .iter()
-                .any(|w| w.message.contains(&format!("{what} is not supported yet"))),
-            "{what}: {warnings:?}"
-        );
+    // LoCon with a Tucker core on a 3×3 conv: down' [a, i, x] = Σ_b down[b, i] · mid[a, b, x]
+    // (sequential in f32), then up @ down'; no alpha, so scale 1.
+    let (rank, out_channels, channels, khw) = (4, 32, 16, 9);
+    let (down, midw) = (
+        f(&format!("{mid}.lora_down.weight")),
+        f(&format!("{mid}.lora_mid.weight")),
+    );
+    let mut tucker = vec![0.0f32; rank * channels * khw];
+    for a in 0..rank {
+        for i in 0..channels {
+            for x in 0..khw {
+                let mut acc = 0.0f32;
+                for b in 0..rank {
+                    acc += down[b * channels + i] * midw[(a * rank + b) * khw + x];
+                }
+                tucker[(a * channels + i) * khw + x] = acc;
+            }
+        }
     }
+    let delta = seq_matmul(
+        &f(&format!("{mid}.lora_up.weight")),
+        &tucker,
+        out_channels,
+        rank,
+        channels * khw,
+    );
+    let key = "model.diffusion_model.input_blocks.4.0.in_layers.2.weight";
+    assert_eq!(ta[key].shape, [out_channels, channels, 3, 3]);
+    let mut w = f32s(&ta[key]);
+    patch(&mut w, 1.0, strength, Some(&delta));
+    assert!(
+        out[key].bytes == to_bytes(&w, "F16"),
+        "LoCon with lora_mid differs"
+    );
+    // DoRA keys are refused, not baked as plain LoRAs.
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.message.contains("DoRA (dora_scale) is not supported yet")),
+        "{warnings:?}"
+    );
     let v = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_v.weight";
     assert_eq!(out[v].bytes, ta[v].bytes, "the DoRA key is left as it was");
     // The Tucker LoHa is refused, and its key left as it was.

@@ -343,6 +343,25 @@ fn lora_tile(t: &LoraTerm, f: &[Vec<f32>; 4], first: usize, out: &mut [f32]) {
     }
 }
 
+/// LoCon's Tucker down factor, as ComfyUI forms it before the up product:
+/// `d'[a, i, x] = Σ_b down[b, i] · mid[a, b, x]` (`down` is `[rank, in]`, `mid` is
+/// `[rank, rank, kh·kw]`), each sum sequential in f32 over `b`.
+fn tucker_down(down: &[f32], mid: &[f32], rank: usize, in_channels: usize, khw: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; rank * in_channels * khw];
+    for a in 0..rank {
+        for i in 0..in_channels {
+            for x in 0..khw {
+                let mut acc = 0.0f32;
+                for b in 0..rank {
+                    acc += down[b * in_channels + i] * mid[(a * rank + b) * khw + x];
+                }
+                out[(a * in_channels + i) * khw + x] = acc;
+            }
+        }
+    }
+    out
+}
+
 /// Elements `first .. first + out.len()` of `kron(w1, w2)` flattened as the weight
 /// `[a·c, b·d, h·w]`.
 fn kron_tile(k: &KronTerm, w1: &[f32], w2: &[f32], first: usize, out: &mut [f32]) {
@@ -419,6 +438,11 @@ pub fn produce(
                         }
                         for (leaf, dst) in leaves.into_iter().zip(bufs.iter_mut()) {
                             read_whole(leaf, sources, &mut raw, dst, &mut non_finite)?;
+                        }
+                        if let Some((mid, in_channels, khw)) = &t.mid {
+                            let mut m = Vec::new();
+                            read_whole(mid, sources, &mut raw, &mut m, &mut non_finite)?;
+                            bufs[1] = tucker_down(&bufs[1], &m, t.rank, *in_channels, *khw);
                         }
                     }
                     Factored::Kron(k) => {

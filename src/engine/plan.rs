@@ -87,6 +87,9 @@ pub struct LoraTerm {
     pub inner: usize,
     /// LoHa's `hada_w2_a`, `hada_w2_b` and their rank.
     pub hadamard: Option<(Leaf, Leaf, usize)>,
+    /// LoCon's Tucker core `lora_mid` `[rank, rank, kh, kw]`, with the down factor's input
+    /// channels and `kh·kw`: the down factor becomes `[rank, in, kh, kw]` first.
+    pub mid: Option<(Leaf, usize, usize)>,
 }
 
 /// A lazily evaluated weight: a base tensor and the steps applied to it, in order.
@@ -697,37 +700,27 @@ impl Planner<'_> {
                 && t.shape.len() >= 2
                 && !down.shape.is_empty()
             {
-                // DoRA and LoCon's Tucker factor change the result in ways not reproduced
-                // exactly yet: refuse the key rather than bake something ComfyUI would not.
-                let extra = ["dora_scale", "lora_mid.weight"]
-                    .into_iter()
-                    .find(|x| file.get(&format!("{base}.{x}")).is_some());
-                if let Some(extra) = extra {
+                // DoRA's per-channel norms depend on torch's reduction order, which is not
+                // reproduced exactly yet: refuse the key rather than bake something else.
+                if file.get(&format!("{base}.dora_scale")).is_some() {
                     self.warnings.push(Warning {
                         node: Some(id.to_owned()),
                         key: Some(base.to_owned()),
                         message: format!(
-                            "lora {base}: {} is not supported yet; not applied",
-                            if extra == "dora_scale" {
-                                "DoRA (dora_scale)"
-                            } else {
-                                "LoCon with lora_mid"
-                            }
+                            "lora {base}: DoRA (dora_scale) is not supported yet; not applied"
                         ),
                     });
                     used.extend([
                         name.to_owned(),
                         format!("{base}{down_suffix}"),
                         format!("{base}.alpha"),
-                        format!("{base}.{extra}"),
+                        format!("{base}.dora_scale"),
+                        format!("{base}.lora_mid.weight"),
                     ]);
                     continue;
                 }
-                let (out, rank, inner) = (
-                    t.shape[0],
-                    down.shape[0],
-                    down.shape[1..].iter().product::<usize>(),
-                );
+                let (out, rank) = (t.shape[0], down.shape[0]);
+                let mut inner = down.shape[1..].iter().product::<usize>();
                 if t.shape[1..].iter().product::<usize>() != rank {
                     self.warnings.push(Warning {
                         node: Some(id.to_owned()),
@@ -736,6 +729,37 @@ impl Planner<'_> {
                     });
                     continue;
                 }
+                // LoCon with a Tucker core: up [out, rank, 1, 1], down [rank, in, 1, 1],
+                // mid [rank, rank, kh, kw]; the delta is [out, in, kh, kw].
+                let mid_name = format!("{base}.lora_mid.weight");
+                let mid = match file.get(&mid_name) {
+                    None => None,
+                    Some(m)
+                        if float(m)
+                            && m.shape.len() == 4
+                            && m.shape[0] == rank
+                            && m.shape[1] == rank
+                            && down.shape.len() >= 2
+                            && down.shape.iter().skip(2).all(|&d| d == 1) =>
+                    {
+                        let khw = m.shape[2] * m.shape[3];
+                        let in_channels = inner;
+                        inner = in_channels * khw;
+                        Some((leaf(m), in_channels, khw))
+                    }
+                    Some(m) => {
+                        self.warnings.push(Warning {
+                            node: Some(id.to_owned()),
+                            key: Some(base.to_owned()),
+                            message: format!(
+                                "ERROR lora {base}: lora_mid {:?} does not fit down {:?}; not applied",
+                                m.shape, down.shape
+                            ),
+                        });
+                        used.extend([name.to_owned(), format!("{base}{down_suffix}"), mid_name]);
+                        continue;
+                    }
+                };
                 let term = LoraTerm {
                     up: leaf(t),
                     down: leaf(down),
@@ -743,6 +767,7 @@ impl Planner<'_> {
                     rank,
                     inner,
                     hadamard: None,
+                    mid,
                 };
                 insert(
                     target,
@@ -753,6 +778,7 @@ impl Planner<'_> {
                     name.to_owned(),
                     format!("{base}{down_suffix}"),
                     format!("{base}.alpha"),
+                    mid_name,
                 ]);
                 continue;
             }
@@ -801,6 +827,7 @@ impl Planner<'_> {
                     rank,
                     inner,
                     hadamard: Some((leaf(w2a), leaf(w2b), rank2)),
+                    mid: None,
                 };
                 insert(
                     target,
