@@ -202,7 +202,23 @@ pub fn document_from_prompt(prompt: &Prompt, registry: &Registry) -> (Document, 
     // Prompt ids may be strings ("12:3" inside subgraphs); give each node an integer id.
     let mut ids: std::collections::HashMap<&str, NodeId> = Default::default();
     let mut taken: std::collections::HashSet<NodeId> = Default::default();
-    for (pid, _) in &prompt.nodes {
+    // A node without a type cannot be a document node (the document reader refuses one too);
+    // links to it are reported as links to a missing node.
+    for (pid, pnode) in &prompt.nodes {
+        if pnode.class_type.is_empty() {
+            report.issues.push(super::document::LoadIssue {
+                node: None,
+                message: format!("node {pid} has an empty class_type; skipped"),
+            });
+        }
+    }
+    let typed = || {
+        prompt
+            .nodes
+            .iter()
+            .filter(|(_, n)| !n.class_type.is_empty())
+    };
+    for (pid, _) in typed() {
         if let Ok(n) = pid.parse::<NodeId>()
             && n > 0
             && taken.insert(n)
@@ -211,7 +227,7 @@ pub fn document_from_prompt(prompt: &Prompt, registry: &Registry) -> (Document, 
         }
     }
     let mut next = 1;
-    for (pid, _) in &prompt.nodes {
+    for (pid, _) in typed() {
         if !ids.contains_key(pid.as_str()) {
             while taken.contains(&next) {
                 next += 1;
