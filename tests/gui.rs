@@ -42,11 +42,21 @@ const CTRL: Modifiers = Modifiers {
 
 impl Harness {
     fn new(with_samples: bool, dialog_answer: Option<PathBuf>) -> Harness {
+        Harness::prepared(with_samples, dialog_answer, |_| {})
+    }
+
+    /// Like `new`, with `prepare` run on the base folder before the app starts.
+    fn prepared(
+        with_samples: bool,
+        dialog_answer: Option<PathBuf>,
+        prepare: impl FnOnce(&Path),
+    ) -> Harness {
         let base = tempdir();
         if with_samples {
             let out = run(&["--base-dir", path_str(base.path()), "samples"]);
             assert!(out.status.success(), "{}", stderr(&out));
         }
+        prepare(base.path());
         let settings = Settings::new(base.path().to_owned());
         let app = AmalgamApp::new(settings, None, Box::new(FixedDialogs(dialog_answer)), || {})
             .expect("app starts");
@@ -392,4 +402,25 @@ fn open_and_save_go_through_the_dialogs() {
     h.key(Key::O, CTRL);
     h.wait_for("the reopened workflow", |a| a.doc.nodes.len() == 5);
     assert_eq!(h.app.doc.to_json(), before);
+}
+
+#[test]
+fn the_app_removes_what_a_killed_save_left_when_it_starts() {
+    // A killed save leaves its unlocked temporary file; a running save holds a lock on its own.
+    let leftover = std::cell::RefCell::new(PathBuf::new());
+    let h = Harness::prepared(true, None, |base| {
+        let dir = base.join("output/checkpoints");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let p = dir.join(".amalgam-partial-killed.tmp");
+        let f = std::fs::File::create(&p).expect("create");
+        std::io::Write::write_all(&mut &f, b"half a checkpoint").expect("write");
+        f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(60))
+            .expect("backdate");
+        *leftover.borrow_mut() = p;
+    });
+    assert!(!leftover.borrow().exists(), "the leftover is still there");
+    assert!(
+        h.has_label("removed 1 unfinished temporary file(s) left by an earlier crash"),
+        "no notice"
+    );
 }
