@@ -199,6 +199,18 @@ const LORA_SUFFIXES: [&str; 22] = [
     ".diff_b",
 ];
 
+/// Deterministic bytes for each tensor: every byte in 0x00..0x3f, which gives modest finite
+/// values in any float dtype when read little-endian.
+fn small_values(specs: &[TensorSpec], step: usize) -> Vec<Vec<u8>> {
+    specs
+        .iter()
+        .map(|s| {
+            let n = s.byte_len().unwrap_or(0) as usize;
+            (0..n).map(|i| (i * step % 64) as u8).collect()
+        })
+        .collect()
+}
+
 /// Scratch folders of the LoRA target: a model tree with the tiny checkpoint, reused per input.
 fn lora_base() -> &'static Path {
     static BASE: OnceLock<std::path::PathBuf> = OnceLock::new();
@@ -211,13 +223,7 @@ fn lora_base() -> &'static Path {
             .iter()
             .map(|(name, shape)| TensorSpec::new(*name, DType::F16, shape))
             .collect();
-        let data: Vec<Vec<u8>> = specs
-            .iter()
-            .map(|s| {
-                let n = s.byte_len().unwrap_or(0) as usize;
-                (0..n).map(|i| (i * 7 % 61) as u8).collect()
-            })
-            .collect();
+        let data = small_values(&specs, 7);
         let refs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
         write_file(
             &ck.join("tiny.safetensors"),
@@ -265,14 +271,7 @@ fn lora_run(data: &[u8]) -> (usize, Vec<String>) {
     }
     let strength_model = f64::from(next() as i8) / 16.0;
     let strength_clip = f64::from(next() as i8) / 16.0;
-    let values: Vec<Vec<u8>> = specs
-        .iter()
-        .map(|s| {
-            let n = s.byte_len().unwrap_or(0) as usize;
-            // Small values in any dtype: bytes 0x00..0x3f give modest floats when little-endian.
-            (0..n).map(|i| (i * 13 % 63) as u8).collect()
-        })
-        .collect();
+    let values = small_values(&specs, 13);
     let base = lora_base();
     let lora_path = base.join("models/loras/f.safetensors");
     let _ = std::fs::remove_file(&lora_path);
@@ -332,36 +331,22 @@ pub fn seeds(target: &str, shared_workflows: Option<&Path>) -> Vec<Vec<u8>> {
     use crate::format::png::{TextKind, text_chunks, write_png_with_text};
     let scratch = tempfile::tempdir().expect("scratch folder for seeds");
     let read = |p: &Path| std::fs::read(p).expect("seed file written just now");
-    let tensors: Vec<(&str, DType, Vec<usize>)> = vec![
-        (
+    let specs = vec![
+        TensorSpec::new(
             "model.diffusion_model.out.2.weight",
             DType::F16,
-            vec![4, 2, 3, 3],
+            &[4, 2, 3, 3],
         ),
-        ("model.diffusion_model.out.2.bias", DType::F32, vec![4]),
-        (
+        TensorSpec::new("model.diffusion_model.out.2.bias", DType::F32, &[4]),
+        TensorSpec::new(
             "cond_stage_model.transformer.text_model.embeddings.position_ids",
             DType::I64,
-            vec![1, 3],
+            &[1, 3],
         ),
-        (
-            "first_stage_model.decoder.conv_out.bias",
-            DType::BF16,
-            vec![3],
-        ),
+        TensorSpec::new("first_stage_model.decoder.conv_out.bias", DType::BF16, &[3]),
     ];
-    let data: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|(_, d, s)| {
-            let n = crate::format::safetensors::byte_len(*d, s).unwrap_or(0) as usize;
-            (0..n).map(|i| (i * 29 % 64) as u8).collect()
-        })
-        .collect();
+    let data = small_values(&specs, 29);
     let safetensors_seed = || {
-        let specs: Vec<TensorSpec> = tensors
-            .iter()
-            .map(|(n, d, s)| TensorSpec::new(*n, *d, s))
-            .collect();
         let meta: crate::format::Metadata = vec![(
             "modelspec.architecture".into(),
             "stable-diffusion-v1".into(),
@@ -370,16 +355,15 @@ pub fn seeds(target: &str, shared_workflows: Option<&Path>) -> Vec<Vec<u8>> {
         write_file(&p, &specs, &meta, data.iter().map(Vec::as_slice)).expect("seed safetensors");
         read(&p)
     };
-    let torch: Vec<crate::format::torch::TorchTensor> = tensors
+    let torch: Vec<crate::format::torch::TorchTensor> = specs
         .iter()
         .zip(&data)
-        .map(|((n, d, s), b)| crate::format::torch::TorchTensor {
-            name: n,
-            dtype: *d,
-            shape: s,
+        .map(|(s, b)| crate::format::torch::TorchTensor {
+            name: &s.name,
+            dtype: s.dtype,
+            shape: &s.shape,
             data: b,
         })
-        .filter(|t| t.dtype != DType::BF16)
         .collect();
     let zip_seed = |wrap: bool| {
         let p = scratch.path().join("a.ckpt");
