@@ -1606,3 +1606,89 @@ fn nan_and_infinity_in_inputs_are_reported_by_file_and_key() {
     assert_eq!(merged.iter().filter(|v| !v.is_finite()).count(), 1);
     assert_eq!(out[vae_key].f32s()[0], f32::INFINITY);
 }
+
+/// Kohya-named LoRAs for Flux (`lora_unet_double_blocks_0_img_attn_qkv`) map through the generic
+/// rule onto a Flux checkpoint's own keys and bake exactly; diffusers-named Flux LoRAs
+/// (`transformer.…to_q`, slices of the fused qkv weight) are not mapped yet and are reported.
+#[test]
+fn kohya_flux_loras_bake_and_diffusers_flux_names_are_reported() {
+    let base = Base::new();
+    let ck = base.path().join("models/checkpoints");
+    std::fs::create_dir_all(&ck).expect("mkdir");
+    let f16 = DType::F16;
+    let h = 8; // hidden size of this tiny Flux
+    let p = "model.diffusion_model.";
+    let specs = vec![
+        spec(&format!("{p}img_in.weight"), f16, &[h, 16]),
+        spec(
+            &format!("{p}double_blocks.0.img_attn.norm.key_norm.scale"),
+            f16,
+            &[h],
+        ),
+        spec(
+            &format!("{p}double_blocks.0.img_attn.qkv.weight"),
+            f16,
+            &[3 * h, h],
+        ),
+        spec(
+            &format!("{p}single_blocks.0.linear1.weight"),
+            f16,
+            &[7 * h, h],
+        ),
+    ];
+    let a = ck.join("a.safetensors");
+    write_safetensors(&a, &specs, 160, &HashMap::new(), &[]);
+    assert_eq!(inspect_json(&a)["architecture"], "flux");
+
+    let qkv = "lora_unet_double_blocks_0_img_attn_qkv";
+    let lin = "lora_unet_single_blocks_0_linear1";
+    let diffusers = "transformer.single_transformer_blocks.0.attn.to_q";
+    let lora_specs = vec![
+        spec(&format!("{qkv}.lora_up.weight"), f16, &[3 * h, 2]),
+        spec(&format!("{qkv}.lora_down.weight"), f16, &[2, h]),
+        spec(&format!("{qkv}.alpha"), DType::F32, &[]),
+        spec(&format!("{lin}.lora_up.weight"), f16, &[7 * h, 4]),
+        spec(&format!("{lin}.lora_down.weight"), f16, &[4, h]),
+        spec(&format!("{diffusers}.lora_A.weight"), f16, &[2, h]),
+        spec(&format!("{diffusers}.lora_B.weight"), f16, &[h, 2]),
+    ];
+    let strength = 0.8;
+    let alpha = (format!("{qkv}.alpha"), 1.0f32);
+    let (path, files, warnings) =
+        bake_model_only_lora(&base, "flux", &lora_specs, 161, alpha, strength);
+    let out = base.read(&files[0].path);
+    let (ta, tl) = (base.read(&a), base.read(&path));
+    let f = |n: &str| f32s(&tl[n]);
+    for (name, key, rows, rank, scale) in [
+        (
+            qkv,
+            "double_blocks.0.img_attn.qkv.weight",
+            3 * h,
+            2,
+            1.0 / 2.0,
+        ),
+        (lin, "single_blocks.0.linear1.weight", 7 * h, 4, 1.0),
+    ] {
+        let delta = seq_matmul(
+            &f(&format!("{name}.lora_up.weight")),
+            &f(&format!("{name}.lora_down.weight")),
+            rows,
+            rank,
+            h,
+        );
+        let full = format!("{p}{key}");
+        let out_key = out
+            .keys()
+            .find(|k| k.ends_with(key))
+            .unwrap_or_else(|| panic!("{key} not saved"));
+        let mut w = f32s(&ta[&full]);
+        patch(&mut w, 1.0, strength * scale, Some(&delta));
+        assert!(out[out_key].bytes == to_bytes(&w, "F16"), "{name} differs");
+    }
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.message.contains("lora key not loaded") && w.message.contains(diffusers)),
+        "{warnings:?}"
+    );
+}
