@@ -13,6 +13,9 @@ if [[ ${#targets[@]} -eq 0 ]]; then
     targets=(safetensors_header checkpoint pickle png_text workflow extra_model_paths lora)
 fi
 
+# The LoRA target saves a small merge per input; on tmpfs that runs ~7x faster than on disk.
+if [[ -z "${TMPDIR:-}" && -d /dev/shm ]]; then export TMPDIR=/dev/shm; fi
+
 AMALGAM_WRITE_SEEDS="$PWD/fuzz/corpus/seeds" cargo test -q --test fuzz_regressions >/dev/null
 # No sanitizer: Amalgam's only unsafe code is one read-only mmap; what we look for is panics,
 # hangs and allocations, which the allocation budget (fuzz_targets/budget.rs) and libFuzzer's
