@@ -544,6 +544,38 @@ impl Document {
         let l = self.link(link_id)?;
         (l.target_id == id && self.node(l.origin_id).is_some()).then_some(l)
     }
+
+    /// Hash lookups of nodes and links by id, for passes over a whole document (the methods
+    /// above search linearly, which makes such a pass quadratic in a large workflow).
+    pub fn index(&self) -> DocumentIndex<'_> {
+        DocumentIndex {
+            // Reversed, so that the first of repeated ids is the one kept.
+            nodes: self.nodes.iter().rev().map(|n| (n.id, n)).collect(),
+            links: self.links.iter().rev().map(|l| (l.id, l)).collect(),
+        }
+    }
+}
+
+/// A read-only view of a [`Document`] with nodes and links looked up by id. When ids repeat
+/// (a malformed file), the first one wins, as with [`Document::node`].
+pub struct DocumentIndex<'a> {
+    nodes: std::collections::HashMap<NodeId, &'a Node>,
+    links: std::collections::HashMap<LinkId, &'a Link>,
+}
+
+impl<'a> DocumentIndex<'a> {
+    pub fn node(&self, id: NodeId) -> Option<&'a Node> {
+        self.nodes.get(&id).copied()
+    }
+    pub fn link(&self, id: LinkId) -> Option<&'a Link> {
+        self.links.get(&id).copied()
+    }
+    /// As [`Document::input_link`].
+    pub fn input_link(&self, id: NodeId, slot: usize) -> Option<&'a Link> {
+        let link_id = self.node(id)?.inputs.get(slot)?.link?;
+        let l = self.link(link_id)?;
+        (l.target_id == id && self.node(l.origin_id).is_some()).then_some(l)
+    }
 }
 
 /// Frontend-only types whose slots are created at run time in the frontend.

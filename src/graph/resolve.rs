@@ -19,7 +19,7 @@ use serde_json::Value;
 use crate::nodes::{Operation, Registry, types_compatible};
 
 use super::NodeError;
-use super::document::{Document, Link, Mode, Node, NodeId};
+use super::document::{Document, DocumentIndex, Link, Mode, Node, NodeId};
 use super::prompt::{Prompt, PromptInput, PromptNode};
 
 /// Why a node of the document is not in the prompt, or not run.
@@ -86,6 +86,7 @@ fn is_subgraph_or_group(doc: &Document, type_: &str) -> bool {
 /// Builds the prompt for a document.
 pub fn resolve(doc: &Document, registry: &Registry) -> Resolved {
     let mut out = Resolved::default();
+    let ix = doc.index();
     let mut nodes: Vec<&Node> = doc.nodes.iter().collect();
     nodes.sort_by_key(|n| n.id);
     let mut included = HashSet::new();
@@ -133,11 +134,11 @@ pub fn resolve(doc: &Document, registry: &Registry) -> Resolved {
             }
         }
         for (slot_index, slot) in node.inputs.iter().enumerate() {
-            let Some(link) = doc.input_link(node.id, slot_index) else {
+            let Some(link) = ix.input_link(node.id, slot_index) else {
                 continue;
             };
             let name = slot.widget_name().unwrap_or(&slot.name).to_owned();
-            match origin_of(doc, link, slot.type_name(), &mut HashSet::new()) {
+            match origin_of(&ix, link, slot.type_name(), &mut HashSet::new()) {
                 Origin::Node(origin, origin_slot) => set_input(
                     &mut inputs,
                     &name,
@@ -200,7 +201,12 @@ fn set_input(inputs: &mut Vec<(String, PromptInput)>, name: &str, value: PromptI
 
 /// Follows a link back through reroutes, bypassed nodes and primitives to the node (or value)
 /// that really feeds it. `consumer_type` is the type the consuming input expects.
-fn origin_of(doc: &Document, link: &Link, consumer_type: &str, seen: &mut HashSet<i64>) -> Origin {
+fn origin_of(
+    doc: &DocumentIndex,
+    link: &Link,
+    consumer_type: &str,
+    seen: &mut HashSet<i64>,
+) -> Origin {
     if !seen.insert(link.id) || seen.len() > MAX_HOPS {
         return Origin::Dropped(
             "reroute or bypass chain loops back on itself; link ignored".into(),
