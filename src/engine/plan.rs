@@ -348,6 +348,15 @@ impl Planner<'_> {
         Ok((n, s))
     }
 
+    /// Records a warning about `node` (and `key`) for the job's report.
+    fn warn(&mut self, node: &str, key: Option<String>, message: String) {
+        self.warnings.push(Warning {
+            node: Some(node.to_owned()),
+            key,
+            message,
+        });
+    }
+
     fn literal(&self, id: &str, name: &str) -> Result<Value, EngineError> {
         let (n, _) = self.node(id)?;
         match n.input(name) {
@@ -601,25 +610,21 @@ impl Planner<'_> {
         let (model_set, clip_set, unmatched) = self.lora_sets(id, lora, &map);
         if !unmatched.is_empty() {
             let shown: Vec<&str> = unmatched.iter().take(5).map(String::as_str).collect();
-            self.warnings.push(Warning {
-                node: Some(id.to_owned()),
-                key: unmatched.first().cloned(),
-                message: format!(
+            self.warn(id, unmatched.first().cloned(), format!(
                     "lora key not loaded: {} of {name}'s keys match nothing in this model (e.g. {})",
                     unmatched.len(),
                     shown.join(", ")
-                ),
-            });
+                ));
         }
-        self.warnings.push(Warning {
-            node: Some(id.to_owned()),
-            key: None,
-            message: format!(
+        self.warn(
+            id,
+            None,
+            format!(
                 "{name}: {} MODEL and {} CLIP keys patched",
                 model_set.per_key.len(),
                 clip_set.per_key.len()
             ),
-        });
+        );
         if strength_model != 0.0 && !model_set.per_key.is_empty() {
             model.patches.push(Arc::new(Patch {
                 node: id.to_owned(),
@@ -703,13 +708,11 @@ impl Planner<'_> {
                 // DoRA's per-channel norms depend on torch's reduction order, which is not
                 // reproduced exactly yet: refuse the key rather than bake something else.
                 if file.get(&format!("{base}.dora_scale")).is_some() {
-                    self.warnings.push(Warning {
-                        node: Some(id.to_owned()),
-                        key: Some(base.to_owned()),
-                        message: format!(
-                            "lora {base}: DoRA (dora_scale) is not supported yet; not applied"
-                        ),
-                    });
+                    self.warn(
+                        id,
+                        Some(base.to_owned()),
+                        format!("lora {base}: DoRA (dora_scale) is not supported yet; not applied"),
+                    );
                     used.extend([
                         name.to_owned(),
                         format!("{base}{down_suffix}"),
@@ -722,11 +725,7 @@ impl Planner<'_> {
                 let (out, rank) = (t.shape[0], down.shape[0]);
                 let mut inner = down.shape[1..].iter().product::<usize>();
                 if t.shape[1..].iter().product::<usize>() != rank {
-                    self.warnings.push(Warning {
-                        node: Some(id.to_owned()),
-                        key: Some(base.to_owned()),
-                        message: format!("ERROR lora {base}: up {:?} and down {:?} do not share a rank; not applied", t.shape, down.shape),
-                    });
+                    self.warn(id, Some(base.to_owned()), format!("ERROR lora {base}: up {:?} and down {:?} do not share a rank; not applied", t.shape, down.shape));
                     continue;
                 }
                 // LoCon with a Tucker core: up [out, rank, 1, 1], down [rank, in, 1, 1],
@@ -748,14 +747,10 @@ impl Planner<'_> {
                         Some((leaf(m), in_channels, khw))
                     }
                     Some(m) => {
-                        self.warnings.push(Warning {
-                            node: Some(id.to_owned()),
-                            key: Some(base.to_owned()),
-                            message: format!(
+                        self.warn(id, Some(base.to_owned()), format!(
                                 "ERROR lora {base}: lora_mid {:?} does not fit down {:?}; not applied",
                                 m.shape, down.shape
-                            ),
-                        });
+                            ));
                         used.extend([name.to_owned(), format!("{base}{down_suffix}"), mid_name]);
                         continue;
                     }
@@ -788,11 +783,7 @@ impl Planner<'_> {
             {
                 let part = |s: &str| file.get(&format!("{base}.{s}"));
                 if part("hada_t1").is_some() || part("hada_t2").is_some() {
-                    self.warnings.push(Warning {
-                        node: Some(id.to_owned()),
-                        key: Some(base.to_owned()),
-                        message: format!("lora {base}: LoHa with Tucker factors (hada_t1/t2) is not supported yet; not applied"),
-                    });
+                    self.warn(id, Some(base.to_owned()), format!("lora {base}: LoHa with Tucker factors (hada_t1/t2) is not supported yet; not applied"));
                     continue;
                 }
                 let (Some(w1b), Some(w2a), Some(w2b)) =
@@ -811,13 +802,11 @@ impl Planner<'_> {
                     && w2a.numel() == out * rank2
                     && w2b.numel() == rank2 * inner;
                 if !consistent {
-                    self.warnings.push(Warning {
-                        node: Some(id.to_owned()),
-                        key: Some(base.to_owned()),
-                        message: format!(
-                            "ERROR lora {base}: LoHa factor shapes do not agree; not applied"
-                        ),
-                    });
+                    self.warn(
+                        id,
+                        Some(base.to_owned()),
+                        format!("ERROR lora {base}: LoHa factor shapes do not agree; not applied"),
+                    );
                     continue;
                 }
                 let term = LoraTerm {
@@ -891,11 +880,11 @@ impl Planner<'_> {
                 let (w1, s1, w2, s2) = match parsed {
                     Ok(p) => p,
                     Err(why) => {
-                        self.warnings.push(Warning {
-                            node: Some(id.to_owned()),
-                            key: Some(base.to_owned()),
-                            message: format!("lora {base}: {why}; not applied"),
-                        });
+                        self.warn(
+                            id,
+                            Some(base.to_owned()),
+                            format!("lora {base}: {why}; not applied"),
+                        );
                         continue;
                     }
                 };
@@ -960,14 +949,10 @@ impl Planner<'_> {
             .filter(|k| a.get(base.component, k).is_none())
             .count();
         if unmatched > 0 {
-            self.warnings.push(Warning {
-                node: Some(id.to_owned()),
-                key: None,
-                message: format!(
+            self.warn(id, None, format!(
                     "{class_type}: {unmatched} {} key(s) of the second input are not in the first and are ignored",
                     base.component.as_str()
-                ),
-            });
+                ));
         }
     }
 
@@ -1012,11 +997,7 @@ impl Planner<'_> {
                         };
                         match term {
                             Some(term) => steps.push(Step { mm: None, add: Some((s, term)) }),
-                            None => self.warnings.push(Warning {
-                                node: Some(p.node.clone()),
-                                key: Some(key.to_owned()),
-                                message: format!("ERROR lora {key}: its delta does not fit the weight {shape:?}; not applied"),
-                            }),
+                            None => self.warn(&p.node, Some(key.to_owned()), format!("ERROR lora {key}: its delta does not fit the weight {shape:?}; not applied")),
                         }
                     }
                     continue;
@@ -1043,10 +1024,10 @@ impl Planner<'_> {
                 if sub_shape == shape {
                     add = Some((s as f32, Term::Weights(sub)));
                 } else {
-                    self.warnings.push(Warning {
-                        node: Some(p.node.clone()),
-                        key: Some(key.to_owned()),
-                        message: format!(
+                    self.warn(
+                        &p.node,
+                        Some(key.to_owned()),
+                        format!(
                             "SHAPE MISMATCH {key} WEIGHT NOT MERGED {sub_shape:?} != {shape:?}{}",
                             if mm.is_some() {
                                 " (the first input is still scaled)"
@@ -1054,7 +1035,7 @@ impl Planner<'_> {
                                 ""
                             }
                         ),
-                    });
+                    );
                 }
             }
             if mm.is_some() || add.is_some() {
@@ -1075,11 +1056,7 @@ impl Planner<'_> {
         let stored = expr.leaf.dtype;
         if !stored.is_mergeable() {
             if !expr.steps.is_empty() {
-                self.warnings.push(Warning {
-                    node: Some(node.to_owned()),
-                    key: Some(key.to_owned()),
-                    message: format!("{key} is {stored}, which Amalgam does not merge; the first input's value is kept"),
-                });
+                self.warn(node, Some(key.to_owned()), format!("{key} is {stored}, which Amalgam does not merge; the first input's value is kept"));
             }
             return Some((Recipe::Copy(expr.leaf), stored, shape));
         }
@@ -1200,14 +1177,14 @@ impl Planner<'_> {
             }
         }
         if unplaced > 0 {
-            self.warnings.push(Warning {
-                node: Some(id.to_owned()),
-                key: None,
-                message: format!(
+            self.warn(
+                id,
+                None,
+                format!(
                     "{unplaced} CLIP key(s) have no place in a {} checkpoint and are not saved",
                     arch.as_str()
                 ),
-            });
+            );
         }
         for added in keys_added_on_save(arch) {
             if out.iter().any(|t| t.spec.name == added.name) {
@@ -1389,11 +1366,7 @@ impl Planner<'_> {
             }
         }
         if groups.iter().any(|(g, _)| g == "clip_g" || g == "clip_h") {
-            self.warnings.push(Warning {
-                node: Some(id.to_owned()),
-                key: None,
-                message: "CLIPSave writes OpenCLIP text encoders (clip_g/clip_h) in their checkpoint layout; ComfyUI converts them to Hugging Face names".into(),
-            });
+            self.warn(id, None, "CLIPSave writes OpenCLIP text encoders (clip_g/clip_h) in their checkpoint layout; ComfyUI converts them to Hugging Face names".into());
         }
         let order = |g: &str| {
             GROUPS
