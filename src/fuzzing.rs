@@ -100,7 +100,7 @@ pub fn png_text(data: &[u8]) {
         let text: usize = chunks.iter().map(|(k, v)| k.len() + v.len()).sum();
         // Each compressed chunk may expand to 1 MiB + MAX_EXPANSION × its size, no more; Latin-1
         // text read as UTF-8 may double.
-        let cap = chunks.len() * (1 << 20) + 2 * crate::format::png::MAX_EXPANSION * data.len();
+        let cap = 2 * (chunks.len() * (1 << 20) + crate::format::png::MAX_EXPANSION * data.len());
         assert!(text <= cap, "text {text} from {}", data.len());
     }
     workflow(data);
