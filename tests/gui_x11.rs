@@ -9,7 +9,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -23,6 +22,7 @@ impl Drop for Guard {
         // socket would make a later run think its server is ready before it is.
         let terminated = Command::new("kill")
             .arg(self.0.id().to_string())
+            .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
         if terminated {
@@ -47,12 +47,19 @@ fn have(tool: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+/// Waits until `ok`; on timeout, panics with `what` and whatever `diagnose` can tell.
+fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut ok: impl FnMut() -> bool,
+    mut diagnose: impl FnMut() -> String,
+) {
     let start = Instant::now();
     while !ok() {
         assert!(
             start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
+            "timed out after {timeout:?} waiting for {what}\n{}",
+            diagnose()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -69,39 +76,65 @@ fn xdotool(display: &str, args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-fn start_xvfb() -> (Guard, String) {
-    // Each call needs its own display: tests in this file run in parallel in one process, and a
-    // shared server would let `xdotool search` find the other test's window. The number comes
-    // from the process id plus a per-call counter, skipping displays whose lock file exists.
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = loop {
-        let n = 100 + (std::process::id() % 400) * 2 + NEXT.fetch_add(1, Ordering::Relaxed);
-        if !Path::new(&format!("/tmp/.X{n}-lock")).exists() {
-            break n;
-        }
-    };
-    let display = format!(":{n}");
-    let xvfb = Command::new("Xvfb")
+/// Starts a private X server and returns it with its display once it accepts clients.
+///
+/// Xvfb picks a free display itself and writes its number to `-displayfd` only when it is ready
+/// (`3>&1` makes that descriptor the pipe we read). Choosing a number ourselves raced with other
+/// X servers on the machine, and a socket file can exist before the server answers.
+fn start_xvfb(log: &Path) -> (Guard, String) {
+    let mut xvfb = Command::new("sh")
         .args([
-            display.as_str(),
-            "-screen",
-            "0",
-            "1400x900x24",
-            "-nolisten",
-            "tcp",
+            "-c",
+            "exec Xvfb -displayfd 3 -screen 0 1400x900x24 -nolisten tcp 3>&1 >/dev/null",
         ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(log).expect("Xvfb log")))
         .spawn()
         .expect("start Xvfb");
-    let socket = PathBuf::from(format!("/tmp/.X11-unix/X{n}"));
-    wait_until("Xvfb", Duration::from_secs(20), || socket.exists());
-    (Guard(xvfb), display)
+    let stdout = xvfb.stdout.take().expect("Xvfb stdout");
+    let guard = Guard(xvfb);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+    let n: u32 = line.trim().parse().unwrap_or_else(|_| {
+        panic!(
+            "Xvfb did not report a display (got {line:?}); its log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        )
+    });
+    (guard, format!(":{n}"))
 }
 
-fn start_app(display: &str, base: &Path, workflow: Option<&Path>) -> Guard {
+/// The app, started on `display` with its stderr in `base/app.log`.
+struct App {
+    guard: Guard,
+    log: PathBuf,
+}
+
+impl App {
+    /// What to print when the app does not do what a test waits for: whether it is still
+    /// running, and its log.
+    fn diagnosis(&mut self) -> String {
+        let state = match self.guard.0.try_wait() {
+            Ok(Some(status)) => format!("the app exited ({status})"),
+            Ok(None) => "the app is still running".to_owned(),
+            Err(e) => format!("the app's state is unknown ({e})"),
+        };
+        format!(
+            "{state}; app log:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        )
+    }
+}
+
+fn start_app(display: &str, base: &Path, workflow: Option<&Path>) -> App {
     let home = base.join("home");
     std::fs::create_dir_all(&home).expect("home");
+    let log = base.join("app.log");
     let mut cmd = amalgam();
     cmd.arg("--base-dir").arg(base);
     if let Some(w) = workflow {
@@ -115,28 +148,33 @@ fn start_app(display: &str, base: &Path, workflow: Option<&Path>) -> Guard {
         .env("XDG_DATA_HOME", home.join("data"))
         .env("XDG_CONFIG_HOME", home.join("config"))
         .env("LIBGL_ALWAYS_SOFTWARE", "1")
+        .env("RUST_BACKTRACE", "1")
         .stdout(Stdio::null())
-        .stderr(Stdio::from(
-            std::fs::File::create(base.join("app.log")).expect("log"),
-        ))
+        .stderr(Stdio::from(std::fs::File::create(&log).expect("log")))
         .spawn()
         .expect("start amalgam");
-    Guard(child)
+    App {
+        guard: Guard(child),
+        log,
+    }
 }
 
-fn window(display: &str) -> String {
-    let mut id = String::new();
-    wait_until(
-        "the Amalgam window",
-        Duration::from_secs(60),
-        || match xdotool(display, &["search", "--name", "^Amalgam$"]) {
-            Some(s) if !s.is_empty() => {
-                id = s.lines().next().unwrap_or_default().to_owned();
-                true
-            }
-            _ => false,
-        },
-    );
+fn window(display: &str, app: &mut App) -> String {
+    let start = Instant::now();
+    let id = loop {
+        let found = xdotool(display, &["search", "--name", "^Amalgam$"]);
+        if let Some(first) = found.as_deref().and_then(|s| s.lines().next()) {
+            break first.to_owned();
+        }
+        let exited = matches!(app.guard.0.try_wait(), Ok(Some(_)));
+        assert!(
+            !exited && start.elapsed() < Duration::from_secs(90),
+            "no Amalgam window after {:?}: {}",
+            start.elapsed(),
+            app.diagnosis()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     // Without a window manager, focus has to be given explicitly.
     let _ = xdotool(display, &["windowfocus", "--sync", &id]);
     std::thread::sleep(Duration::from_millis(800));
@@ -163,9 +201,9 @@ fn the_real_window_queues_a_merge_from_a_keystroke() {
         "sample-sd15-b.safetensors",
     );
     std::fs::write(&wf, serde_json::to_vec(&doc.to_json()).expect("json")).expect("write");
-    let (_xvfb, display) = start_xvfb();
-    let _app = start_app(&display, base.path(), Some(&wf));
-    let id = window(&display);
+    let (_xvfb, display) = start_xvfb(&base.path().join("xvfb.log"));
+    let mut app = start_app(&display, base.path(), Some(&wf));
+    let id = window(&display, &mut app);
     let file = base
         .path()
         .join("output/checkpoints/blocks_00001_.safetensors");
@@ -174,8 +212,8 @@ fn the_real_window_queues_a_merge_from_a_keystroke() {
     while !file.exists() {
         assert!(
             start.elapsed() < Duration::from_secs(60),
-            "no output after Ctrl+Enter; app log:\n{}",
-            std::fs::read_to_string(base.path().join("app.log")).unwrap_or_default()
+            "no output after Ctrl+Enter: {}",
+            app.diagnosis()
         );
         // Focus again each time and type through XTEST (no --window): synthetic XSendEvent keys
         // were sometimes ignored, and a focus set while the window mapped can be lost.
@@ -229,22 +267,27 @@ fn readme_screenshot_mid_merge() {
     let wf = base.path().join("model_merging_basic.json");
     std::fs::write(&wf, serde_json::to_vec(&doc.to_json()).expect("json")).expect("write");
 
-    let (_xvfb, display) = start_xvfb();
-    let _app = start_app(&display, base.path(), Some(&wf));
-    let id = window(&display);
+    let (_xvfb, display) = start_xvfb(&base.path().join("xvfb.log"));
+    let mut app = start_app(&display, base.path(), Some(&wf));
+    let id = window(&display, &mut app);
     std::thread::sleep(Duration::from_secs(2));
     let _ = xdotool(&display, &["key", "--window", &id, "ctrl+Return"]);
     // Mid-merge: the temp file exists and the output does not yet.
     let outdir = base.path().join("output/checkpoints");
-    wait_until("the merge to start", Duration::from_secs(60), || {
-        std::fs::read_dir(&outdir).is_ok_and(|d| {
-            d.flatten().any(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .starts_with(".amalgam-partial-")
+    wait_until(
+        "the merge to start",
+        Duration::from_secs(60),
+        || {
+            std::fs::read_dir(&outdir).is_ok_and(|d| {
+                d.flatten().any(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(".amalgam-partial-")
+                })
             })
-        })
-    });
+        },
+        || app.diagnosis(),
+    );
     std::thread::sleep(Duration::from_millis(1200));
     let status = Command::new("import")
         .args(["-window", "root", "-crop", "1400x850+0+0"])
@@ -253,7 +296,10 @@ fn readme_screenshot_mid_merge() {
         .status()
         .expect("import");
     assert!(status.success());
-    wait_until("the merge to finish", Duration::from_secs(180), || {
-        outdir.join("ComfyUI_00001_.safetensors").exists()
-    });
+    wait_until(
+        "the merge to finish",
+        Duration::from_secs(180),
+        || outdir.join("ComfyUI_00001_.safetensors").exists(),
+        || app.diagnosis(),
+    );
 }
