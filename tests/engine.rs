@@ -1293,8 +1293,9 @@ fn sample_lora_and_vae_bake_into_a_sample_checkpoint() {
     assert_eq!(tensors.len(), 1130);
 }
 
-/// LoHa (`(w1a @ w1b) ⊙ (w2a @ w2b)`, scale alpha / rank) and full differences (`diff` on a
-/// weight, `diff_b` on its bias) are baked exactly; a Tucker LoHa is refused by name.
+/// LoHa (`(w1a @ w1b) ⊙ (w2a @ w2b)`, scale alpha / rank), full differences (`diff` on a
+/// weight, `diff_b` on its bias) and LoCon's Tucker core are baked exactly; a Tucker LoHa is
+/// refused by name.
 #[test]
 fn loha_and_full_differences_are_exact() {
     let base = Base::new();
@@ -1304,7 +1305,6 @@ fn loha_and_full_differences_are_exact() {
     let q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q";
     let k = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_k";
     let conv = "lora_unet_down_blocks_0_resnets_0_conv1";
-    let dora = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_v";
     let mid = "lora_unet_down_blocks_1_resnets_0_conv1";
     let specs = vec![
         spec(&format!("{q}.hada_w1_a"), f16, &[16, 4]),
@@ -1318,9 +1318,6 @@ fn loha_and_full_differences_are_exact() {
         spec(&format!("{k}.hada_w2_b"), f16, &[2, 16]),
         spec(&format!("{k}.hada_t1"), f16, &[2, 2]),
         spec(&format!("{conv}.diff"), f16, &[16, 16, 3, 3]),
-        spec(&format!("{dora}.lora_up.weight"), f16, &[16, 4]),
-        spec(&format!("{dora}.lora_down.weight"), f16, &[4, 16]),
-        spec(&format!("{dora}.dora_scale"), f16, &[16, 1]),
         spec(&format!("{mid}.lora_up.weight"), f16, &[32, 4, 1, 1]),
         spec(&format!("{mid}.lora_down.weight"), f16, &[4, 16, 1, 1]),
         spec(&format!("{mid}.lora_mid.weight"), f16, &[4, 4, 3, 3]),
@@ -1401,15 +1398,6 @@ fn loha_and_full_differences_are_exact() {
         out[key].bytes == to_bytes(&w, "F16"),
         "LoCon with lora_mid differs"
     );
-    // DoRA keys are refused, not baked as plain LoRAs.
-    assert!(
-        warnings
-            .iter()
-            .any(|w| w.message.contains("DoRA (dora_scale) is not supported yet")),
-        "{warnings:?}"
-    );
-    let v = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_v.weight";
-    assert_eq!(out[v].bytes, ta[v].bytes, "the DoRA key is left as it was");
     // The Tucker LoHa is refused, and its key left as it was.
     let tk = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_k.weight";
     assert_eq!(out[tk].bytes, ta[tk].bytes);
@@ -1417,6 +1405,317 @@ fn loha_and_full_differences_are_exact() {
         warnings.iter().any(|w| w.message.contains("Tucker")),
         "{warnings:?}"
     );
+}
+
+/// The reference DoRA of one weight, computed here independently from ComfyUI's
+/// `weight_decompose`: `wc = w + f32(alpha) · delta`; per channel (rows when `dora_scale.shape[0]`
+/// is the row count, else input channels) a norm — of `w` for rows, of `wc` for input channels —
+/// taken as the correctly rounded f32 of the exact value (f64 sums), plus f32 ε; `wc` times
+/// `f32(dora_scale[c]) / norm`; at strength ≠ 1, `w + strength · (wc' − w)`.
+fn dora_reference(
+    w: &[f32],
+    delta: &[f32],
+    alpha: f64,
+    dora_scale: &[f32],
+    shape: &[usize],
+    output_axis: bool,
+    strength: f64,
+) -> Vec<f32> {
+    let (out, inner) = (shape[0], shape[1..].iter().product::<usize>());
+    let khw = inner / shape[1];
+    let alpha = alpha as f32;
+    let wc: Vec<f32> = w
+        .iter()
+        .zip(delta)
+        .map(|(&w, &d)| {
+            let p = alpha * d;
+            w + p
+        })
+        .collect();
+    let channel = |e: usize| {
+        if output_axis {
+            e / inner
+        } else {
+            (e % inner) / khw
+        }
+    };
+    let channels = if output_axis { out } else { shape[1] };
+    let mut sums = vec![0.0f64; channels];
+    let normed = if output_axis { w } else { &wc[..] };
+    for (e, &v) in normed.iter().enumerate() {
+        sums[channel(e)] += f64::from(v) * f64::from(v);
+    }
+    let factor: Vec<f32> = sums
+        .iter()
+        .enumerate()
+        .map(|(c, s)| {
+            let ds = if dora_scale.len() == 1 {
+                dora_scale[0]
+            } else {
+                dora_scale[c]
+            };
+            ds / (s.sqrt() as f32 + f32::EPSILON)
+        })
+        .collect();
+    (0..w.len())
+        .map(|e| {
+            let v = wc[e] * factor[channel(e)];
+            if strength == 1.0 {
+                v
+            } else {
+                let change = strength as f32 * (v - w[e]);
+                w[e] + change
+            }
+        })
+        .collect()
+}
+
+/// DoRA (`dora_scale`) on LoRA and LoHa deltas, along the output axis (linear and conv) and the
+/// input axis (a conv whose row and channel counts differ, and a linear layer), after a merge at
+/// strength 0.7 and alone at strength 1, matches an independent reference bit for bit; a
+/// `dora_scale` that fits no axis is refused by key and leaves the weight as it was.
+#[test]
+fn dora_decomposes_as_comfyui_after_a_merge_and_alone() {
+    let base = Base::new();
+    let sd = Layout::sd15(Scale::Sample);
+    let a = base.checkpoint("a.safetensors", &sd, 170);
+    let b = base.checkpoint("b.safetensors", &sd, 171);
+    let (f16, bf16) = (DType::F16, DType::BF16);
+    let v = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_v";
+    let q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q";
+    let k = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_k";
+    let conv_in = "lora_unet_down_blocks_1_resnets_0_conv1";
+    let conv_out = "lora_unet_down_blocks_0_resnets_0_conv1";
+    let specs = vec![
+        spec(&format!("{v}.lora_up.weight"), f16, &[16, 4]),
+        spec(&format!("{v}.lora_down.weight"), f16, &[4, 16]),
+        spec(&format!("{v}.dora_scale"), f16, &[16, 1]),
+        spec(&format!("{q}.hada_w1_a"), f16, &[16, 2]),
+        spec(&format!("{q}.hada_w1_b"), f16, &[2, 16]),
+        spec(&format!("{q}.hada_w2_a"), f16, &[16, 2]),
+        spec(&format!("{q}.hada_w2_b"), f16, &[2, 16]),
+        spec(&format!("{q}.dora_scale"), bf16, &[1, 16]),
+        spec(&format!("{k}.lora_up.weight"), f16, &[16, 2]),
+        spec(&format!("{k}.lora_down.weight"), f16, &[2, 16]),
+        spec(&format!("{k}.dora_scale"), f16, &[3]),
+        spec(&format!("{conv_in}.lora_up.weight"), f16, &[32, 4, 1, 1]),
+        spec(&format!("{conv_in}.lora_down.weight"), f16, &[4, 16, 3, 3]),
+        spec(&format!("{conv_in}.dora_scale"), DType::F32, &[1, 16, 1, 1]),
+        spec(&format!("{conv_in}.alpha"), DType::F32, &[]),
+        spec(&format!("{conv_out}.lora_up.weight"), f16, &[16, 4, 1, 1]),
+        spec(&format!("{conv_out}.lora_down.weight"), f16, &[4, 16, 3, 3]),
+        spec(&format!("{conv_out}.dora_scale"), f16, &[16, 1, 1, 1]),
+    ];
+    let loras = base.path().join("models/loras");
+    std::fs::create_dir_all(&loras).expect("mkdir");
+    let path = loras.join("dora.safetensors");
+    let alpha = 3.0f32;
+    write_safetensors(
+        &path,
+        &specs,
+        172,
+        &HashMap::from([(format!("{conv_in}.alpha"), alpha.to_le_bytes().to_vec())]),
+        &[],
+    );
+    let tl = base.read(&path);
+    let f = |n: &str| f32s(&tl[n]);
+    let (ta, tb) = (base.read(&a), base.read(&b));
+    let ratio = 0.4;
+    for (merged, strength) in [(true, 0.7), (false, 1.0)] {
+        let prefix = if merged { "dora_merged" } else { "dora_alone" };
+        let model = if merged { "5" } else { "1" };
+        let prompt = json!({
+            "1": loader("a.safetensors"),
+            "4": loader("b.safetensors"),
+            "5": {"class_type": "ModelMergeSimple", "inputs": {"model1": ["1", 0], "model2": ["4", 0], "ratio": ratio}},
+            "2": {"class_type": "LoraLoaderModelOnly", "inputs": {"lora_name": "dora.safetensors", "strength_model": strength, "model": [model, 0]}},
+            "3": {"class_type": "ModelSave", "inputs": {"filename_prefix": prefix, "model": ["2", 0]}},
+        });
+        let (files, warnings, _) =
+            run_api(&base, &prompt, Precision::Keep, &mut RunCache::default());
+        let out = base.read(&files[0].path);
+        // The running weight the LoRA patches: a's, or the merge's (w1·ratio + (1−ratio)·w2).
+        let weight = |key: &str| {
+            let mut w = f32s(&ta[key]);
+            if merged {
+                patch(&mut w, ratio, 1.0 - ratio, Some(&f32s(&tb[key])));
+            }
+            w
+        };
+        let check = |key: &str, delta: &[f32], alpha: f64, ds: &str, output_axis: bool| {
+            let shape = &ta[key].shape;
+            let expected = dora_reference(
+                &weight(key),
+                delta,
+                alpha,
+                &f(ds),
+                shape,
+                output_axis,
+                strength,
+            );
+            assert!(
+                out[key].bytes == to_bytes(&expected, "F16"),
+                "{prefix}: DoRA on {key} differs"
+            );
+            assert_ne!(out[key].bytes, ta[key].bytes, "{key} was patched");
+        };
+        let mm = |base: &str, rows, rank, cols| {
+            seq_matmul(
+                &f(&format!("{base}.lora_up.weight")),
+                &f(&format!("{base}.lora_down.weight")),
+                rows,
+                rank,
+                cols,
+            )
+        };
+        let attn = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1";
+        check(
+            &format!("{attn}.to_v.weight"),
+            &mm(v, 16, 4, 16),
+            1.0,
+            &format!("{v}.dora_scale"),
+            true,
+        );
+        let loha: Vec<f32> = seq_matmul(
+            &f(&format!("{q}.hada_w1_a")),
+            &f(&format!("{q}.hada_w1_b")),
+            16,
+            2,
+            16,
+        )
+        .iter()
+        .zip(seq_matmul(
+            &f(&format!("{q}.hada_w2_a")),
+            &f(&format!("{q}.hada_w2_b")),
+            16,
+            2,
+            16,
+        ))
+        .map(|(x, y)| x * y)
+        .collect();
+        check(
+            &format!("{attn}.to_q.weight"),
+            &loha,
+            1.0,
+            &format!("{q}.dora_scale"),
+            false,
+        );
+        let conv_in_key = "model.diffusion_model.input_blocks.4.0.in_layers.2.weight";
+        assert_eq!(ta[conv_in_key].shape, [32, 16, 3, 3]);
+        check(
+            conv_in_key,
+            &mm(conv_in, 32, 4, 16 * 9),
+            f64::from(alpha) / 4.0,
+            &format!("{conv_in}.dora_scale"),
+            false,
+        );
+        check(
+            "model.diffusion_model.input_blocks.1.0.in_layers.2.weight",
+            &mm(conv_out, 16, 4, 16 * 9),
+            1.0,
+            &format!("{conv_out}.dora_scale"),
+            true,
+        );
+        // A dora_scale of three values fits neither axis of a 16×16 weight: refused by key.
+        let to_k = format!("{attn}.to_k.weight");
+        let expected = weight(&to_k);
+        assert!(
+            out[&to_k].bytes == to_bytes(&expected, "F16"),
+            "{prefix}: the refused key keeps the running weight"
+        );
+        assert!(
+            warnings.iter().any(|w| w.message.contains("ERROR lora")
+                && w.message.contains("to_k")
+                && w.message.contains("dora_scale [3]")),
+            "{warnings:?}"
+        );
+        assert!(
+            !warnings.iter().any(|w| w.message.contains("not loaded")),
+            "every DoRA tensor is used: {warnings:?}"
+        );
+    }
+}
+
+/// DoRA on weights larger than a chunk: the norms are summed over every chunk and the channel of
+/// each element is found across chunk and tile boundaries, for a row axis and the input-channel
+/// axis of a 3×3 conv.
+#[test]
+fn dora_norms_span_chunks() {
+    let base = Base::new();
+    let dir = base.path().join("models/checkpoints");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let (rows, cols) = (1100, 1000); // 1.1 Mi elements
+    let (co, ci) = (700, 500); // 3.15 Mi elements
+    let linear = "model.diffusion_model.input_blocks.1.1.proj_in.weight";
+    let conv = "model.diffusion_model.input_blocks.1.0.in_layers.2.weight";
+    write_safetensors(
+        &dir.join("a.safetensors"),
+        &[
+            spec(
+                "model.diffusion_model.input_blocks.0.0.weight",
+                DType::F16,
+                &[16, 4, 3, 3],
+            ),
+            spec(linear, DType::BF16, &[rows, cols]),
+            spec(conv, DType::F16, &[co, ci, 3, 3]),
+        ],
+        180,
+        &HashMap::new(),
+        &[],
+    );
+    let l = "lora_unet_input_blocks_1_1_proj_in";
+    let c = "lora_unet_input_blocks_1_0_in_layers_2";
+    let f16 = DType::F16;
+    let specs = vec![
+        spec(&format!("{l}.lora_up.weight"), f16, &[rows, 4]),
+        spec(&format!("{l}.lora_down.weight"), f16, &[4, cols]),
+        spec(&format!("{l}.dora_scale"), f16, &[rows, 1]),
+        spec(&format!("{l}.alpha"), DType::F32, &[]),
+        spec(&format!("{c}.lora_up.weight"), f16, &[co, 4, 1, 1]),
+        spec(&format!("{c}.lora_down.weight"), f16, &[4, ci, 3, 3]),
+        spec(&format!("{c}.dora_scale"), f16, &[1, ci, 1, 1]),
+    ];
+    let strength = 0.8;
+    let (path, files, warnings) = bake_model_only_lora(
+        &base,
+        "bigdora",
+        &specs,
+        181,
+        (format!("{l}.alpha"), 2.0),
+        strength,
+    );
+    assert!(
+        !warnings.iter().any(|w| w.message.contains("ERROR")),
+        "{warnings:?}"
+    );
+    let out = base.read(&files[0].path);
+    let (ta, tl) = (base.read(&dir.join("a.safetensors")), base.read(&path));
+    let f = |n: &str| f32s(&tl[n]);
+    for (key, lora, (o, inner), alpha, output_axis, dtype) in [
+        (linear, l, (rows, cols), 2.0 / 4.0, true, "BF16"),
+        (conv, c, (co, ci * 9), 1.0, false, "F16"),
+    ] {
+        let delta = seq_matmul(
+            &f(&format!("{lora}.lora_up.weight")),
+            &f(&format!("{lora}.lora_down.weight")),
+            o,
+            4,
+            inner,
+        );
+        let expected = dora_reference(
+            &f32s(&ta[key]),
+            &delta,
+            alpha,
+            &f(&format!("{lora}.dora_scale")),
+            &ta[key].shape,
+            output_axis,
+            strength,
+        );
+        assert!(
+            out[key].bytes == to_bytes(&expected, dtype),
+            "DoRA on {key} differs"
+        );
+    }
 }
 
 /// LoKr deltas `kron(w1, w2)` — whole or factored factors, 2-D and 3×3-conv weights, scale

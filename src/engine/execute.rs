@@ -17,7 +17,7 @@ use crossbeam_channel::bounded;
 
 use crate::format::safetensors::{PendingFile, WriteError};
 
-use super::kernel::{CHUNK_ELEMENTS, Scratch, produce};
+use super::kernel::{CHUNK_ELEMENTS, Scratch, prepare, produce};
 use super::naming::{check_inside_output, next_output_name};
 use super::plan::{Plan, PlannedFile, Recipe};
 use super::source::Source;
@@ -261,7 +261,9 @@ fn write_tensors(
     let window = 3 * threads + 1;
     let node = file.node.clone();
     std::thread::scope(|scope| -> Result<(), EngineError> {
-        let (task_tx, task_rx) = bounded::<usize>(window);
+        // A task is a chunk's index, with the tensor's prepared recipe when it has one (DoRA
+        // needs whole-tensor norms before any chunk is evaluated).
+        let (task_tx, task_rx) = bounded::<(usize, Option<Arc<Recipe>>)>(window);
         type Produced = Result<(Vec<u8>, Vec<usize>), String>;
         let (result_tx, result_rx) = bounded::<(usize, Produced)>(window);
         let (pool_tx, pool_rx) = bounded::<Vec<u8>>(window);
@@ -273,12 +275,14 @@ fn write_tensors(
                 .name(format!("amalgam-eval-{i}"))
                 .spawn_scoped(scope, move || {
                     let mut scratch = Scratch::default();
-                    for seq in task_rx {
+                    for (seq, prepared) in task_rx {
                         let t = tasks[seq];
                         let mut buf = pool_rx.try_recv().unwrap_or_default();
                         buf.clear();
                         let r = produce(
-                            &file.tensors[t.tensor].recipe,
+                            prepared
+                                .as_deref()
+                                .unwrap_or(&file.tensors[t.tensor].recipe),
                             t.start,
                             t.len,
                             sources,
@@ -294,9 +298,31 @@ fn write_tensors(
                 .map_err(EngineError::Threads)?;
         }
         drop(result_tx);
+        // Prepared on this thread when a tensor's first chunk is sent, then shared by its chunks.
+        let mut prepared: Option<(usize, Arc<Recipe>)> = None;
+        let mut send = |seq: usize| -> Result<(), EngineError> {
+            let t = tasks[seq];
+            let tensor = &file.tensors[t.tensor];
+            if t.start == 0 {
+                let numel = tensor.spec.shape.iter().product();
+                prepared = prepare(&tensor.recipe, numel, sources)
+                    .map_err(|message| EngineError::Compute {
+                        node: file.node.clone(),
+                        key: tensor.spec.name.clone(),
+                        message,
+                    })?
+                    .map(|r| (t.tensor, Arc::new(r)));
+            }
+            let recipe = prepared
+                .as_ref()
+                .filter(|(i, _)| *i == t.tensor)
+                .map(|(_, r)| Arc::clone(r));
+            let _ = task_tx.send((seq, recipe));
+            Ok(())
+        };
         let mut next_send = 0;
         while next_send < tasks.len().min(window) {
-            let _ = task_tx.send(next_send);
+            send(next_send)?;
             next_send += 1;
         }
         let mut early: BTreeMap<usize, (Vec<u8>, Vec<usize>)> = BTreeMap::new();
@@ -342,7 +368,7 @@ fn write_tensors(
                 }
                 next_write += 1;
                 if next_send < tasks.len() {
-                    let _ = task_tx.send(next_send);
+                    send(next_send)?;
                     next_send += 1;
                 }
             }

@@ -15,7 +15,7 @@ use half::{bf16, f16};
 
 use crate::format::DType;
 
-use super::plan::{Expr, Factor, KronTerm, Leaf, LoraTerm, Recipe, Term};
+use super::plan::{Dora, DoraAxis, Expr, Factor, KronTerm, Leaf, LoraTerm, Recipe, Step, Term};
 use super::source::Source;
 
 /// Elements per chunk: 1 Mi elements is 4 MiB of f32 per nesting level.
@@ -320,10 +320,32 @@ fn eval_tile(
             }
         }
         let s = *s;
-        for (w, &b) in out.iter_mut().zip(tmp.iter()) {
-            // Product first, then the add: two roundings, as in ComfyUI.
-            let product = s * b;
-            *w += product;
+        match &step.dora {
+            None => {
+                for (w, &b) in out.iter_mut().zip(tmp.iter()) {
+                    // Product first, then the add: two roundings, as in ComfyUI.
+                    let product = s * b;
+                    *w += product;
+                }
+            }
+            Some(dora) => {
+                // An unprepared decomposition cannot be evaluated; `produce` refuses it first.
+                let Some(factors) = dora.factors.as_deref() else {
+                    return;
+                };
+                let first = inputs.chunk_start + range.start;
+                for (i, (w, &b)) in out.iter_mut().zip(tmp.iter()).enumerate() {
+                    let product = s * b;
+                    let decomposed = (*w + product) * factors[dora.channel(first + i)];
+                    *w = match dora.strength {
+                        None => decomposed,
+                        Some(strength) => {
+                            let change = strength * (decomposed - *w);
+                            *w + change
+                        }
+                    };
+                }
+            }
         }
     }
 }
@@ -413,6 +435,9 @@ pub fn produce(
             out: dtype,
             round_inputs,
         } => {
+            if needs_preparing(expr) {
+                return Err("a DoRA weight was evaluated before its norms (internal error)".into());
+            }
             let Scratch {
                 raws,
                 tiles,
@@ -492,6 +517,144 @@ pub fn produce(
         }
     }
     Ok(non_finite)
+}
+
+/// Fills in what a recipe needs from its whole tensor before any chunk of it can be evaluated:
+/// the per-channel factors of each DoRA step. Returns `None` when the recipe needs nothing.
+///
+/// Each DoRA's norms are taken over the tensor as it stands at that step — the weight before the
+/// LoRA (output axis) or `w + alpha · delta` (input axis) — by evaluating the expression up to
+/// there, chunk by chunk, so memory stays one chunk whatever the tensor's size. The sums of
+/// squares run in f64 and the square root is rounded once to f32: that is the correctly
+/// rounded norm. ComfyUI takes it with an f32 torch reduction whose summation order depends on
+/// the machine (SIMD width on a CPU, the kernel on a GPU), so the last bit of its norm — and
+/// through it, of a DoRA-baked weight — is not the same everywhere; everything after the norm
+/// follows ComfyUI's f32 operations in order.
+pub fn prepare(
+    recipe: &Recipe,
+    numel: usize,
+    sources: &[Arc<Source>],
+) -> Result<Option<Recipe>, String> {
+    let Recipe::Compute {
+        expr,
+        out,
+        round_inputs,
+    } = recipe
+    else {
+        return Ok(None);
+    };
+    if !needs_preparing(expr) {
+        return Ok(None);
+    }
+    let mut scratch = Scratch::default();
+    let expr = prepare_expr(expr, numel, *round_inputs, sources, &mut scratch)?;
+    Ok(Some(Recipe::Compute {
+        expr,
+        out: *out,
+        round_inputs: *round_inputs,
+    }))
+}
+
+/// Whether an expression holds a DoRA step whose factors are not computed yet.
+fn needs_preparing(expr: &Expr) -> bool {
+    expr.steps.iter().any(|s| {
+        s.dora.as_ref().is_some_and(|d| d.factors.is_none())
+            || matches!(&s.add, Some((_, Term::Weights(sub))) if needs_preparing(sub))
+    })
+}
+
+fn prepare_expr(
+    expr: &Expr,
+    numel: usize,
+    round: Option<DType>,
+    sources: &[Arc<Source>],
+    scratch: &mut Scratch,
+) -> Result<Expr, String> {
+    let mut done = Expr {
+        leaf: expr.leaf.clone(),
+        steps: Vec::with_capacity(expr.steps.len()),
+    };
+    for step in &expr.steps {
+        let mut step = step.clone();
+        if let Some((_, Term::Weights(sub))) = &mut step.add
+            && needs_preparing(sub)
+        {
+            *sub = prepare_expr(sub, numel, round, sources, scratch)?;
+        }
+        if let Some(dora) = &step.dora
+            && dora.factors.is_none()
+        {
+            let mut probe = done.clone();
+            probe.steps.push(Step {
+                mm: step.mm,
+                add: match dora.axis {
+                    DoraAxis::Output => None,
+                    DoraAxis::Input => step.add.clone(),
+                },
+                dora: None,
+            });
+            let factors = dora_factors(dora, probe, numel, round, sources, scratch)?;
+            step.dora = Some(Dora {
+                factors: Some(factors),
+                ..dora.clone()
+            });
+        }
+        done.steps.push(step);
+    }
+    Ok(done)
+}
+
+/// `f32(dora_scale[c]) / (norm[c] + ε)` per channel, the norms taken of `probe`'s values.
+fn dora_factors(
+    dora: &Dora,
+    probe: Expr,
+    numel: usize,
+    round: Option<DType>,
+    sources: &[Arc<Source>],
+    scratch: &mut Scratch,
+) -> Result<Arc<[f32]>, String> {
+    let channels = dora.channels(numel / dora.inner.max(1));
+    let mut sums = vec![0.0f64; channels];
+    let probe = Recipe::Compute {
+        expr: probe,
+        out: DType::F32,
+        round_inputs: round,
+    };
+    let mut bytes = Vec::new();
+    let mut start = 0;
+    while start < numel {
+        let len = CHUNK_ELEMENTS.min(numel - start);
+        bytes.clear();
+        produce(&probe, start, len, sources, scratch, &mut bytes)?;
+        for (i, b) in bytes.chunks_exact(4).enumerate() {
+            let v = f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            sums[dora.channel(start + i)] += v * v;
+        }
+        start += len;
+    }
+    let mut scale = Vec::new();
+    read_whole(
+        &dora.scale,
+        sources,
+        &mut Raw::default(),
+        &mut scale,
+        &mut Vec::new(),
+    )?;
+    if scale.len() != 1 && scale.len() != channels {
+        return Err(format!(
+            "dora_scale has {} values for {channels} channels",
+            scale.len()
+        ));
+    }
+    Ok(sums
+        .iter()
+        .enumerate()
+        .map(|(c, sum)| {
+            let norm = sum.sqrt() as f32 + f32::EPSILON;
+            let s = if scale.len() == 1 { scale[0] } else { scale[c] };
+            s / norm
+        })
+        .collect())
 }
 
 /// Rounds f32 values once to `dtype` (round-to-nearest-even) and appends their bytes.

@@ -44,6 +44,55 @@ pub struct Step {
     pub mm: Option<f32>,
     /// `strength_patch` and what is added: another model's value, or a LoRA delta.
     pub add: Option<(f32, Term)>,
+    /// A DoRA LoRA: `w + s * sub` (`s` is then the LoRA's own `alpha / rank`) is rescaled per
+    /// channel and blended in at the LoRA's strength, as ComfyUI's `weight_decompose`.
+    pub dora: Option<Dora>,
+}
+
+/// The weight decomposition of a DoRA LoRA (ComfyUI's `weight_decompose`), for a weight of `out`
+/// rows of `inner = in_channels · khw` elements. With `wc = w + alpha · delta`:
+/// `wc' = wc · f32(dora_scale[c]) / (‖·‖[c] + ε)` per channel `c`, then `w' = wc'` at strength 1
+/// or `w' = w + strength · (wc' − w)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dora {
+    /// `dora_scale`: one value per channel, or one for all.
+    pub scale: Leaf,
+    /// Which channels, and so whose norm: see [`DoraAxis`].
+    pub axis: DoraAxis,
+    /// The LoRA's strength, or `None` when it is exactly 1 (ComfyUI then takes `wc'` as is).
+    pub strength: Option<f32>,
+    pub inner: usize,
+    pub in_channels: usize,
+    /// Per channel, `f32(dora_scale[c]) / (norm[c] + ε)`: whole-tensor values, computed by
+    /// [`super::kernel::prepare`] before any chunk of the tensor is evaluated.
+    pub factors: Option<Arc<[f32]>>,
+}
+
+/// The axis a DoRA's `dora_scale` runs along, which ComfyUI decides by `dora_scale.shape[0]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DoraAxis {
+    /// Per output row, normalised by the row norms of the weight *before* the LoRA.
+    Output,
+    /// Per input channel, normalised by the norms of `wc` over rows (and kernel positions).
+    Input,
+}
+
+impl Dora {
+    /// How many channels the axis has, for a weight of `out` rows.
+    pub fn channels(&self, out: usize) -> usize {
+        match self.axis {
+            DoraAxis::Output => out,
+            DoraAxis::Input => self.in_channels,
+        }
+    }
+
+    /// The channel of element `e` of the flattened weight.
+    pub fn channel(&self, e: usize) -> usize {
+        match self.axis {
+            DoraAxis::Output => e / self.inner,
+            DoraAxis::Input => (e % self.inner) / (self.inner / self.in_channels),
+        }
+    }
 }
 
 /// What a step adds.
@@ -236,8 +285,17 @@ enum PatchKind {
 /// The matched deltas of one LoRA file, by key of the patched component.
 #[derive(Debug, Default)]
 struct LoraSet {
-    /// Key → what is added and its scale (`alpha / rank`, or 1 for a full difference).
-    per_key: HashMap<String, (LoraDelta, f64)>,
+    per_key: HashMap<String, LoraEntry>,
+}
+
+/// What a LoRA file adds to one key.
+#[derive(Debug)]
+struct LoraEntry {
+    delta: LoraDelta,
+    /// `alpha / rank`, or 1 for a full difference.
+    scale: f64,
+    /// DoRA's `dora_scale` and its shape, when the file has one for this key.
+    dora: Option<(Leaf, Vec<usize>)>,
 }
 
 /// One key's delta in a LoRA file.
@@ -686,10 +744,21 @@ impl Planner<'_> {
         };
         let (mut model, mut clip) = (LoraSet::default(), LoraSet::default());
         let mut used = std::collections::HashSet::new();
-        let mut insert = |target: &str, delta: LoraDelta, scale: f64| {
+        // DoRA's magnitude vector, for any low-rank kind (LoRA, LoHa, LoKr), as ComfyUI loads it.
+        let dora_of = |base: &str| {
+            file.get(&format!("{base}.dora_scale"))
+                .filter(|d| float(d))
+                .map(|d| (leaf(d), d.shape.clone()))
+        };
+        let mut insert = |target: &str, delta: LoraDelta, scale: f64, base: Option<&str>| {
+            let entry = LoraEntry {
+                delta,
+                scale,
+                dora: base.and_then(dora_of),
+            };
             match target.strip_prefix("diffusion_model.") {
-                Some(k) => model.per_key.insert(k.to_owned(), (delta, scale)),
-                None => clip.per_key.insert(target.to_owned(), (delta, scale)),
+                Some(k) => model.per_key.insert(k.to_owned(), entry),
+                None => clip.per_key.insert(target.to_owned(), entry),
             };
         };
         for t in file.tensors() {
@@ -705,23 +774,6 @@ impl Planner<'_> {
                 && t.shape.len() >= 2
                 && !down.shape.is_empty()
             {
-                // DoRA's per-channel norms depend on torch's reduction order, which is not
-                // reproduced exactly yet: refuse the key rather than bake something else.
-                if file.get(&format!("{base}.dora_scale")).is_some() {
-                    self.warn(
-                        id,
-                        Some(base.to_owned()),
-                        format!("lora {base}: DoRA (dora_scale) is not supported yet; not applied"),
-                    );
-                    used.extend([
-                        name.to_owned(),
-                        format!("{base}{down_suffix}"),
-                        format!("{base}.alpha"),
-                        format!("{base}.dora_scale"),
-                        format!("{base}.lora_mid.weight"),
-                    ]);
-                    continue;
-                }
                 let (out, rank) = (t.shape[0], down.shape[0]);
                 let mut inner = down.shape[1..].iter().product::<usize>();
                 if t.shape[1..].iter().product::<usize>() != rank {
@@ -768,11 +820,13 @@ impl Planner<'_> {
                     target,
                     LoraDelta::Factors(term),
                     crate::model::lora::lora_scale(alpha_of(base), rank),
+                    Some(base),
                 );
                 used.extend([
                     name.to_owned(),
                     format!("{base}{down_suffix}"),
                     format!("{base}.alpha"),
+                    format!("{base}.dora_scale"),
                     mid_name,
                 ]);
                 continue;
@@ -822,8 +876,16 @@ impl Planner<'_> {
                     target,
                     LoraDelta::Factors(term),
                     crate::model::lora::lora_scale(alpha_of(base), rank),
+                    Some(base),
                 );
-                for s in ["hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"] {
+                for s in [
+                    "hada_w1_a",
+                    "hada_w1_b",
+                    "hada_w2_a",
+                    "hada_w2_b",
+                    "alpha",
+                    "dora_scale",
+                ] {
                     used.insert(format!("{base}.{s}"));
                 }
                 continue;
@@ -900,8 +962,9 @@ impl Planner<'_> {
                     (Some(al), Some(d)) => al / d as f64,
                     _ => 1.0,
                 };
-                insert(target, LoraDelta::Kron(term, n), scale);
+                insert(target, LoraDelta::Kron(term, n), scale, Some(base));
                 for s in [
+                    "dora_scale",
                     "lokr_w1",
                     "lokr_w1_a",
                     "lokr_w1_b",
@@ -926,7 +989,12 @@ impl Planner<'_> {
             if let Some(target) = full
                 && float(t)
             {
-                insert(&target, LoraDelta::Full(leaf(t), t.shape.clone()), 1.0);
+                insert(
+                    &target,
+                    LoraDelta::Full(leaf(t), t.shape.clone()),
+                    1.0,
+                    None,
+                );
                 used.insert(name.to_owned());
             }
         }
@@ -977,14 +1045,34 @@ impl Planner<'_> {
             let (other, rule) = match &p.kind {
                 PatchKind::Merge { other, rule } => (other, rule),
                 PatchKind::Lora { set, strength } => {
-                    if let Some((delta, scale)) = set.per_key.get(key) {
-                        // W += f32(strength · scale) · delta, with strength_model 1.
-                        let s = (strength * scale) as f32;
+                    if let Some(LoraEntry { delta, scale, dora }) = set.per_key.get(key) {
+                        // W += f32(strength · scale) · delta, with strength_model 1; with DoRA,
+                        // W + f32(scale) · delta is decomposed, then blended in at strength.
+                        let dora = match dora {
+                            None => None,
+                            Some((ds, ds_shape)) => match dora_for(ds, ds_shape, &shape, *strength)
+                            {
+                                Ok(d) => Some(d),
+                                Err(why) => {
+                                    self.warn(
+                                        &p.node,
+                                        Some(key.to_owned()),
+                                        format!("ERROR lora {key}: {why}; not applied"),
+                                    );
+                                    continue;
+                                }
+                            },
+                        };
+                        let s = if dora.is_some() {
+                            *scale as f32
+                        } else {
+                            (strength * scale) as f32
+                        };
                         let term = match delta {
                             LoraDelta::Factors(t) if t.out * t.inner == leaf.numel => {
                                 Some(Term::Lora(t.clone()))
                             }
-                            LoraDelta::Full(d, dshape) if *dshape == shape => {
+                            LoraDelta::Full(d, dshape) if *dshape == shape && dora.is_none() => {
                                 Some(Term::Weights(Expr {
                                     leaf: d.clone(),
                                     steps: Vec::new(),
@@ -996,7 +1084,7 @@ impl Planner<'_> {
                             _ => None,
                         };
                         match term {
-                            Some(term) => steps.push(Step { mm: None, add: Some((s, term)) }),
+                            Some(term) => steps.push(Step { mm: None, add: Some((s, term)), dora }),
                             None => self.warn(&p.node, Some(key.to_owned()), format!("ERROR lora {key}: its delta does not fit the weight {shape:?}; not applied")),
                         }
                     }
@@ -1039,7 +1127,11 @@ impl Planner<'_> {
                 }
             }
             if mm.is_some() || add.is_some() {
-                steps.push(Step { mm, add });
+                steps.push(Step {
+                    mm,
+                    add,
+                    dora: None,
+                });
             }
         }
         Some((Expr { leaf, steps }, shape))
@@ -1407,6 +1499,54 @@ pub fn sort_for_writing(tensors: &mut [PlannedTensor]) {
             .cmp(&a.spec.dtype)
             .then_with(|| a.spec.name.cmp(&b.spec.name))
     });
+}
+
+/// The DoRA decomposition for a weight of `shape` and a `dora_scale` of `ds_shape`, or why it
+/// cannot apply. As in ComfyUI, the axis is the output one when `dora_scale.shape[0]` is the
+/// weight's row count; the scale must then be one value per channel (or one), which is what
+/// torch's broadcasting of `dora_scale / norm` into the weight needs. (When a 1-D scale happens
+/// to broadcast into a square weight another way, torch would scale by a matrix; that is refused.)
+fn dora_for(ds: &Leaf, ds_shape: &[usize], shape: &[usize], strength: f64) -> Result<Dora, String> {
+    let (Some(&first), [out, in_channels, ..]) = (ds_shape.first(), shape) else {
+        return Err(format!(
+            "dora_scale {ds_shape:?} does not fit the weight {shape:?}"
+        ));
+    };
+    if *out == 0 || *in_channels == 0 {
+        return Err(format!("the weight {shape:?} is empty"));
+    }
+    let axis = if first == *out {
+        DoraAxis::Output
+    } else {
+        DoraAxis::Input
+    };
+    // The norm's shape: [out, 1, …] or [1, in, 1, …], as many dimensions as the weight.
+    let mut norm = vec![1; shape.len()];
+    let channels = match axis {
+        DoraAxis::Output => *out,
+        DoraAxis::Input => *in_channels,
+    };
+    norm[usize::from(axis == DoraAxis::Input)] = channels;
+    // Right-aligned broadcasting of dora_scale against the norm must give the norm's shape.
+    let fits = ds_shape.len() <= norm.len()
+        && ds_shape
+            .iter()
+            .rev()
+            .zip(norm.iter().rev())
+            .all(|(&d, &n)| d == n || d == 1);
+    if !fits || !(ds.numel == 1 || ds.numel == channels) {
+        return Err(format!(
+            "dora_scale {ds_shape:?} does not fit the weight {shape:?}"
+        ));
+    }
+    Ok(Dora {
+        scale: ds.clone(),
+        axis,
+        strength: (strength != 1.0).then_some(strength as f32),
+        inner: shape[1..].iter().product(),
+        in_channels: *in_channels,
+        factors: None,
+    })
 }
 
 #[cfg(test)]
