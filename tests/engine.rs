@@ -1906,88 +1906,212 @@ fn nan_and_infinity_in_inputs_are_reported_by_file_and_key() {
     assert_eq!(out[vae_key].f32s()[0], f32::INFINITY);
 }
 
-/// Kohya-named LoRAs for Flux (`lora_unet_double_blocks_0_img_attn_qkv`) map through the generic
-/// rule onto a Flux checkpoint's own keys and bake exactly; diffusers-named Flux LoRAs
-/// (`transformer.…to_q`, slices of the fused qkv weight) are not mapped yet and are reported.
+/// Flux LoRAs bake exactly in every naming ComfyUI maps: kohya on the checkpoint's own keys
+/// (`lora_unet_double_blocks_0_img_attn_qkv`), and diffusers names under `transformer.`,
+/// `lora_transformer_` or none, including the parts of fused weights — `to_q`/`to_k`/`to_v`
+/// and `proj_mlp` as row blocks of `qkv` and `linear1` (rows outside a block untouched),
+/// `linear1_qkv`, the final modulation with its halves swapped, and a DoRA on a row block.
+/// A name for a block the model does not have is reported.
 #[test]
-fn kohya_flux_loras_bake_and_diffusers_flux_names_are_reported() {
+fn flux_loras_bake_in_kohya_and_diffusers_names() {
     let base = Base::new();
     let ck = base.path().join("models/checkpoints");
     std::fs::create_dir_all(&ck).expect("mkdir");
     let f16 = DType::F16;
     let h = 8; // hidden size of this tiny Flux
     let p = "model.diffusion_model.";
-    let specs = vec![
-        spec(&format!("{p}img_in.weight"), f16, &[h, 16]),
-        spec(
-            &format!("{p}double_blocks.0.img_attn.norm.key_norm.scale"),
-            f16,
-            &[h],
-        ),
-        spec(
-            &format!("{p}double_blocks.0.img_attn.qkv.weight"),
-            f16,
-            &[3 * h, h],
-        ),
-        spec(
-            &format!("{p}single_blocks.0.linear1.weight"),
-            f16,
-            &[7 * h, h],
-        ),
+    let weights: Vec<(&str, Vec<usize>)> = vec![
+        ("img_in.weight", vec![h, 16]),
+        ("double_blocks.0.img_attn.qkv.weight", vec![3 * h, h]),
+        ("double_blocks.0.txt_attn.qkv.weight", vec![3 * h, h]),
+        ("double_blocks.0.img_attn.proj.weight", vec![h, h]),
+        ("single_blocks.0.linear1.weight", vec![7 * h, h]),
+        ("single_blocks.1.linear1.weight", vec![7 * h, h]),
+        ("single_blocks.2.linear1.weight", vec![7 * h, h]),
+        ("final_layer.adaLN_modulation.1.weight", vec![2 * h, h]),
     ];
+    let mut specs: Vec<TensorSpec> = weights
+        .iter()
+        .map(|(k, shape)| spec(&format!("{p}{k}"), f16, shape))
+        .collect();
+    specs.push(spec(
+        &format!("{p}double_blocks.0.img_attn.norm.key_norm.scale"),
+        f16,
+        &[h],
+    ));
     let a = ck.join("a.safetensors");
     write_safetensors(&a, &specs, 160, &HashMap::new(), &[]);
     assert_eq!(inspect_json(&a)["architecture"], "flux");
 
-    let qkv = "lora_unet_double_blocks_0_img_attn_qkv";
-    let lin = "lora_unet_single_blocks_0_linear1";
-    let diffusers = "transformer.single_transformer_blocks.0.attn.to_q";
-    let lora_specs = vec![
-        spec(&format!("{qkv}.lora_up.weight"), f16, &[3 * h, 2]),
-        spec(&format!("{qkv}.lora_down.weight"), f16, &[2, h]),
-        spec(&format!("{qkv}.alpha"), DType::F32, &[]),
-        spec(&format!("{lin}.lora_up.weight"), f16, &[7 * h, 4]),
-        spec(&format!("{lin}.lora_down.weight"), f16, &[4, h]),
-        spec(&format!("{diffusers}.lora_A.weight"), f16, &[2, h]),
-        spec(&format!("{diffusers}.lora_B.weight"), f16, &[h, 2]),
+    // (LoRA name, up/down suffixes, rank, patched key, first row, rows, halves swapped)
+    let kohya = (".lora_up.weight", ".lora_down.weight");
+    let peft = (".lora_B.weight", ".lora_A.weight");
+    type Case<'a> = (
+        &'a str,
+        (&'a str, &'a str),
+        usize,
+        &'a str,
+        usize,
+        usize,
+        bool,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "lora_unet_double_blocks_0_img_attn_qkv",
+            kohya,
+            2,
+            "double_blocks.0.img_attn.qkv.weight",
+            0,
+            3 * h,
+            false,
+        ),
+        (
+            "transformer.transformer_blocks.0.attn.add_k_proj",
+            peft,
+            2,
+            "double_blocks.0.txt_attn.qkv.weight",
+            h,
+            h,
+            false,
+        ),
+        (
+            "transformer.transformer_blocks.0.attn.to_out.0",
+            peft,
+            3,
+            "double_blocks.0.img_attn.proj.weight",
+            0,
+            h,
+            false,
+        ),
+        (
+            "transformer.single_transformer_blocks.0.attn.to_q",
+            peft,
+            2,
+            "single_blocks.0.linear1.weight",
+            0,
+            h,
+            false,
+        ),
+        (
+            "transformer.single_transformer_blocks.0.attn.to_v",
+            peft,
+            2,
+            "single_blocks.0.linear1.weight",
+            2 * h,
+            h,
+            false,
+        ),
+        (
+            "transformer.single_transformer_blocks.0.proj_mlp",
+            peft,
+            4,
+            "single_blocks.0.linear1.weight",
+            3 * h,
+            4 * h,
+            false,
+        ),
+        (
+            "lora_transformer_single_transformer_blocks_1_attn_to_k",
+            kohya,
+            2,
+            "single_blocks.1.linear1.weight",
+            h,
+            h,
+            false,
+        ),
+        (
+            "diffusion_model.single_blocks.2.linear1_qkv",
+            kohya,
+            2,
+            "single_blocks.2.linear1.weight",
+            0,
+            3 * h,
+            false,
+        ),
+        (
+            "norm_out.linear",
+            peft,
+            2,
+            "final_layer.adaLN_modulation.1.weight",
+            0,
+            2 * h,
+            true,
+        ),
     ];
+    let dora = "lora_transformer_single_transformer_blocks_1_attn_to_k";
+    let unknown = "transformer.transformer_blocks.5.attn.to_q";
+    let mut lora_specs = Vec::new();
+    for (name, (up, down), rank, _, _, rows, _) in &cases {
+        lora_specs.push(spec(&format!("{name}{up}"), f16, &[*rows, *rank]));
+        lora_specs.push(spec(&format!("{name}{down}"), f16, &[*rank, h]));
+    }
+    lora_specs.push(spec(&format!("{dora}.dora_scale"), f16, &[h, 1]));
+    lora_specs.push(spec(&format!("{unknown}.lora_A.weight"), f16, &[2, h]));
+    lora_specs.push(spec(&format!("{unknown}.lora_B.weight"), f16, &[h, 2]));
+    lora_specs.push(spec(&format!("{}.alpha", cases[0].0), DType::F32, &[]));
     let strength = 0.8;
-    let alpha = (format!("{qkv}.alpha"), 1.0f32);
+    let alpha = (format!("{}.alpha", cases[0].0), 1.0f32);
     let (path, files, warnings) =
         bake_model_only_lora(&base, "flux", &lora_specs, 161, alpha, strength);
     let out = base.read(&files[0].path);
     let (ta, tl) = (base.read(&a), base.read(&path));
     let f = |n: &str| f32s(&tl[n]);
-    for (name, key, rows, rank, scale) in [
-        (
-            qkv,
-            "double_blocks.0.img_attn.qkv.weight",
-            3 * h,
-            2,
-            1.0 / 2.0,
-        ),
-        (lin, "single_blocks.0.linear1.weight", 7 * h, 4, 1.0),
-    ] {
+    let mut expected: HashMap<&str, Vec<f32>> = weights
+        .iter()
+        .map(|(k, _)| (*k, f32s(&ta[&format!("{p}{k}")])))
+        .collect();
+    for (name, (up, down), rank, key, start, rows, swapped) in &cases {
         let delta = seq_matmul(
-            &f(&format!("{name}.lora_up.weight")),
-            &f(&format!("{name}.lora_down.weight")),
-            rows,
-            rank,
+            &f(&format!("{name}{up}")),
+            &f(&format!("{name}{down}")),
+            *rows,
+            *rank,
             h,
         );
-        let full = format!("{p}{key}");
+        // The delta's rows in the weight's order: swapped halves put the second half first.
+        let delta: Vec<f32> = if *swapped {
+            let half = rows / 2 * h;
+            delta[half..]
+                .iter()
+                .chain(&delta[..half])
+                .copied()
+                .collect()
+        } else {
+            delta
+        };
+        let scale = if *name == cases[0].0 { 1.0 / 2.0 } else { 1.0 };
+        let w = expected.get_mut(key).expect("weight");
+        let part = &mut w[start * h..(start + rows) * h];
+        if *name == dora {
+            let shape = [*rows, h];
+            let ds = f(&format!("{dora}.dora_scale"));
+            let decomposed = dora_reference(part, &delta, scale, &ds, &shape, true, strength);
+            part.copy_from_slice(&decomposed);
+        } else {
+            patch(part, 1.0, strength * scale, Some(&delta));
+        }
+    }
+    for (key, w) in &expected {
         let out_key = out
             .keys()
             .find(|k| k.ends_with(key))
             .unwrap_or_else(|| panic!("{key} not saved"));
-        let mut w = f32s(&ta[&full]);
-        patch(&mut w, 1.0, strength * scale, Some(&delta));
-        assert!(out[out_key].bytes == to_bytes(&w, "F16"), "{name} differs");
+        assert!(out[out_key].bytes == to_bytes(w, "F16"), "{key} differs");
     }
-    assert!(
-        warnings
-            .iter()
-            .any(|w| w.message.contains("lora key not loaded") && w.message.contains(diffusers)),
-        "{warnings:?}"
+    // The rows no LoRA names keep their stored bytes: to_k of single block 0 (rows h..2h).
+    let l0 = out
+        .keys()
+        .find(|k| k.ends_with("single_blocks.0.linear1.weight"))
+        .expect("linear1");
+    assert_eq!(
+        out[l0].bytes[h * h * 2..2 * h * h * 2],
+        ta[&format!("{p}single_blocks.0.linear1.weight")].bytes[h * h * 2..2 * h * h * 2]
     );
+    let not_loaded: Vec<&Warning> = warnings
+        .iter()
+        .filter(|w| w.message.contains("lora key not loaded"))
+        .collect();
+    assert_eq!(not_loaded.len(), 1, "{warnings:?}");
+    assert!(not_loaded[0].message.contains("2 of"), "{warnings:?}");
+    assert!(not_loaded[0].message.contains(unknown), "{warnings:?}");
 }

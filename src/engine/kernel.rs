@@ -295,10 +295,16 @@ fn eval_tile(
         inputs.non_finite |= 1 << inputs.next_leaf.min(63);
     }
     inputs.next_leaf += 1;
+    let first = inputs.chunk_start + range.start;
     for step in &expr.steps {
+        // Where the step applies: the whole tile, or the part of it inside the step's window.
+        let pieces = step.pieces(first, out.len());
+        let pieces = pieces.iter().flatten();
         if let Some(mm) = step.mm {
-            for v in out.iter_mut() {
-                *v *= mm;
+            for p in pieces.clone() {
+                for v in &mut out[p.offset..p.offset + p.len] {
+                    *v *= mm;
+                }
             }
         }
         let Some((s, term)) = &step.add else { continue };
@@ -307,43 +313,57 @@ fn eval_tile(
         };
         let tmp = &mut tmp[..out.len()];
         match term {
+            // Another model's weights are never windowed: term and weight elements coincide.
             Term::Weights(sub) => eval_tile(sub, inputs, range.clone(), tmp, rest),
             Term::Lora(t) => {
                 let f = &inputs.loras[inputs.next_lora];
                 inputs.next_lora += 1;
-                lora_tile(t, f, inputs.chunk_start + range.start, tmp);
+                for p in pieces.clone() {
+                    lora_tile(t, f, p.term, &mut tmp[p.offset..p.offset + p.len]);
+                }
             }
             Term::Kron(k) => {
                 let f = &inputs.loras[inputs.next_lora];
                 inputs.next_lora += 1;
-                kron_tile(k, &f[0], &f[1], inputs.chunk_start + range.start, tmp);
+                for p in pieces.clone() {
+                    kron_tile(
+                        k,
+                        &f[0],
+                        &f[1],
+                        p.term,
+                        &mut tmp[p.offset..p.offset + p.len],
+                    );
+                }
             }
         }
         let s = *s;
-        match &step.dora {
-            None => {
-                for (w, &b) in out.iter_mut().zip(tmp.iter()) {
-                    // Product first, then the add: two roundings, as in ComfyUI.
-                    let product = s * b;
-                    *w += product;
+        for p in pieces {
+            let span = p.offset..p.offset + p.len;
+            let (out, tmp) = (&mut out[span.clone()], &tmp[span]);
+            match &step.dora {
+                None => {
+                    for (w, &b) in out.iter_mut().zip(tmp) {
+                        // Product first, then the add: two roundings, as in ComfyUI.
+                        let product = s * b;
+                        *w += product;
+                    }
                 }
-            }
-            Some(dora) => {
-                // An unprepared decomposition cannot be evaluated; `produce` refuses it first.
-                let Some(factors) = dora.factors.as_deref() else {
-                    return;
-                };
-                let first = inputs.chunk_start + range.start;
-                for (i, (w, &b)) in out.iter_mut().zip(tmp.iter()).enumerate() {
-                    let product = s * b;
-                    let decomposed = (*w + product) * factors[dora.channel(first + i)];
-                    *w = match dora.strength {
-                        None => decomposed,
-                        Some(strength) => {
-                            let change = strength * (decomposed - *w);
-                            *w + change
-                        }
+                Some(dora) => {
+                    // An unprepared decomposition cannot be evaluated; `produce` refuses it first.
+                    let Some(factors) = dora.factors.as_deref() else {
+                        return;
                     };
+                    for (i, (w, &b)) in out.iter_mut().zip(tmp).enumerate() {
+                        let product = s * b;
+                        let decomposed = (*w + product) * factors[dora.channel(p.local + i)];
+                        *w = match dora.strength {
+                            None => decomposed,
+                            Some(strength) => {
+                                let change = strength * (decomposed - *w);
+                                *w + change
+                            }
+                        };
+                    }
                 }
             }
         }
@@ -592,8 +612,9 @@ fn prepare_expr(
                     DoraAxis::Input => step.add.clone(),
                 },
                 dora: None,
+                window: step.window,
             });
-            let factors = dora_factors(dora, probe, numel, round, sources, scratch)?;
+            let factors = dora_factors(dora, &step, probe, numel, round, sources, scratch)?;
             step.dora = Some(Dora {
                 factors: Some(factors),
                 ..dora.clone()
@@ -604,16 +625,19 @@ fn prepare_expr(
     Ok(done)
 }
 
-/// `f32(dora_scale[c]) / (norm[c] + ε)` per channel, the norms taken of `probe`'s values.
+/// `f32(dora_scale[c]) / (norm[c] + ε)` per channel, the norms taken of `probe`'s values over
+/// the part of the weight `step` patches.
 fn dora_factors(
     dora: &Dora,
+    step: &Step,
     probe: Expr,
     numel: usize,
     round: Option<DType>,
     sources: &[Arc<Source>],
     scratch: &mut Scratch,
 ) -> Result<Arc<[f32]>, String> {
-    let channels = dora.channels(numel / dora.inner.max(1));
+    let part = step.window.map_or(numel, |w| w.len);
+    let channels = dora.channels(part / dora.inner.max(1));
     let mut sums = vec![0.0f64; channels];
     let probe = Recipe::Compute {
         expr: probe,
@@ -626,9 +650,12 @@ fn dora_factors(
         let len = CHUNK_ELEMENTS.min(numel - start);
         bytes.clear();
         produce(&probe, start, len, sources, scratch, &mut bytes)?;
-        for (i, b) in bytes.chunks_exact(4).enumerate() {
-            let v = f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-            sums[dora.channel(start + i)] += v * v;
+        for p in step.pieces(start, len).iter().flatten() {
+            let values = bytes[p.offset * 4..(p.offset + p.len) * 4].chunks_exact(4);
+            for (i, b) in values.enumerate() {
+                let v = f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                sums[dora.channel(p.local + i)] += v * v;
+            }
         }
         start += len;
     }

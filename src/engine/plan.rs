@@ -22,6 +22,7 @@ use crate::graph::{Prompt, PromptInput};
 use crate::model::ModelFolders;
 use crate::model::arch::{Architecture, Prediction, Variant};
 use crate::model::components::{Component, SaveFate, keys_added_on_save, save_fate};
+use crate::model::lora::Part;
 use crate::nodes::{MergeRule, MergeTarget, Operation, Registry};
 
 use super::source::{Source, clip_save_key, vae_save_prefix};
@@ -47,6 +48,81 @@ pub struct Step {
     /// A DoRA LoRA: `w + s * sub` (`s` is then the LoRA's own `alpha / rank`) is rescaled per
     /// channel and blended in at the LoRA's strength, as ComfyUI's `weight_decompose`.
     pub dora: Option<Dora>,
+    /// The elements the step applies to, when it patches part of the weight; the others are
+    /// left untouched (not even `+ 0`, which would turn `-0.0` into `0.0`).
+    pub window: Option<Window>,
+}
+
+/// A contiguous range of a flattened weight that a step patches (a block of rows), the term
+/// being indexed from its start; with `swap_halves`, the term's two halves are exchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub start: usize,
+    pub len: usize,
+    pub swap_halves: bool,
+}
+
+impl Window {
+    /// The parts of elements `first .. first + n` inside the window: one, or two when the
+    /// swapped halves meet inside the range.
+    pub fn pieces(&self, first: usize, n: usize) -> [Option<Piece>; 2] {
+        let (lo, hi) = (
+            first.max(self.start),
+            (first + n).min(self.start + self.len),
+        );
+        let half = self.len / 2;
+        let split = if self.swap_halves {
+            self.start + half
+        } else {
+            hi
+        };
+        let piece = |l: usize, h: usize| {
+            (l < h).then(|| {
+                let local = l - self.start;
+                let term = match (self.swap_halves, local < half) {
+                    (false, _) => local,
+                    (true, true) => local + half,
+                    (true, false) => local - half,
+                };
+                Piece {
+                    offset: l - first,
+                    term,
+                    local,
+                    len: h - l,
+                }
+            })
+        };
+        [piece(lo, hi.min(split)), piece(lo.max(split), hi)]
+    }
+}
+
+/// A run of elements a step applies to: `len` elements from `offset` (relative to the range
+/// being evaluated), which are the term's elements from `term` and the patched part's from
+/// `local`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Piece {
+    pub offset: usize,
+    pub term: usize,
+    pub local: usize,
+    pub len: usize,
+}
+
+impl Step {
+    /// The runs of elements `first .. first + n` this step applies to.
+    pub fn pieces(&self, first: usize, n: usize) -> [Option<Piece>; 2] {
+        match &self.window {
+            Some(w) => w.pieces(first, n),
+            None => [
+                Some(Piece {
+                    offset: 0,
+                    term: first,
+                    local: first,
+                    len: n,
+                }),
+                None,
+            ],
+        }
+    }
 }
 
 /// The weight decomposition of a DoRA LoRA (ComfyUI's `weight_decompose`), for a weight of `out`
@@ -285,7 +361,8 @@ enum PatchKind {
 /// The matched deltas of one LoRA file, by key of the patched component.
 #[derive(Debug, Default)]
 struct LoraSet {
-    per_key: HashMap<String, LoraEntry>,
+    /// Several entries for one key when a file patches several parts of a fused weight.
+    per_key: HashMap<String, Vec<LoraEntry>>,
 }
 
 /// What a LoRA file adds to one key.
@@ -296,6 +373,23 @@ struct LoraEntry {
     scale: f64,
     /// DoRA's `dora_scale` and its shape, when the file has one for this key.
     dora: Option<(Leaf, Vec<usize>)>,
+    /// The part of the weight patched, when not all of it.
+    part: Option<Part>,
+}
+
+/// LoRA names → the key they patch: whole weights, and (for Flux's diffusers names) parts.
+struct LoraTargets {
+    whole: HashMap<String, String>,
+    parts: HashMap<String, (String, Option<Part>)>,
+}
+
+impl LoraTargets {
+    fn get(&self, name: &str) -> Option<(&str, Option<Part>)> {
+        self.whole
+            .get(name)
+            .map(|k| (k.as_str(), None))
+            .or_else(|| self.parts.get(name).map(|(k, p)| (k.as_str(), *p)))
+    }
 }
 
 /// One key's delta in a LoRA file.
@@ -664,7 +758,23 @@ impl Planner<'_> {
             .as_ref()
             .map(|c| self.sources[c.source].keys(Component::Clip).to_vec())
             .unwrap_or_default();
-        let map = crate::model::lora::key_map(&unet_keys, &clip_keys, levels);
+        let parts = if arch == Architecture::Flux {
+            // The model width: rows of the image input projection.
+            let hidden = self.sources[model.source]
+                .get(Component::Model, "img_in.weight")
+                .and_then(|r| r.shape.first().copied())
+                .unwrap_or(0);
+            crate::model::lora::flux_diffusers_map(&unet_keys, hidden)
+                .into_iter()
+                .map(|(name, (key, part))| (name, (format!("diffusion_model.{key}"), part)))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        let map = LoraTargets {
+            whole: crate::model::lora::key_map(&unet_keys, &clip_keys, levels),
+            parts,
+        };
         let (model_set, clip_set, unmatched) = self.lora_sets(id, lora, &map);
         if !unmatched.is_empty() {
             let shown: Vec<&str> = unmatched.iter().take(5).map(String::as_str).collect();
@@ -714,7 +824,7 @@ impl Planner<'_> {
         &mut self,
         id: &str,
         lora: usize,
-        map: &HashMap<String, String>,
+        map: &LoraTargets,
     ) -> (LoraSet, LoraSet, Vec<String>) {
         const PAIRS: [(&str, &str); 6] = [
             (".lora_up.weight", ".lora_down.weight"),
@@ -750,16 +860,23 @@ impl Planner<'_> {
                 .filter(|d| float(d))
                 .map(|d| (leaf(d), d.shape.clone()))
         };
-        let mut insert = |target: &str, delta: LoraDelta, scale: f64, base: Option<&str>| {
+        let mut insert = |(target, part): (&str, Option<Part>),
+                          delta: LoraDelta,
+                          scale: f64,
+                          base: Option<&str>| {
             let entry = LoraEntry {
                 delta,
                 scale,
                 dora: base.and_then(dora_of),
+                part,
             };
-            match target.strip_prefix("diffusion_model.") {
-                Some(k) => model.per_key.insert(k.to_owned(), entry),
-                None => clip.per_key.insert(target.to_owned(), entry),
+            let entries = match target.strip_prefix("diffusion_model.") {
+                Some(k) => model.per_key.entry(k.to_owned()).or_default(),
+                None => clip.per_key.entry(target.to_owned()).or_default(),
             };
+            // As in ComfyUI, a later name for the same key and part replaces an earlier one.
+            entries.retain(|e| e.part != part);
+            entries.push(entry);
         };
         for t in file.tensors() {
             let name = t.name.as_str();
@@ -981,16 +1098,20 @@ impl Planner<'_> {
             let full = name
                 .strip_suffix(".diff_b")
                 .and_then(|b| {
-                    map.get(b)
+                    map.whole
+                        .get(b)
                         .map(|w| w.strip_suffix(".weight").map(|s| format!("{s}.bias")))
                 })
                 .flatten()
-                .or_else(|| name.strip_suffix(".diff").and_then(|b| map.get(b).cloned()));
+                .or_else(|| {
+                    name.strip_suffix(".diff")
+                        .and_then(|b| map.whole.get(b).cloned())
+                });
             if let Some(target) = full
                 && float(t)
             {
                 insert(
-                    &target,
+                    (&target, None),
                     LoraDelta::Full(leaf(t), t.shape.clone()),
                     1.0,
                     None,
@@ -1045,47 +1166,14 @@ impl Planner<'_> {
             let (other, rule) = match &p.kind {
                 PatchKind::Merge { other, rule } => (other, rule),
                 PatchKind::Lora { set, strength } => {
-                    if let Some(LoraEntry { delta, scale, dora }) = set.per_key.get(key) {
-                        // W += f32(strength · scale) · delta, with strength_model 1; with DoRA,
-                        // W + f32(scale) · delta is decomposed, then blended in at strength.
-                        let dora = match dora {
-                            None => None,
-                            Some((ds, ds_shape)) => match dora_for(ds, ds_shape, &shape, *strength)
-                            {
-                                Ok(d) => Some(d),
-                                Err(why) => {
-                                    self.warn(
-                                        &p.node,
-                                        Some(key.to_owned()),
-                                        format!("ERROR lora {key}: {why}; not applied"),
-                                    );
-                                    continue;
-                                }
-                            },
-                        };
-                        let s = if dora.is_some() {
-                            *scale as f32
-                        } else {
-                            (strength * scale) as f32
-                        };
-                        let term = match delta {
-                            LoraDelta::Factors(t) if t.out * t.inner == leaf.numel => {
-                                Some(Term::Lora(t.clone()))
-                            }
-                            LoraDelta::Full(d, dshape) if *dshape == shape && dora.is_none() => {
-                                Some(Term::Weights(Expr {
-                                    leaf: d.clone(),
-                                    steps: Vec::new(),
-                                }))
-                            }
-                            LoraDelta::Kron(k, n) if *n == leaf.numel => {
-                                Some(Term::Kron(k.clone()))
-                            }
-                            _ => None,
-                        };
-                        match term {
-                            Some(term) => steps.push(Step { mm: None, add: Some((s, term)), dora }),
-                            None => self.warn(&p.node, Some(key.to_owned()), format!("ERROR lora {key}: its delta does not fit the weight {shape:?}; not applied")),
+                    for entry in set.per_key.get(key).into_iter().flatten() {
+                        match lora_step(entry, &shape, *strength) {
+                            Ok(step) => steps.push(step),
+                            Err(why) => self.warn(
+                                &p.node,
+                                Some(key.to_owned()),
+                                format!("ERROR lora {key}: {why}; not applied"),
+                            ),
                         }
                     }
                     continue;
@@ -1131,6 +1219,7 @@ impl Planner<'_> {
                     mm,
                     add,
                     dora: None,
+                    window: None,
                 });
             }
         }
@@ -1501,6 +1590,74 @@ pub fn sort_for_writing(tensors: &mut [PlannedTensor]) {
     });
 }
 
+/// The step that adds one LoRA entry to a weight of `shape` at `strength`: `W += f32(strength ·
+/// scale) · delta` over the entry's part of the weight; with DoRA, `W + f32(scale) · delta` is
+/// decomposed, then blended in at the strength. `Err` says why the entry does not fit.
+fn lora_step(entry: &LoraEntry, shape: &[usize], strength: f64) -> Result<Step, String> {
+    let numel: usize = shape.iter().product();
+    let row: usize = shape.iter().skip(1).product();
+    // The part patched, and its own shape (what ComfyUI's `narrow` gives the adapter).
+    let (window, part_shape) = match entry.part {
+        None => (None, shape.to_vec()),
+        Some(Part::Rows { start, rows }) => {
+            if shape.is_empty() || start + rows > shape[0] || rows == 0 {
+                return Err(format!(
+                    "rows {start}..{} are not inside the weight {shape:?}",
+                    start + rows
+                ));
+            }
+            let mut part = shape.to_vec();
+            part[0] = rows;
+            let window = Window {
+                start: start * row,
+                len: rows * row,
+                swap_halves: false,
+            };
+            (Some(window), part)
+        }
+        Some(Part::SwappedHalves) => {
+            if shape.first().is_none_or(|r| r % 2 != 0) {
+                return Err(format!("the weight {shape:?} has no two halves to swap"));
+            }
+            let window = Window {
+                start: 0,
+                len: numel,
+                swap_halves: true,
+            };
+            (Some(window), shape.to_vec())
+        }
+    };
+    let part_numel: usize = part_shape.iter().product();
+    let dora = match &entry.dora {
+        None => None,
+        Some((ds, ds_shape)) => Some(dora_for(ds, ds_shape, &part_shape, strength)?),
+    };
+    let s = if dora.is_some() {
+        entry.scale as f32
+    } else {
+        (strength * entry.scale) as f32
+    };
+    let term = match &entry.delta {
+        LoraDelta::Factors(t) if t.out * t.inner == part_numel => Term::Lora(t.clone()),
+        LoraDelta::Full(d, dshape) if *dshape == shape && dora.is_none() && window.is_none() => {
+            Term::Weights(Expr {
+                leaf: d.clone(),
+                steps: Vec::new(),
+            })
+        }
+        LoraDelta::Kron(k, n) if *n == part_numel => Term::Kron(k.clone()),
+        _ => {
+            return Err(format!("its delta does not fit the weight {part_shape:?}"));
+        }
+    };
+    Ok(Step {
+        mm: None,
+        add: Some((s, term)),
+        dora,
+        window,
+    })
+}
+
 /// The DoRA decomposition for a weight of `shape` and a `dora_scale` of `ds_shape`, or why it
 /// cannot apply. As in ComfyUI, the axis is the output one when `dora_scale.shape[0]` is the
 /// weight's row count; the scale must then be one value per channel (or one), which is what
@@ -1552,6 +1709,45 @@ fn dora_for(ds: &Leaf, ds_shape: &[usize], shape: &[usize], strength: f64) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Window pieces, for every range a tile can cover, agree with the element-by-element
+    /// definition: element `e` of the weight is patched iff it is inside the window, by term
+    /// element `e - start` (its halves exchanged when swapped).
+    #[test]
+    fn window_pieces_match_the_per_element_definition() {
+        for swap_halves in [false, true] {
+            let w = Window {
+                start: 6,
+                len: 10,
+                swap_halves,
+            };
+            for first in 0..20 {
+                for n in 0..12 {
+                    let mut got = vec![None; n];
+                    for p in w.pieces(first, n).iter().flatten() {
+                        for i in 0..p.len {
+                            assert!(got[p.offset + i].is_none(), "overlap");
+                            got[p.offset + i] = Some((p.term + i, p.local + i));
+                        }
+                    }
+                    let want: Vec<_> = (first..first + n)
+                        .map(|e| {
+                            (w.start..w.start + w.len).contains(&e).then(|| {
+                                let local = e - w.start;
+                                let term = if swap_halves {
+                                    (local + w.len / 2) % w.len
+                                } else {
+                                    local
+                                };
+                                (term, local)
+                            })
+                        })
+                        .collect();
+                    assert_eq!(got, want, "first {first}, n {n}, swap {swap_halves}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn blocks_rule_takes_the_longest_prefix_and_the_first_as_default() {

@@ -184,6 +184,172 @@ pub fn key_map(
     map
 }
 
+/// The part of a weight a LoRA name patches when it is not simply the whole weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// A block of rows of a fused weight (Flux's diffusers `to_q`, `to_k`, `to_v` are row blocks
+    /// of one `qkv` weight): the first row, and how many.
+    Rows { start: usize, rows: usize },
+    /// The whole weight, with the delta's two row halves swapped first: diffusers orders the
+    /// final modulation as (scale, shift), the LDM weight as (shift, scale).
+    SwappedHalves,
+}
+
+/// Flux LoRA names in diffusers form (`transformer.single_transformer_blocks.0.attn.to_q`, and
+/// the same under `lycoris_`, `lora_transformer_` or no prefix) → the checkpoint key and, for a
+/// part of a fused weight, the [`Slice`] — the table ComfyUI's `flux_to_diffusers` defines. Only
+/// names whose key is among `unet_keys` (no prefix) are kept; `hidden` is the model width.
+pub fn flux_diffusers_map(
+    unet_keys: &[String],
+    hidden: usize,
+) -> HashMap<String, (String, Option<Part>)> {
+    let rows = |start: usize, rows: usize| Some(Part::Rows { start, rows });
+    // (diffusers name without `.weight`, LDM key, part)
+    let mut entries: Vec<(String, String, Option<Part>)> = Vec::new();
+    let blocks = |prefix: &str| {
+        let mut n: Vec<usize> = unet_keys
+            .iter()
+            .filter_map(|k| k.strip_prefix(prefix)?.split('.').next()?.parse().ok())
+            .collect();
+        n.sort_unstable();
+        n.dedup();
+        n
+    };
+    for i in blocks("double_blocks.") {
+        let (d, l) = (
+            format!("transformer_blocks.{i}"),
+            format!("double_blocks.{i}"),
+        );
+        for (j, (img, txt)) in [
+            ("to_q", "add_q_proj"),
+            ("to_k", "add_k_proj"),
+            ("to_v", "add_v_proj"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let slice = rows(j * hidden, hidden);
+            entries.push((
+                format!("{d}.attn.{img}"),
+                format!("{l}.img_attn.qkv.weight"),
+                slice,
+            ));
+            entries.push((
+                format!("{d}.attn.{txt}"),
+                format!("{l}.txt_attn.qkv.weight"),
+                slice,
+            ));
+        }
+        for (from, to) in [
+            ("attn.to_out.0", "img_attn.proj"),
+            ("norm1.linear", "img_mod.lin"),
+            ("norm1_context.linear", "txt_mod.lin"),
+            ("attn.to_add_out", "txt_attn.proj"),
+            ("ff.net.0.proj", "img_mlp.0"),
+            ("ff.net.2", "img_mlp.2"),
+            ("ff_context.net.0.proj", "txt_mlp.0"),
+            ("ff_context.net.2", "txt_mlp.2"),
+            // LyCORIS LoKr names for the same layers.
+            ("ff.linear_in", "img_mlp.0"),
+            ("ff.linear_out", "img_mlp.2"),
+            ("ff_context.linear_in", "txt_mlp.0"),
+            ("ff_context.linear_out", "txt_mlp.2"),
+        ] {
+            entries.push((format!("{d}.{from}"), format!("{l}.{to}.weight"), None));
+        }
+    }
+    for i in blocks("single_blocks.") {
+        let (d, l) = (
+            format!("single_transformer_blocks.{i}"),
+            format!("single_blocks.{i}"),
+        );
+        let linear1 = format!("{l}.linear1.weight");
+        for (j, p) in ["to_q", "to_k", "to_v"].into_iter().enumerate() {
+            entries.push((
+                format!("{d}.attn.{p}"),
+                linear1.clone(),
+                rows(j * hidden, hidden),
+            ));
+        }
+        // The MLP input follows q, k and v in the same weight, four times as wide.
+        entries.push((
+            format!("{d}.proj_mlp"),
+            linear1.clone(),
+            rows(3 * hidden, 4 * hidden),
+        ));
+        for (from, to) in [
+            ("norm.linear", "modulation.lin"),
+            ("proj_out", "linear2"),
+            ("attn.to_qkv_mlp_proj", "linear1"),
+            ("attn.to_out", "linear2"),
+        ] {
+            entries.push((format!("{d}.{from}"), format!("{l}.{to}.weight"), None));
+        }
+    }
+    for (from, to) in [
+        ("proj_out", "final_layer.linear"),
+        ("x_embedder", "img_in"),
+        (
+            "time_text_embed.timestep_embedder.linear_1",
+            "time_in.in_layer",
+        ),
+        (
+            "time_text_embed.timestep_embedder.linear_2",
+            "time_in.out_layer",
+        ),
+        ("context_embedder", "txt_in"),
+        (
+            "time_text_embed.text_embedder.linear_1",
+            "vector_in.in_layer",
+        ),
+        (
+            "time_text_embed.text_embedder.linear_2",
+            "vector_in.out_layer",
+        ),
+        (
+            "time_text_embed.guidance_embedder.linear_1",
+            "guidance_in.in_layer",
+        ),
+        (
+            "time_text_embed.guidance_embedder.linear_2",
+            "guidance_in.out_layer",
+        ),
+        ("controlnet_x_embedder", "pos_embed_input"),
+    ] {
+        entries.push((from.to_owned(), format!("{to}.weight"), None));
+    }
+    entries.push((
+        "norm_out.linear".to_owned(),
+        "final_layer.adaLN_modulation.1.weight".to_owned(),
+        Some(Part::SwappedHalves),
+    ));
+    let present: std::collections::HashSet<&str> = unet_keys.iter().map(String::as_str).collect();
+    let mut map = HashMap::new();
+    for (name, key, part) in entries {
+        if present.contains(key.as_str()) {
+            map.insert(name, (key, part));
+        }
+    }
+    // Every diffusers name is also accepted under three trainers' prefixes.
+    let names: Vec<(String, (String, Option<Part>))> = map.drain().collect();
+    for (name, target) in names {
+        map.insert(format!("transformer.{name}"), target.clone());
+        map.insert(kohya("lycoris_", &name), target.clone());
+        map.insert(kohya("lora_transformer_", &name), target.clone());
+        map.insert(name, target);
+    }
+    // `single_blocks.N.linear1_qkv`: q, k and v of linear1 as one block of rows.
+    for k in unet_keys {
+        if let Some(stem) = k.strip_suffix(".linear1.weight") {
+            map.insert(
+                format!("diffusion_model.{stem}.linear1_qkv"),
+                (k.clone(), rows(0, 3 * hidden)),
+            );
+        }
+    }
+    map
+}
+
 /// `up @ down` for `up: [out, rank]` and `down: [rank, inner]` (row-major f32), summing over the
 /// rank index sequentially in f32 — ComfyUI's CPU result, bit for bit. Writes rows
 /// `rows.start .. rows.end` of the `[out, inner]` product into `out`.
@@ -218,6 +384,58 @@ mod tests {
     use super::*;
     use crate::model::components::{Component, component_of};
     use crate::model::layouts::{Layout, Scale};
+
+    /// Flux's diffusers names reach the checkpoint's keys under all four prefixes, with the row
+    /// blocks of the fused weights; names of weights the model lacks are left out.
+    #[test]
+    fn flux_diffusers_names_map_to_row_blocks_of_fused_weights() {
+        let keys: Vec<String> = [
+            "double_blocks.0.img_attn.qkv.weight",
+            "double_blocks.0.img_attn.proj.weight",
+            "single_blocks.3.linear1.weight",
+            "final_layer.adaLN_modulation.1.weight",
+        ]
+        .map(String::from)
+        .to_vec();
+        let m = flux_diffusers_map(&keys, 3072);
+        let rows = |start, rows| Some(Part::Rows { start, rows });
+        let qkv = "double_blocks.0.img_attn.qkv.weight".to_owned();
+        for name in [
+            "transformer.transformer_blocks.0.attn.to_k",
+            "lycoris_transformer_blocks_0_attn_to_k",
+            "lora_transformer_transformer_blocks_0_attn_to_k",
+            "transformer_blocks.0.attn.to_k",
+        ] {
+            assert_eq!(
+                m.get(name),
+                Some(&(qkv.clone(), rows(3072, 3072))),
+                "{name}"
+            );
+        }
+        let linear1 = "single_blocks.3.linear1.weight".to_owned();
+        assert_eq!(
+            m.get("transformer.single_transformer_blocks.3.proj_mlp"),
+            Some(&(linear1.clone(), rows(3 * 3072, 4 * 3072)))
+        );
+        assert_eq!(
+            m.get("diffusion_model.single_blocks.3.linear1_qkv"),
+            Some(&(linear1, rows(0, 3 * 3072)))
+        );
+        assert_eq!(
+            m.get("transformer.norm_out.linear"),
+            Some(&(
+                "final_layer.adaLN_modulation.1.weight".to_owned(),
+                Some(Part::SwappedHalves)
+            ))
+        );
+        assert_eq!(
+            m.get("transformer.transformer_blocks.0.attn.to_out.0"),
+            Some(&("double_blocks.0.img_attn.proj.weight".to_owned(), None))
+        );
+        // The model has no txt_attn weights and no block 1.
+        assert!(!m.contains_key("transformer.transformer_blocks.0.attn.add_q_proj"));
+        assert!(!m.contains_key("transformer.transformer_blocks.1.attn.to_q"));
+    }
 
     fn unet_keys(l: &Layout) -> Vec<String> {
         l.tensors()
