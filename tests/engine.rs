@@ -1906,153 +1906,65 @@ fn nan_and_infinity_in_inputs_are_reported_by_file_and_key() {
     assert_eq!(out[vae_key].f32s()[0], f32::INFINITY);
 }
 
-/// Flux LoRAs bake exactly in every naming ComfyUI maps: kohya on the checkpoint's own keys
-/// (`lora_unet_double_blocks_0_img_attn_qkv`), and diffusers names under `transformer.`,
-/// `lora_transformer_` or none, including the parts of fused weights — `to_q`/`to_k`/`to_v`
-/// and `proj_mlp` as row blocks of `qkv` and `linear1` (rows outside a block untouched),
-/// `linear1_qkv`, the final modulation with its halves swapped, and a DoRA on a row block.
-/// A name for a block the model does not have is reported.
-#[test]
-fn flux_loras_bake_in_kohya_and_diffusers_names() {
+/// (LoRA name, up/down suffixes, rank, patched key, first row, rows, halves swapped)
+type PartCase<'a> = (
+    &'a str,
+    (&'a str, &'a str),
+    usize,
+    &'a str,
+    usize,
+    usize,
+    bool,
+);
+const KOHYA: (&str, &str) = (".lora_up.weight", ".lora_down.weight");
+const PEFT: (&str, &str) = (".lora_B.weight", ".lora_A.weight");
+
+/// Writes a checkpoint of `weights` (plus `extra` tensors, for detection) detected as `arch`, and
+/// a LoRA with one `[rows, rank] @ [rank, inner]` pair per case (the first with alpha 1, a DoRA
+/// `dora_scale` on `dora`'s rows, and a pair under the name `unknown`); bakes it at strength 0.8
+/// and checks every weight against the reference: each case adds `f32(0.8 · scale) · delta` to its
+/// rows only (the delta's halves exchanged when swapped), and only `unknown` is reported.
+fn check_part_loras(
+    arch: &str,
+    weights: &[(&str, Vec<usize>)],
+    extra: &[(&str, Vec<usize>)],
+    cases: &[PartCase],
+    dora: Option<&str>,
+    unknown: &str,
+) -> (Base, HashMap<String, RefTensor>, HashMap<String, RefTensor>) {
     let base = Base::new();
     let ck = base.path().join("models/checkpoints");
     std::fs::create_dir_all(&ck).expect("mkdir");
     let f16 = DType::F16;
-    let h = 8; // hidden size of this tiny Flux
     let p = "model.diffusion_model.";
-    let weights: Vec<(&str, Vec<usize>)> = vec![
-        ("img_in.weight", vec![h, 16]),
-        ("double_blocks.0.img_attn.qkv.weight", vec![3 * h, h]),
-        ("double_blocks.0.txt_attn.qkv.weight", vec![3 * h, h]),
-        ("double_blocks.0.img_attn.proj.weight", vec![h, h]),
-        ("single_blocks.0.linear1.weight", vec![7 * h, h]),
-        ("single_blocks.1.linear1.weight", vec![7 * h, h]),
-        ("single_blocks.2.linear1.weight", vec![7 * h, h]),
-        ("final_layer.adaLN_modulation.1.weight", vec![2 * h, h]),
-    ];
-    let mut specs: Vec<TensorSpec> = weights
+    let specs: Vec<TensorSpec> = weights
         .iter()
+        .chain(extra)
         .map(|(k, shape)| spec(&format!("{p}{k}"), f16, shape))
         .collect();
-    specs.push(spec(
-        &format!("{p}double_blocks.0.img_attn.norm.key_norm.scale"),
-        f16,
-        &[h],
-    ));
     let a = ck.join("a.safetensors");
     write_safetensors(&a, &specs, 160, &HashMap::new(), &[]);
-    assert_eq!(inspect_json(&a)["architecture"], "flux");
-
-    // (LoRA name, up/down suffixes, rank, patched key, first row, rows, halves swapped)
-    let kohya = (".lora_up.weight", ".lora_down.weight");
-    let peft = (".lora_B.weight", ".lora_A.weight");
-    type Case<'a> = (
-        &'a str,
-        (&'a str, &'a str),
-        usize,
-        &'a str,
-        usize,
-        usize,
-        bool,
-    );
-    let cases: Vec<Case> = vec![
-        (
-            "lora_unet_double_blocks_0_img_attn_qkv",
-            kohya,
-            2,
-            "double_blocks.0.img_attn.qkv.weight",
-            0,
-            3 * h,
-            false,
-        ),
-        (
-            "transformer.transformer_blocks.0.attn.add_k_proj",
-            peft,
-            2,
-            "double_blocks.0.txt_attn.qkv.weight",
-            h,
-            h,
-            false,
-        ),
-        (
-            "transformer.transformer_blocks.0.attn.to_out.0",
-            peft,
-            3,
-            "double_blocks.0.img_attn.proj.weight",
-            0,
-            h,
-            false,
-        ),
-        (
-            "transformer.single_transformer_blocks.0.attn.to_q",
-            peft,
-            2,
-            "single_blocks.0.linear1.weight",
-            0,
-            h,
-            false,
-        ),
-        (
-            "transformer.single_transformer_blocks.0.attn.to_v",
-            peft,
-            2,
-            "single_blocks.0.linear1.weight",
-            2 * h,
-            h,
-            false,
-        ),
-        (
-            "transformer.single_transformer_blocks.0.proj_mlp",
-            peft,
-            4,
-            "single_blocks.0.linear1.weight",
-            3 * h,
-            4 * h,
-            false,
-        ),
-        (
-            "lora_transformer_single_transformer_blocks_1_attn_to_k",
-            kohya,
-            2,
-            "single_blocks.1.linear1.weight",
-            h,
-            h,
-            false,
-        ),
-        (
-            "diffusion_model.single_blocks.2.linear1_qkv",
-            kohya,
-            2,
-            "single_blocks.2.linear1.weight",
-            0,
-            3 * h,
-            false,
-        ),
-        (
-            "norm_out.linear",
-            peft,
-            2,
-            "final_layer.adaLN_modulation.1.weight",
-            0,
-            2 * h,
-            true,
-        ),
-    ];
-    let dora = "lora_transformer_single_transformer_blocks_1_attn_to_k";
-    let unknown = "transformer.transformer_blocks.5.attn.to_q";
+    assert_eq!(inspect_json(&a)["architecture"], arch);
+    let inner_of = |key: &str| {
+        let (_, shape) = weights.iter().find(|(k, _)| *k == key).expect("case key");
+        shape[1..].iter().product::<usize>()
+    };
     let mut lora_specs = Vec::new();
-    for (name, (up, down), rank, _, _, rows, _) in &cases {
+    for (name, (up, down), rank, key, _, rows, _) in cases {
         lora_specs.push(spec(&format!("{name}{up}"), f16, &[*rows, *rank]));
-        lora_specs.push(spec(&format!("{name}{down}"), f16, &[*rank, h]));
+        lora_specs.push(spec(&format!("{name}{down}"), f16, &[*rank, inner_of(key)]));
     }
-    lora_specs.push(spec(&format!("{dora}.dora_scale"), f16, &[h, 1]));
-    lora_specs.push(spec(&format!("{unknown}.lora_A.weight"), f16, &[2, h]));
-    lora_specs.push(spec(&format!("{unknown}.lora_B.weight"), f16, &[h, 2]));
+    if let Some(d) = dora {
+        let rows = cases.iter().find(|c| c.0 == d).expect("dora case").5;
+        lora_specs.push(spec(&format!("{d}.dora_scale"), f16, &[rows, 1]));
+    }
+    lora_specs.push(spec(&format!("{unknown}.lora_A.weight"), f16, &[2, 8]));
+    lora_specs.push(spec(&format!("{unknown}.lora_B.weight"), f16, &[8, 2]));
     lora_specs.push(spec(&format!("{}.alpha", cases[0].0), DType::F32, &[]));
     let strength = 0.8;
     let alpha = (format!("{}.alpha", cases[0].0), 1.0f32);
     let (path, files, warnings) =
-        bake_model_only_lora(&base, "flux", &lora_specs, 161, alpha, strength);
+        bake_model_only_lora(&base, "parts", &lora_specs, 161, alpha, strength);
     let out = base.read(&files[0].path);
     let (ta, tl) = (base.read(&a), base.read(&path));
     let f = |n: &str| f32s(&tl[n]);
@@ -2060,17 +1972,18 @@ fn flux_loras_bake_in_kohya_and_diffusers_names() {
         .iter()
         .map(|(k, _)| (*k, f32s(&ta[&format!("{p}{k}")])))
         .collect();
-    for (name, (up, down), rank, key, start, rows, swapped) in &cases {
+    for (name, (up, down), rank, key, start, rows, swapped) in cases {
+        let inner = inner_of(key);
         let delta = seq_matmul(
             &f(&format!("{name}{up}")),
             &f(&format!("{name}{down}")),
             *rows,
             *rank,
-            h,
+            inner,
         );
         // The delta's rows in the weight's order: swapped halves put the second half first.
         let delta: Vec<f32> = if *swapped {
-            let half = rows / 2 * h;
+            let half = rows / 2 * inner;
             delta[half..]
                 .iter()
                 .chain(&delta[..half])
@@ -2079,12 +1992,16 @@ fn flux_loras_bake_in_kohya_and_diffusers_names() {
         } else {
             delta
         };
-        let scale = if *name == cases[0].0 { 1.0 / 2.0 } else { 1.0 };
+        let scale = if *name == cases[0].0 {
+            1.0 / *rank as f64
+        } else {
+            1.0
+        };
         let w = expected.get_mut(key).expect("weight");
-        let part = &mut w[start * h..(start + rows) * h];
-        if *name == dora {
-            let shape = [*rows, h];
-            let ds = f(&format!("{dora}.dora_scale"));
+        let part = &mut w[start * inner..(start + rows) * inner];
+        if Some(*name) == dora {
+            let shape = [*rows, inner];
+            let ds = f(&format!("{name}.dora_scale"));
             let decomposed = dora_reference(part, &delta, scale, &ds, &shape, true, strength);
             part.copy_from_slice(&decomposed);
         } else {
@@ -2098,15 +2015,6 @@ fn flux_loras_bake_in_kohya_and_diffusers_names() {
             .unwrap_or_else(|| panic!("{key} not saved"));
         assert!(out[out_key].bytes == to_bytes(w, "F16"), "{key} differs");
     }
-    // The rows no LoRA names keep their stored bytes: to_k of single block 0 (rows h..2h).
-    let l0 = out
-        .keys()
-        .find(|k| k.ends_with("single_blocks.0.linear1.weight"))
-        .expect("linear1");
-    assert_eq!(
-        out[l0].bytes[h * h * 2..2 * h * h * 2],
-        ta[&format!("{p}single_blocks.0.linear1.weight")].bytes[h * h * 2..2 * h * h * 2]
-    );
     let not_loaded: Vec<&Warning> = warnings
         .iter()
         .filter(|w| w.message.contains("lora key not loaded"))
@@ -2114,4 +2022,204 @@ fn flux_loras_bake_in_kohya_and_diffusers_names() {
     assert_eq!(not_loaded.len(), 1, "{warnings:?}");
     assert!(not_loaded[0].message.contains("2 of"), "{warnings:?}");
     assert!(not_loaded[0].message.contains(unknown), "{warnings:?}");
+    (base, ta, out)
+}
+
+/// Flux LoRAs bake exactly in every naming ComfyUI maps: kohya on the checkpoint's own keys
+/// (`lora_unet_double_blocks_0_img_attn_qkv`), and diffusers names under `transformer.`,
+/// `lora_transformer_` or none, including the parts of fused weights — `to_q`/`to_k`/`to_v`
+/// and `proj_mlp` as row blocks of `qkv` and `linear1` (rows outside a block keep their bytes),
+/// `linear1_qkv`, the final modulation with its halves swapped, and a DoRA on a row block.
+/// A name for a block the model does not have is reported.
+#[test]
+fn flux_loras_bake_in_kohya_and_diffusers_names() {
+    let h = 8; // hidden size of this tiny Flux
+    let weights: Vec<(&str, Vec<usize>)> = vec![
+        ("img_in.weight", vec![h, 16]),
+        ("double_blocks.0.img_attn.qkv.weight", vec![3 * h, h]),
+        ("double_blocks.0.txt_attn.qkv.weight", vec![3 * h, h]),
+        ("double_blocks.0.img_attn.proj.weight", vec![h, h]),
+        ("single_blocks.0.linear1.weight", vec![7 * h, h]),
+        ("single_blocks.1.linear1.weight", vec![7 * h, h]),
+        ("single_blocks.2.linear1.weight", vec![7 * h, h]),
+        ("final_layer.adaLN_modulation.1.weight", vec![2 * h, h]),
+    ];
+    let extra = [("double_blocks.0.img_attn.norm.key_norm.scale", vec![h])];
+    let cases: Vec<PartCase> = vec![
+        (
+            "lora_unet_double_blocks_0_img_attn_qkv",
+            KOHYA,
+            2,
+            "double_blocks.0.img_attn.qkv.weight",
+            0,
+            3 * h,
+            false,
+        ),
+        (
+            "transformer.transformer_blocks.0.attn.add_k_proj",
+            PEFT,
+            2,
+            "double_blocks.0.txt_attn.qkv.weight",
+            h,
+            h,
+            false,
+        ),
+        (
+            "transformer.transformer_blocks.0.attn.to_out.0",
+            PEFT,
+            3,
+            "double_blocks.0.img_attn.proj.weight",
+            0,
+            h,
+            false,
+        ),
+        (
+            "transformer.single_transformer_blocks.0.attn.to_q",
+            PEFT,
+            2,
+            "single_blocks.0.linear1.weight",
+            0,
+            h,
+            false,
+        ),
+        (
+            "transformer.single_transformer_blocks.0.attn.to_v",
+            PEFT,
+            2,
+            "single_blocks.0.linear1.weight",
+            2 * h,
+            h,
+            false,
+        ),
+        (
+            "transformer.single_transformer_blocks.0.proj_mlp",
+            PEFT,
+            4,
+            "single_blocks.0.linear1.weight",
+            3 * h,
+            4 * h,
+            false,
+        ),
+        (
+            "lora_transformer_single_transformer_blocks_1_attn_to_k",
+            KOHYA,
+            2,
+            "single_blocks.1.linear1.weight",
+            h,
+            h,
+            false,
+        ),
+        (
+            "diffusion_model.single_blocks.2.linear1_qkv",
+            KOHYA,
+            2,
+            "single_blocks.2.linear1.weight",
+            0,
+            3 * h,
+            false,
+        ),
+        (
+            "norm_out.linear",
+            PEFT,
+            2,
+            "final_layer.adaLN_modulation.1.weight",
+            0,
+            2 * h,
+            true,
+        ),
+    ];
+    let (_base, ta, out) = check_part_loras(
+        "flux",
+        &weights,
+        &extra,
+        &cases,
+        Some("lora_transformer_single_transformer_blocks_1_attn_to_k"),
+        "transformer.transformer_blocks.5.attn.to_q",
+    );
+    // The rows no LoRA names keep their stored bytes: to_k of single block 0 (rows h..2h).
+    let key = "single_blocks.0.linear1.weight";
+    let l0 = out.keys().find(|k| k.ends_with(key)).expect("linear1");
+    let stored = &ta[&format!("model.diffusion_model.{key}")];
+    assert_eq!(
+        out[l0].bytes[h * h * 2..2 * h * h * 2],
+        stored.bytes[h * h * 2..2 * h * h * 2]
+    );
+}
+
+/// SD3 LoRAs in diffusers form, under `transformer.`, `base_model.model.`, `lora_transformer_`
+/// and `lycoris_`: q/k/v of the image and context streams as row blocks of each joint block's
+/// fused qkv, whole projections, and the final and last-block context modulations with their
+/// halves swapped, as ComfyUI's `mmdit_to_diffusers` maps them.
+#[test]
+fn sd3_loras_bake_in_diffusers_names() {
+    let h = 64; // SD3's width is 64 × depth; one block here
+    let weights: Vec<(&str, Vec<usize>)> = vec![
+        ("joint_blocks.0.x_block.attn.qkv.weight", vec![3 * h, h]),
+        (
+            "joint_blocks.0.context_block.attn.qkv.weight",
+            vec![3 * h, h],
+        ),
+        ("joint_blocks.0.x_block.attn.proj.weight", vec![h, h]),
+        (
+            "joint_blocks.0.context_block.adaLN_modulation.1.weight",
+            vec![2 * h, h],
+        ),
+        ("final_layer.adaLN_modulation.1.weight", vec![2 * h, h]),
+    ];
+    let extra = [("x_embedder.proj.weight", vec![h, 16, 2, 2])];
+    let cases: Vec<PartCase> = vec![
+        (
+            "transformer.transformer_blocks.0.attn.to_v",
+            PEFT,
+            2,
+            "joint_blocks.0.x_block.attn.qkv.weight",
+            2 * h,
+            h,
+            false,
+        ),
+        (
+            "base_model.model.transformer_blocks.0.attn.add_q_proj",
+            PEFT,
+            2,
+            "joint_blocks.0.context_block.attn.qkv.weight",
+            0,
+            h,
+            false,
+        ),
+        (
+            "lora_transformer_transformer_blocks_0_attn_to_out_0",
+            KOHYA,
+            3,
+            "joint_blocks.0.x_block.attn.proj.weight",
+            0,
+            h,
+            false,
+        ),
+        (
+            "lycoris_transformer_blocks_0_norm1_context_linear",
+            KOHYA,
+            2,
+            "joint_blocks.0.context_block.adaLN_modulation.1.weight",
+            0,
+            2 * h,
+            true,
+        ),
+        (
+            "transformer.norm_out.linear",
+            PEFT,
+            2,
+            "final_layer.adaLN_modulation.1.weight",
+            0,
+            2 * h,
+            true,
+        ),
+    ];
+    check_part_loras(
+        "sd3",
+        &weights,
+        &extra,
+        &cases,
+        None,
+        "transformer.single_transformer_blocks.0.attn.to_q",
+    );
 }

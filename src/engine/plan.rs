@@ -758,19 +758,26 @@ impl Planner<'_> {
             .as_ref()
             .map(|c| self.sources[c.source].keys(Component::Clip).to_vec())
             .unwrap_or_default();
-        let parts = if arch == Architecture::Flux {
-            // The model width: rows of the image input projection.
-            let hidden = self.sources[model.source]
-                .get(Component::Model, "img_in.weight")
+        // Transformer models' diffusers names, some of them parts of fused weights; the model
+        // width is the rows of the image input projection.
+        let rows_of = |key: &str| {
+            self.sources[model.source]
+                .get(Component::Model, key)
                 .and_then(|r| r.shape.first().copied())
-                .unwrap_or(0);
-            crate::model::lora::flux_diffusers_map(&unet_keys, hidden)
-                .into_iter()
-                .map(|(name, (key, part))| (name, (format!("diffusion_model.{key}"), part)))
-                .collect()
-        } else {
-            HashMap::new()
+                .unwrap_or(0)
         };
+        let parts = match arch {
+            Architecture::Flux => {
+                crate::model::lora::flux_diffusers_map(&unet_keys, rows_of("img_in.weight"))
+            }
+            Architecture::Sd3 => {
+                crate::model::lora::sd3_diffusers_map(&unet_keys, rows_of("x_embedder.proj.weight"))
+            }
+            _ => HashMap::new(),
+        }
+        .into_iter()
+        .map(|(name, (key, part))| (name, (format!("diffusion_model.{key}"), part)))
+        .collect();
         let map = LoraTargets {
             whole: crate::model::lora::key_map(&unet_keys, &clip_keys, levels),
             parts,

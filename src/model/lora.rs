@@ -323,21 +323,13 @@ pub fn flux_diffusers_map(
         "final_layer.adaLN_modulation.1.weight".to_owned(),
         Some(Part::SwappedHalves),
     ));
-    let present: std::collections::HashSet<&str> = unet_keys.iter().map(String::as_str).collect();
-    let mut map = HashMap::new();
-    for (name, key, part) in entries {
-        if present.contains(key.as_str()) {
-            map.insert(name, (key, part));
-        }
-    }
-    // Every diffusers name is also accepted under three trainers' prefixes.
-    let names: Vec<(String, (String, Option<Part>))> = map.drain().collect();
-    for (name, target) in names {
-        map.insert(format!("transformer.{name}"), target.clone());
-        map.insert(kohya("lycoris_", &name), target.clone());
-        map.insert(kohya("lora_transformer_", &name), target.clone());
-        map.insert(name, target);
-    }
+    // Every diffusers name is accepted bare and under three trainers' prefixes.
+    let mut map = with_prefixes(
+        entries,
+        unet_keys,
+        &["", "transformer."],
+        &["lycoris_", "lora_transformer_"],
+    );
     // `single_blocks.N.linear1_qkv`: q, k and v of linear1 as one block of rows.
     for k in unet_keys {
         if let Some(stem) = k.strip_suffix(".linear1.weight") {
@@ -348,6 +340,132 @@ pub fn flux_diffusers_map(
         }
     }
     map
+}
+
+/// The names of `entries` (diffusers name, key, part) whose key the model has, under each
+/// dotted prefix and each kohya-style (`.` → `_`) prefix.
+fn with_prefixes(
+    entries: Vec<(String, String, Option<Part>)>,
+    unet_keys: &[String],
+    dotted: &[&str],
+    underscored: &[&str],
+) -> HashMap<String, (String, Option<Part>)> {
+    let present: std::collections::HashSet<&str> = unet_keys.iter().map(String::as_str).collect();
+    let mut map = HashMap::new();
+    // Later entries win, as in ComfyUI's table (SD3's last-block override).
+    for (name, key, part) in entries {
+        if !present.contains(key.as_str()) {
+            continue;
+        }
+        for p in dotted {
+            map.insert(format!("{p}{name}"), (key.clone(), part));
+        }
+        for p in underscored {
+            map.insert(kohya(p, &name), (key.clone(), part));
+        }
+    }
+    map
+}
+
+/// SD3 LoRA names in diffusers form (`transformer.transformer_blocks.0.attn.to_q`, and under
+/// `base_model.model.`, `lora_transformer_` or `lycoris_`) → the checkpoint key and part, the
+/// table of ComfyUI's `mmdit_to_diffusers`: q, k and v are row blocks of each joint block's
+/// fused `qkv` weights; the final modulation and the last block's context modulation have their
+/// halves swapped. `hidden` is the model width (64 × depth).
+pub fn sd3_diffusers_map(
+    unet_keys: &[String],
+    hidden: usize,
+) -> HashMap<String, (String, Option<Part>)> {
+    let mut blocks: Vec<usize> = unet_keys
+        .iter()
+        .filter_map(|k| {
+            k.strip_prefix("joint_blocks.")?
+                .split('.')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    blocks.sort_unstable();
+    blocks.dedup();
+    let mut entries: Vec<(String, String, Option<Part>)> = Vec::new();
+    for i in blocks {
+        let (d, l) = (
+            format!("transformer_blocks.{i}"),
+            format!("joint_blocks.{i}"),
+        );
+        for (j, (x, context)) in [
+            ("to_q", "add_q_proj"),
+            ("to_k", "add_k_proj"),
+            ("to_v", "add_v_proj"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let part = Some(Part::Rows {
+                start: j * hidden,
+                rows: hidden,
+            });
+            entries.push((
+                format!("{d}.attn.{x}"),
+                format!("{l}.x_block.attn.qkv.weight"),
+                part,
+            ));
+            entries.push((
+                format!("{d}.attn.{context}"),
+                format!("{l}.context_block.attn.qkv.weight"),
+                part,
+            ));
+        }
+        for (from, to) in [
+            ("norm1_context.linear", "context_block.adaLN_modulation.1"),
+            ("attn.to_add_out", "context_block.attn.proj"),
+            ("ff_context.net.0.proj", "context_block.mlp.fc1"),
+            ("ff_context.net.2", "context_block.mlp.fc2"),
+            ("norm1.linear", "x_block.adaLN_modulation.1"),
+            ("attn.to_out.0", "x_block.attn.proj"),
+            ("ff.net.0.proj", "x_block.mlp.fc1"),
+            ("ff.net.2", "x_block.mlp.fc2"),
+        ] {
+            entries.push((format!("{d}.{from}"), format!("{l}.{to}.weight"), None));
+        }
+    }
+    for (from, to) in [
+        ("context_embedder", "context_embedder"),
+        (
+            "time_text_embed.timestep_embedder.linear_1",
+            "t_embedder.mlp.0",
+        ),
+        (
+            "time_text_embed.timestep_embedder.linear_2",
+            "t_embedder.mlp.2",
+        ),
+        ("pos_embed.proj", "x_embedder.proj"),
+        ("time_text_embed.text_embedder.linear_1", "y_embedder.mlp.0"),
+        ("time_text_embed.text_embedder.linear_2", "y_embedder.mlp.2"),
+        ("proj_out", "final_layer.linear"),
+    ] {
+        entries.push((from.to_owned(), format!("{to}.weight"), None));
+    }
+    entries.push((
+        "norm_out.linear".to_owned(),
+        "final_layer.adaLN_modulation.1.weight".to_owned(),
+        Some(Part::SwappedHalves),
+    ));
+    // The last block (by depth) has only the context modulation, stored shift-first too.
+    if let Some(last) = (hidden / 64).checked_sub(1) {
+        entries.push((
+            format!("transformer_blocks.{last}.norm1_context.linear"),
+            format!("joint_blocks.{last}.context_block.adaLN_modulation.1.weight"),
+            Some(Part::SwappedHalves),
+        ));
+    }
+    with_prefixes(
+        entries,
+        unet_keys,
+        &["transformer.", "base_model.model."],
+        &["lora_transformer_", "lycoris_"],
+    )
 }
 
 /// `up @ down` for `up: [out, rank]` and `down: [rank, inner]` (row-major f32), summing over the
