@@ -1294,8 +1294,8 @@ fn sample_lora_and_vae_bake_into_a_sample_checkpoint() {
 }
 
 /// LoHa (`(w1a @ w1b) ⊙ (w2a @ w2b)`, scale alpha / rank), full differences (`diff` on a
-/// weight, `diff_b` on its bias) and LoCon's Tucker core are baked exactly; a Tucker LoHa is
-/// refused by name.
+/// weight, `diff_b` on its bias) and LoCon's Tucker core are baked exactly; a LoHa with half a
+/// Tucker pair is refused by key.
 #[test]
 fn loha_and_full_differences_are_exact() {
     let base = Base::new();
@@ -1398,11 +1398,13 @@ fn loha_and_full_differences_are_exact() {
         out[key].bytes == to_bytes(&w, "F16"),
         "LoCon with lora_mid differs"
     );
-    // The Tucker LoHa is refused, and its key left as it was.
+    // A LoHa with only one of its two Tucker cores is refused, and its key left as it was.
     let tk = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_k.weight";
     assert_eq!(out[tk].bytes, ta[tk].bytes);
     assert!(
-        warnings.iter().any(|w| w.message.contains("Tucker")),
+        warnings
+            .iter()
+            .any(|w| w.message.contains("ERROR lora") && w.message.contains("attn1_to_k")),
         "{warnings:?}"
     );
 }
@@ -1718,6 +1720,141 @@ fn dora_norms_span_chunks() {
     }
 }
 
+/// kron of w1 `[p, q]` and w2 `[r, s, hw]` into `[p·r, q·s, hw]`, by nested loops.
+fn kron_ref(
+    w1: &[f32],
+    (p, q): (usize, usize),
+    w2: &[f32],
+    (r, s, hw): (usize, usize, usize),
+) -> Vec<f32> {
+    let mut o = vec![0.0f32; p * q * r * s * hw];
+    for i1 in 0..p {
+        for j1 in 0..q {
+            for i2 in 0..r {
+                for j2 in 0..s {
+                    for x in 0..hw {
+                        o[((i1 * r + i2) * (q * s) + (j1 * s + j2)) * hw + x] =
+                            w1[i1 * q + j1] * w2[(i2 * s + j2) * hw + x];
+                    }
+                }
+            }
+        }
+    }
+    o
+}
+
+/// `einsum("i j x, j r, i p -> p r x", t, b, a)` for `t: [rank, rank, hw]`, `b: [rank, cols]`,
+/// `a: [rank, rows]`, contracted as torch does without opt_einsum — left to right, `j` first,
+/// then `i` — each sum sequential in f32.
+fn tucker_einsum(
+    t: &[f32],
+    b: &[f32],
+    a: &[f32],
+    rank: usize,
+    rows: usize,
+    cols: usize,
+    hw: usize,
+) -> Vec<f32> {
+    let mut temp = vec![0.0f32; rank * cols * hw];
+    for i in 0..rank {
+        for r in 0..cols {
+            for x in 0..hw {
+                let mut acc = 0.0f32;
+                for j in 0..rank {
+                    acc += t[(i * rank + j) * hw + x] * b[j * cols + r];
+                }
+                temp[(i * cols + r) * hw + x] = acc;
+            }
+        }
+    }
+    let mut o = vec![0.0f32; rows * cols * hw];
+    for p in 0..rows {
+        for rx in 0..cols * hw {
+            let mut acc = 0.0f32;
+            for i in 0..rank {
+                acc += temp[i * cols * hw + rx] * a[i * rows + p];
+            }
+            o[p * cols * hw + rx] = acc;
+        }
+    }
+    o
+}
+
+/// Tucker (CP) LoHa and LoKr on 3×3 convs — `hada_t1`/`hada_t2` and `lokr_t2` cores with their up
+/// factors stored `[rank, out]` — bake as ComfyUI's einsums, contracted left to right.
+#[test]
+fn tucker_loha_and_lokr_are_exact() {
+    let base = Base::new();
+    let sd = Layout::sd15(Scale::Sample);
+    let a = base.checkpoint("a.safetensors", &sd, 190);
+    let f16 = DType::F16;
+    let loha = "lora_unet_down_blocks_1_resnets_0_conv1";
+    let lokr = "lora_unet_down_blocks_0_resnets_0_conv1";
+    // f32 factors and ranks of 5–6, so that the order of the sums shows in the bits.
+    let f32t = DType::F32;
+    let specs = vec![
+        spec(&format!("{loha}.hada_w1_a"), f32t, &[6, 32]),
+        spec(&format!("{loha}.hada_w1_b"), f32t, &[6, 16]),
+        spec(&format!("{loha}.hada_t1"), f32t, &[6, 6, 3, 3]),
+        spec(&format!("{loha}.hada_w2_a"), f16, &[5, 32]),
+        spec(&format!("{loha}.hada_w2_b"), f32t, &[5, 16]),
+        spec(&format!("{loha}.hada_t2"), f32t, &[5, 5, 3, 3]),
+        spec(&format!("{loha}.alpha"), DType::F32, &[]),
+        spec(&format!("{lokr}.lokr_w1"), f16, &[4, 4]),
+        spec(&format!("{lokr}.lokr_w2_a"), f32t, &[5, 4]),
+        spec(&format!("{lokr}.lokr_w2_b"), f32t, &[5, 4]),
+        spec(&format!("{lokr}.lokr_t2"), f32t, &[5, 5, 3, 3]),
+    ];
+    let strength = 0.6;
+    let alpha = (format!("{loha}.alpha"), 1.5f32);
+    // Written as f32, so that the last bits of the delta show.
+    let (path, files, warnings) = bake_model_only_lora_at(
+        &base,
+        "tucker",
+        &specs,
+        191,
+        alpha,
+        strength,
+        Precision::Fp32,
+    );
+    assert!(
+        !warnings
+            .iter()
+            .any(|w| w.message.contains("not loaded") || w.message.contains("not applied")),
+        "{warnings:?}"
+    );
+    let out = base.read(&files[0].path);
+    let (ta, tl) = (base.read(&a), base.read(&path));
+    let f = |n: &str| f32s(&tl[n]);
+    // Each Tucker product from its core, down and up factor names under `base`.
+    let m = |base: &str, [t, b, a]: [&str; 3], rank, rows, cols| {
+        let g = |s: &str| f(&format!("{base}.{s}"));
+        tucker_einsum(&g(t), &g(b), &g(a), rank, rows, cols, 9)
+    };
+    let m1 = m(loha, ["hada_t1", "hada_w1_b", "hada_w1_a"], 6, 32, 16);
+    let m2 = m(loha, ["hada_t2", "hada_w2_b", "hada_w2_a"], 5, 32, 16);
+    let loha_delta: Vec<f32> = m1.iter().zip(&m2).map(|(x, y)| x * y).collect();
+    let w2 = m(lokr, ["lokr_t2", "lokr_w2_b", "lokr_w2_a"], 5, 4, 4);
+    let lokr_delta = kron_ref(&f(&format!("{lokr}.lokr_w1")), (4, 4), &w2, (4, 4, 9));
+    for (key, delta, scale) in [
+        (
+            "model.diffusion_model.input_blocks.4.0.in_layers.2.weight",
+            loha_delta,
+            1.5 / 6.0,
+        ),
+        // No alpha on the LoKr: scale 1.
+        (
+            "model.diffusion_model.input_blocks.1.0.in_layers.2.weight",
+            lokr_delta,
+            1.0,
+        ),
+    ] {
+        let mut w = f32s(&ta[key]);
+        patch(&mut w, 1.0, strength * scale, Some(&delta));
+        assert!(out[key].bytes == to_bytes(&w, "F32"), "{key} differs");
+    }
+}
+
 /// LoKr deltas `kron(w1, w2)` — whole or factored factors, 2-D and 3×3-conv weights, scale
 /// alpha / factored rank — are baked exactly.
 #[test]
@@ -1749,27 +1886,7 @@ fn lokr_is_exact() {
     let out = base.read(&files[0].path);
     let (ta, tl) = (base.read(&a), base.read(&path));
     let f = |n: &str| f32s(&tl[n]);
-    // kron of w1 [p, q] and w2 [r, s, hw] into [p·r, q·s, hw], by nested loops.
-    let kron = |w1: &[f32],
-                (p, q): (usize, usize),
-                w2: &[f32],
-                (r, s, hw): (usize, usize, usize)|
-     -> Vec<f32> {
-        let mut o = vec![0.0f32; p * q * r * s * hw];
-        for i1 in 0..p {
-            for j1 in 0..q {
-                for i2 in 0..r {
-                    for j2 in 0..s {
-                        for x in 0..hw {
-                            o[((i1 * r + i2) * (q * s) + (j1 * s + j2)) * hw + x] =
-                                w1[i1 * q + j1] * w2[(i2 * s + j2) * hw + x];
-                        }
-                    }
-                }
-            }
-        }
-        o
-    };
+    let kron = kron_ref;
     let cases = [
         (
             "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_v.weight",
@@ -1818,8 +1935,21 @@ fn bake_model_only_lora(
     name: &str,
     specs: &[TensorSpec],
     seed: u64,
+    alpha: (String, f32),
+    strength: f64,
+) -> (PathBuf, Vec<SavedFile>, Vec<Warning>) {
+    bake_model_only_lora_at(base, name, specs, seed, alpha, strength, Precision::Keep)
+}
+
+/// [`bake_model_only_lora`] with an output precision.
+fn bake_model_only_lora_at(
+    base: &Base,
+    name: &str,
+    specs: &[TensorSpec],
+    seed: u64,
     (alpha_key, alpha): (String, f32),
     strength: f64,
+    precision: Precision,
 ) -> (PathBuf, Vec<SavedFile>, Vec<Warning>) {
     let loras = base.path().join("models/loras");
     std::fs::create_dir_all(&loras).expect("mkdir");
@@ -1837,7 +1967,7 @@ fn bake_model_only_lora(
         "2": {"class_type": "LoraLoaderModelOnly", "inputs": {"lora_name": file, "strength_model": strength, "model": ["1", 0]}},
         "3": {"class_type": "ModelSave", "inputs": {"filename_prefix": name, "model": ["2", 0]}},
     });
-    let (files, warnings, _) = run_api(base, &prompt, Precision::Keep, &mut RunCache::default());
+    let (files, warnings, _) = run_api(base, &prompt, precision, &mut RunCache::default());
     (path, files, warnings)
 }
 

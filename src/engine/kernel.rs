@@ -164,7 +164,32 @@ fn materialize(
             crate::model::lora::lora_delta(&av, &bv, *rank, cols, 0..rows, dst);
             Ok(())
         }
+        Factor::Tucker { a, b, t, rank, khw } => {
+            // torch's einsum contracts left to right: t with b over j, then with a over i.
+            let (mut av, mut bv, mut tv) = (Vec::new(), Vec::new(), Vec::new());
+            read_whole(a, sources, raw, &mut av, non_finite)?;
+            read_whole(b, sources, raw, &mut bv, non_finite)?;
+            read_whole(t, sources, raw, &mut tv, non_finite)?;
+            let (c, d) = (a.numel / rank, b.numel / rank);
+            let core = tucker_down(&bv, &tv, *rank, d, *khw);
+            let up = transpose(&av, *rank, c);
+            dst.clear();
+            dst.resize(c * d * khw, 0.0);
+            crate::model::lora::lora_delta(&up, &core, *rank, d * khw, 0..c, dst);
+            Ok(())
+        }
     }
+}
+
+/// A row-major `[rows, cols]` matrix as `[cols, rows]`.
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; m.len()];
+    for (r, row) in m.chunks_exact(cols).enumerate().take(rows) {
+        for (c, &v) in row.iter().enumerate() {
+            out[c * rows + r] = v;
+        }
+    }
+    out
 }
 
 /// Reads elements `start .. start + n` of a leaf into `raw` with one positioned read.
@@ -392,7 +417,8 @@ fn lora_tile(t: &LoraTerm, f: &[Vec<f32>; 4], first: usize, out: &mut [f32]) {
     }
 }
 
-/// LoCon's Tucker down factor, as ComfyUI forms it before the up product:
+/// A Tucker down factor, as ComfyUI forms it before the up product (LoCon's `lora_mid`, and the
+/// first contraction of a Tucker LoHa's or LoKr's einsum, which torch does left to right):
 /// `d'[a, i, x] = Σ_b down[b, i] · mid[a, b, x]` (`down` is `[rank, in]`, `mid` is
 /// `[rank, rank, kh·kw]`), each sum sequential in f32 over `b`.
 fn tucker_down(down: &[f32], mid: &[f32], rank: usize, in_channels: usize, khw: usize) -> Vec<f32> {
@@ -495,6 +521,17 @@ pub fn produce(
                             let mut m = Vec::new();
                             read_whole(mid, sources, &mut raw, &mut m, &mut non_finite)?;
                             bufs[1] = tucker_down(&bufs[1], &m, t.rank, *in_channels, *khw);
+                            if let (Some(mid2), Some((_, _, rank2))) = (&t.mid2, &t.hadamard) {
+                                read_whole(mid2, sources, &mut raw, &mut m, &mut non_finite)?;
+                                bufs[3] = tucker_down(&bufs[3], &m, *rank2, *in_channels, *khw);
+                            }
+                        }
+                        // A Tucker LoHa stores its up factors [rank, out].
+                        if t.up_transposed {
+                            bufs[0] = transpose(&bufs[0], t.rank, t.out);
+                            if let Some((_, _, rank2)) = &t.hadamard {
+                                bufs[2] = transpose(&bufs[2], *rank2, t.out);
+                            }
                         }
                     }
                     Factored::Kron(k) => {

@@ -182,11 +182,24 @@ pub enum Term {
     Kron(KronTerm),
 }
 
-/// A factor matrix of a LoKr: stored whole, or as the product of two stored factors.
+/// A factor matrix of a LoKr: stored whole, or as the product of two stored factors, or (the
+/// second factor of a conv LoKr) as a Tucker product `Σ_i a[i, c] · Σ_j t[i, j, x] · b[j, d]`
+/// with `a: [rank, c]`, `b: [rank, d]`, `t: [rank, rank, kh, kw]`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Factor {
     Full(Leaf),
-    Product { a: Leaf, b: Leaf, rank: usize },
+    Product {
+        a: Leaf,
+        b: Leaf,
+        rank: usize,
+    },
+    Tucker {
+        a: Leaf,
+        b: Leaf,
+        t: Leaf,
+        rank: usize,
+        khw: usize,
+    },
 }
 
 /// `kron(w1, w2)` for `w1: [a, b]` and `w2: [c, d]` or `[c, d, h, w]`; the weight is
@@ -212,9 +225,14 @@ pub struct LoraTerm {
     pub inner: usize,
     /// LoHa's `hada_w2_a`, `hada_w2_b` and their rank.
     pub hadamard: Option<(Leaf, Leaf, usize)>,
-    /// LoCon's Tucker core `lora_mid` `[rank, rank, kh, kw]`, with the down factor's input
-    /// channels and `kh·kw`: the down factor becomes `[rank, in, kh, kw]` first.
+    /// LoCon's Tucker core `lora_mid` `[rank, rank, kh, kw]` (or a Tucker LoHa's `hada_t1`), with
+    /// the down factor's input channels and `kh·kw`: the down factor becomes `[rank, in, kh, kw]`
+    /// first.
     pub mid: Option<(Leaf, usize, usize)>,
+    /// A Tucker LoHa's second core `hada_t2`, applied to the second pair's down factor alike.
+    pub mid2: Option<Leaf>,
+    /// The up factors are stored `[rank, out]` (a Tucker LoHa's `hada_w1_a`, `hada_w2_a`).
+    pub up_transposed: bool,
 }
 
 /// A lazily evaluated weight: a base tensor and the steps applied to it, in order.
@@ -939,6 +957,8 @@ impl Planner<'_> {
                     inner,
                     hadamard: None,
                     mid,
+                    mid2: None,
+                    up_transposed: false,
                 };
                 insert(
                     target,
@@ -960,42 +980,85 @@ impl Planner<'_> {
                 && let Some(target) = map.get(base)
             {
                 let part = |s: &str| file.get(&format!("{base}.{s}"));
-                if part("hada_t1").is_some() || part("hada_t2").is_some() {
-                    self.warn(id, Some(base.to_owned()), format!("lora {base}: LoHa with Tucker factors (hada_t1/t2) is not supported yet; not applied"));
-                    continue;
-                }
                 let (Some(w1b), Some(w2a), Some(w2b)) =
                     (part("hada_w1_b"), part("hada_w2_a"), part("hada_w2_b"))
                 else {
                     continue;
                 };
-                let (out, rank, inner) = (
-                    t.shape.first().copied().unwrap_or(0),
-                    w1b.shape.first().copied().unwrap_or(0),
-                    w1b.shape.iter().skip(1).product::<usize>(),
-                );
-                let rank2 = w2b.shape.first().copied().unwrap_or(0);
-                let consistent = [t, w1b, w2a, w2b].iter().all(|r| float(r))
-                    && t.numel() == out * rank
-                    && w2a.numel() == out * rank2
-                    && w2b.numel() == rank2 * inner;
-                if !consistent {
+                let floats = [t, w1b, w2a, w2b].iter().all(|r| float(r));
+                let term = match (part("hada_t1"), part("hada_t2")) {
+                    (None, None) => {
+                        let (out, rank, inner) = (
+                            t.shape.first().copied().unwrap_or(0),
+                            w1b.shape.first().copied().unwrap_or(0),
+                            w1b.shape.iter().skip(1).product::<usize>(),
+                        );
+                        let rank2 = w2b.shape.first().copied().unwrap_or(0);
+                        let consistent = floats
+                            && t.numel() == out * rank
+                            && w2a.numel() == out * rank2
+                            && w2b.numel() == rank2 * inner;
+                        consistent.then(|| LoraTerm {
+                            up: leaf(t),
+                            down: leaf(w1b),
+                            out,
+                            rank,
+                            inner,
+                            hadamard: Some((leaf(w2a), leaf(w2b), rank2)),
+                            mid: None,
+                            mid2: None,
+                            up_transposed: false,
+                        })
+                    }
+                    // CP/Tucker form: w1a [rank, out], w1b [rank, in], t1 [rank, rank, kh, kw],
+                    // and m1 = einsum("ijkl,jr,ip->prkl", t1, w1b, w1a); the same for m2.
+                    (Some(t1), Some(t2)) => {
+                        let dims =
+                            |a: &crate::format::TensorRecord,
+                             b: &crate::format::TensorRecord,
+                             c: &crate::format::TensorRecord| {
+                                match (&a.shape[..], &b.shape[..], &c.shape[..]) {
+                                    ([r, out], [r2, inn], [r3, r4, kh, kw])
+                                        if r == r2 && r == r3 && r == r4 =>
+                                    {
+                                        Some((*r, *out, *inn, kh * kw, [*kh, *kw]))
+                                    }
+                                    _ => None,
+                                }
+                            };
+                        match (dims(t, w1b, t1), dims(w2a, w2b, t2)) {
+                            (Some((rank, out, inn, khw, k1)), Some((rank2, out2, in2, _, k2)))
+                                if floats
+                                    && float(t1)
+                                    && float(t2)
+                                    && (out, inn, k1) == (out2, in2, k2) =>
+                            {
+                                Some(LoraTerm {
+                                    up: leaf(t),
+                                    down: leaf(w1b),
+                                    out,
+                                    rank,
+                                    inner: inn * khw,
+                                    hadamard: Some((leaf(w2a), leaf(w2b), rank2)),
+                                    mid: Some((leaf(t1), inn, khw)),
+                                    mid2: Some(leaf(t2)),
+                                    up_transposed: true,
+                                })
+                            }
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                };
+                let Some(term) = term else {
                     self.warn(
                         id,
                         Some(base.to_owned()),
                         format!("ERROR lora {base}: LoHa factor shapes do not agree; not applied"),
                     );
                     continue;
-                }
-                let term = LoraTerm {
-                    up: leaf(t),
-                    down: leaf(w1b),
-                    out,
-                    rank,
-                    inner,
-                    hadamard: Some((leaf(w2a), leaf(w2b), rank2)),
-                    mid: None,
                 };
+                let rank = term.rank;
                 insert(
                     target,
                     LoraDelta::Factors(term),
@@ -1007,6 +1070,8 @@ impl Planner<'_> {
                     "hada_w1_b",
                     "hada_w2_a",
                     "hada_w2_b",
+                    "hada_t1",
+                    "hada_t2",
                     "alpha",
                     "dora_scale",
                 ] {
@@ -1021,11 +1086,6 @@ impl Planner<'_> {
                 && let Some(target) = map.get(base)
             {
                 let part = |s: &str| file.get(&format!("{base}.{s}"));
-                let why = if part("lokr_t2").is_some() {
-                    Some("LoKr with a Tucker factor (lokr_t2) is not supported yet")
-                } else {
-                    None
-                };
                 let mut dim = None;
                 let mut factor =
                     |whole: &str, fa: &str, fb: &str| -> Option<(Factor, Vec<usize>)> {
@@ -1034,6 +1094,33 @@ impl Planner<'_> {
                         }
                         let (a, b) = (part(fa)?, part(fb)?);
                         let rank = *b.shape.first()?;
+                        // The second factor in Tucker form: a [rank, c], b [rank, d],
+                        // t2 [rank, rank, kh, kw] make w2 [c, d, kh, kw].
+                        if let (true, Some(t)) = (fb == "lokr_w2_b", part("lokr_t2")) {
+                            let ([ra, c], [_, d], [ti, tj, kh, kw]) =
+                                (&a.shape[..], &b.shape[..], &t.shape[..])
+                            else {
+                                return None;
+                            };
+                            if !(float(a) && float(b) && float(t))
+                                || *ra != rank
+                                || *ti != rank
+                                || *tj != rank
+                            {
+                                return None;
+                            }
+                            dim = Some(rank);
+                            return Some((
+                                Factor::Tucker {
+                                    a: leaf(a),
+                                    b: leaf(b),
+                                    t: leaf(t),
+                                    rank,
+                                    khw: kh * kw,
+                                },
+                                vec![*c, *d, *kh, *kw],
+                            ));
+                        }
                         if !float(a)
                             || !float(b)
                             || a.shape.len() != 2
@@ -1054,9 +1141,8 @@ impl Planner<'_> {
                     };
                 let w1 = factor("lokr_w1", "lokr_w1_a", "lokr_w1_b");
                 let w2 = factor("lokr_w2", "lokr_w2_a", "lokr_w2_b");
-                let parsed = match (why, w1, w2) {
-                    (Some(why), _, _) => Err(why),
-                    (None, Some((w1, s1)), Some((w2, s2)))
+                let parsed = match (w1, w2) {
+                    (Some((w1, s1)), Some((w2, s2)))
                         if s1.len() == 2 && (s2.len() == 2 || s2.len() == 4) =>
                     {
                         Ok((w1, s1, w2, s2))
@@ -1089,6 +1175,7 @@ impl Planner<'_> {
                 insert(target, LoraDelta::Kron(term, n), scale, Some(base));
                 for s in [
                     "dora_scale",
+                    "lokr_t2",
                     "lokr_w1",
                     "lokr_w1_a",
                     "lokr_w1_b",
