@@ -159,8 +159,29 @@ const LORA_TARGETS: [(&str, &[usize]); 6] = [
     ),
 ];
 
+/// A tiny Flux (width 4) the LoRA target also bakes into, for the row blocks of fused weights.
+const LORA_FLUX_TARGETS: [(&str, &[usize]); 5] = [
+    ("model.diffusion_model.img_in.weight", &[4, 8]),
+    (
+        "model.diffusion_model.double_blocks.0.img_attn.norm.key_norm.scale",
+        &[4],
+    ),
+    (
+        "model.diffusion_model.double_blocks.0.img_attn.qkv.weight",
+        &[12, 4],
+    ),
+    (
+        "model.diffusion_model.single_blocks.0.linear1.weight",
+        &[28, 4],
+    ),
+    (
+        "model.diffusion_model.final_layer.adaLN_modulation.1.weight",
+        &[8, 4],
+    ),
+];
+
 /// LoRA names (and junk) the LoRA target builds its files from.
-const LORA_BASES: [&str; 9] = [
+const LORA_BASES: [&str; 13] = [
     "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q",
     "lora_unet_down_blocks_0_attentions_0_proj_in",
     "lora_unet_input_blocks_1_0_in_layers_2",
@@ -170,9 +191,13 @@ const LORA_BASES: [&str; 9] = [
     "diffusion_model.input_blocks.1.1.proj_in",
     "text_encoders.clip_l.transformer.text_model.encoder.layers.0.self_attn.q_proj",
     "lora_unet_nothing",
+    "transformer.transformer_blocks.0.attn.to_k",
+    "transformer.single_transformer_blocks.0.proj_mlp",
+    "norm_out.linear",
+    "diffusion_model.single_blocks.0.linear1_qkv",
 ];
 
-const LORA_SUFFIXES: [&str; 22] = [
+const LORA_SUFFIXES: [&str; 24] = [
     ".lora_up.weight",
     ".lora_down.weight",
     ".alpha",
@@ -195,6 +220,8 @@ const LORA_SUFFIXES: [&str; 22] = [
     ".lokr_w2_b",
     ".diff",
     ".diff_b",
+    ".hada_t2",
+    ".lokr_t2",
 ];
 
 /// Deterministic bytes for each tensor: every byte in 0x00..0x3f, which gives modest finite
@@ -217,19 +244,18 @@ fn lora_base() -> &'static Path {
         let ck = dir.join("models/checkpoints");
         std::fs::create_dir_all(&ck).expect("fuzz scratch folder");
         std::fs::create_dir_all(dir.join("models/loras")).expect("fuzz scratch folder");
-        let specs: Vec<TensorSpec> = LORA_TARGETS
-            .iter()
-            .map(|(name, shape)| TensorSpec::new(*name, DType::F16, shape))
-            .collect();
-        let data = small_values(&specs, 7);
-        let refs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
-        write_file(
-            &ck.join("tiny.safetensors"),
-            &specs,
-            &Default::default(),
-            refs,
-        )
-        .expect("fuzz checkpoint");
+        for (file, targets) in [
+            ("tiny.safetensors", &LORA_TARGETS[..]),
+            ("flux.safetensors", &LORA_FLUX_TARGETS[..]),
+        ] {
+            let specs: Vec<TensorSpec> = targets
+                .iter()
+                .map(|(name, shape)| TensorSpec::new(*name, DType::F16, shape))
+                .collect();
+            let data = small_values(&specs, 7);
+            let refs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+            write_file(&ck.join(file), &specs, &Default::default(), refs).expect("fuzz checkpoint");
+        }
         dir
     })
 }
@@ -277,14 +303,24 @@ fn lora_run(data: &[u8]) -> (usize, Vec<String>) {
     if write_file(&lora_path, &specs, &Default::default(), refs).is_err() {
         return (0, Vec::new());
     }
-    let prompt = serde_json::json!({
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny.safetensors"}},
-        "2": {"class_type": "LoraLoader", "inputs": {
-            "model": ["1", 0], "clip": ["1", 1], "lora_name": "f.safetensors",
-            "strength_model": strength_model, "strength_clip": strength_clip}},
-        "3": {"class_type": "CheckpointSave", "inputs": {
-            "model": ["2", 0], "clip": ["2", 1], "vae": ["1", 2], "filename_prefix": "f"}}
-    });
+    // The last byte picks the model: the SD-like checkpoint with its CLIP, or the tiny Flux.
+    let prompt = if next() % 2 == 0 {
+        serde_json::json!({
+            "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny.safetensors"}},
+            "2": {"class_type": "LoraLoader", "inputs": {
+                "model": ["1", 0], "clip": ["1", 1], "lora_name": "f.safetensors",
+                "strength_model": strength_model, "strength_clip": strength_clip}},
+            "3": {"class_type": "CheckpointSave", "inputs": {
+                "model": ["2", 0], "clip": ["2", 1], "vae": ["1", 2], "filename_prefix": "f"}}
+        })
+    } else {
+        serde_json::json!({
+            "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "flux.safetensors"}},
+            "2": {"class_type": "LoraLoaderModelOnly", "inputs": {
+                "model": ["1", 0], "lora_name": "f.safetensors", "strength_model": strength_model}},
+            "3": {"class_type": "ModelSave", "inputs": {"model": ["2", 0], "filename_prefix": "f"}}
+        })
+    };
     let prompt = Prompt::from_json(&prompt).expect("the LoRA target's prompt is well formed");
     let folders = ModelFolders::new(base, None, None);
     let v = validate(
@@ -438,6 +474,8 @@ pub fn seeds(target: &str, shared_workflows: Option<&Path>) -> Vec<Vec<u8>> {
             vec![3, 3, 9, 0, 2, 8, 4, 3, 10, 0, 2, 2, 2, 3, 11, 0, 2, 2, 8, 16, 0],
             vec![2, 7, 14, 0, 2, 2, 4, 7, 15, 0, 2, 4, 2, 16, 16],
             vec![1, 4, 20, 0, 2, 8, 8, 16, 16],
+            // A diffusers-named Flux LoRA on the k rows of the fused qkv weight.
+            vec![2, 9, 3, 1, 2, 4, 2, 9, 4, 1, 2, 2, 4, 16, 16, 1],
         ],
         _ => Vec::new(),
     }
@@ -463,6 +501,15 @@ mod tests {
         let (_, messages) = lora_run(&seeds[1]);
         assert!(
             messages.iter().any(|m| m.contains("lora_unet_")),
+            "{messages:?}"
+        );
+        // The Flux seed: a row block of the fused qkv, baked into the tiny Flux.
+        let (saved, messages) = lora_run(&seeds[4]);
+        assert_eq!(saved, 1, "{messages:?}");
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("1 MODEL and 0 CLIP keys patched")),
             "{messages:?}"
         );
         remove_scratch();
