@@ -214,6 +214,13 @@ fn a_save_in_progress_is_not_taken_for_a_leftover() {
         assert!(Instant::now() < deadline, "no temporary file appeared");
         std::thread::sleep(Duration::from_millis(5));
     };
+    // The save creates its file, then locks it; backdating in between would make a file that no
+    // real save ever is (older than the grace period and unlocked). Wait for the lock first.
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&temp).expect("temp"));
+    while !flock_held(ino) {
+        assert!(Instant::now() < deadline, "the save never locked its file");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     // Backdate it past both age rules: only its lock says it is in use.
     let old = std::time::SystemTime::now() - Duration::from_secs(3600);
     let f = std::fs::File::options()
@@ -228,6 +235,24 @@ fn a_save_in_progress_is_not_taken_for_a_leftover() {
     let (done, temp) = s.outputs();
     assert_eq!((done.len(), temp.len()), (1, 0));
     tensor_data(&done[0]);
+}
+
+/// Whether some process holds a `flock` on the file with inode `ino` (`/proc/locks` lists each
+/// lock's `major:minor:inode`).
+fn flock_held(ino: u64) -> bool {
+    std::fs::read_to_string("/proc/locks")
+        .expect("/proc/locks")
+        .lines()
+        .filter(|l| l.contains("FLOCK"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .nth(5)?
+                .rsplit(':')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .any(|i| i == ino)
 }
 
 /// After a failed save: a clear error naming the file it was writing, nothing in the output
