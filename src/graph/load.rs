@@ -331,6 +331,9 @@ pub fn document_from_prompt(prompt: &Prompt, registry: &Registry) -> (Document, 
         }
         doc.add_node(node);
     }
+    // Links to missing nodes are reported here; the others are made in one pass.
+    let mut wanted = Vec::new();
+    let mut asked = Vec::new();
     for (pid, pnode) in &prompt.nodes {
         let Some(target) = id_of(pid) else { continue };
         for (name, v) in &pnode.inputs {
@@ -344,14 +347,19 @@ pub fn document_from_prompt(prompt: &Prompt, registry: &Registry) -> (Document, 
                 });
                 continue;
             };
-            if doc.connect(origin, *slot, target, name).is_none() {
-                report.issues.push(super::document::LoadIssue {
-                    node: Some(target),
-                    message: format!(
-                        "input {name:?} of node {pid} links to missing output {slot} of node {node}"
-                    ),
-                });
-            }
+            wanted.push((origin, *slot, target, name.as_str()));
+            asked.push((pid, node));
+        }
+    }
+    let made = doc.connect_all(&wanted);
+    for ((made, (_, slot, target, name)), (pid, node)) in made.iter().zip(&wanted).zip(asked) {
+        if made.is_none() {
+            report.issues.push(super::document::LoadIssue {
+                node: Some(*target),
+                message: format!(
+                    "input {name:?} of node {pid} links to missing output {slot} of node {node}"
+                ),
+            });
         }
     }
     (doc, report)
