@@ -488,15 +488,18 @@ mod tests {
     #[test]
     fn lora_seeds_reach_the_merge() {
         let seeds = seeds("lora", None);
+        let baked_one_key = |seed: &[u8]| {
+            let (saved, messages) = lora_run(seed);
+            assert_eq!(saved, 1, "{messages:?}");
+            assert!(
+                messages
+                    .iter()
+                    .any(|m| m.contains("1 MODEL and 0 CLIP keys patched")),
+                "{messages:?}"
+            );
+        };
         // An up/down pair on the attention weight: baked and saved.
-        let (saved, messages) = lora_run(&seeds[0]);
-        assert_eq!(saved, 1, "{messages:?}");
-        assert!(
-            messages
-                .iter()
-                .any(|m| m.contains("1 MODEL and 0 CLIP keys patched")),
-            "{messages:?}"
-        );
+        baked_one_key(&seeds[0]);
         // LoHa with factors that do not fit the conv weight: refused by name, still saved.
         let (_, messages) = lora_run(&seeds[1]);
         assert!(
@@ -504,14 +507,7 @@ mod tests {
             "{messages:?}"
         );
         // The Flux seed: a row block of the fused qkv, baked into the tiny Flux.
-        let (saved, messages) = lora_run(&seeds[4]);
-        assert_eq!(saved, 1, "{messages:?}");
-        assert!(
-            messages
-                .iter()
-                .any(|m| m.contains("1 MODEL and 0 CLIP keys patched")),
-            "{messages:?}"
-        );
+        baked_one_key(&seeds[4]);
         remove_scratch();
     }
 }

@@ -206,16 +206,7 @@ pub fn flux_diffusers_map(
     let rows = |start: usize, rows: usize| Some(Part::Rows { start, rows });
     // (diffusers name without `.weight`, LDM key, part)
     let mut entries: Vec<(String, String, Option<Part>)> = Vec::new();
-    let blocks = |prefix: &str| {
-        let mut n: Vec<usize> = unet_keys
-            .iter()
-            .filter_map(|k| k.strip_prefix(prefix)?.split('.').next()?.parse().ok())
-            .collect();
-        n.sort_unstable();
-        n.dedup();
-        n
-    };
-    for i in blocks("double_blocks.") {
+    for i in block_numbers(unet_keys, "double_blocks.") {
         let (d, l) = (
             format!("transformer_blocks.{i}"),
             format!("double_blocks.{i}"),
@@ -240,25 +231,28 @@ pub fn flux_diffusers_map(
                 slice,
             ));
         }
-        for (from, to) in [
-            ("attn.to_out.0", "img_attn.proj"),
-            ("norm1.linear", "img_mod.lin"),
-            ("norm1_context.linear", "txt_mod.lin"),
-            ("attn.to_add_out", "txt_attn.proj"),
-            ("ff.net.0.proj", "img_mlp.0"),
-            ("ff.net.2", "img_mlp.2"),
-            ("ff_context.net.0.proj", "txt_mlp.0"),
-            ("ff_context.net.2", "txt_mlp.2"),
-            // LyCORIS LoKr names for the same layers.
-            ("ff.linear_in", "img_mlp.0"),
-            ("ff.linear_out", "img_mlp.2"),
-            ("ff_context.linear_in", "txt_mlp.0"),
-            ("ff_context.linear_out", "txt_mlp.2"),
-        ] {
-            entries.push((format!("{d}.{from}"), format!("{l}.{to}.weight"), None));
-        }
+        push_whole(
+            &mut entries,
+            &format!("{d}."),
+            &format!("{l}."),
+            &[
+                ("attn.to_out.0", "img_attn.proj"),
+                ("norm1.linear", "img_mod.lin"),
+                ("norm1_context.linear", "txt_mod.lin"),
+                ("attn.to_add_out", "txt_attn.proj"),
+                ("ff.net.0.proj", "img_mlp.0"),
+                ("ff.net.2", "img_mlp.2"),
+                ("ff_context.net.0.proj", "txt_mlp.0"),
+                ("ff_context.net.2", "txt_mlp.2"),
+                // LyCORIS LoKr names for the same layers.
+                ("ff.linear_in", "img_mlp.0"),
+                ("ff.linear_out", "img_mlp.2"),
+                ("ff_context.linear_in", "txt_mlp.0"),
+                ("ff_context.linear_out", "txt_mlp.2"),
+            ],
+        );
     }
-    for i in blocks("single_blocks.") {
+    for i in block_numbers(unet_keys, "single_blocks.") {
         let (d, l) = (
             format!("single_transformer_blocks.{i}"),
             format!("single_blocks.{i}"),
@@ -277,47 +271,53 @@ pub fn flux_diffusers_map(
             linear1.clone(),
             rows(3 * hidden, 4 * hidden),
         ));
-        for (from, to) in [
-            ("norm.linear", "modulation.lin"),
-            ("proj_out", "linear2"),
-            ("attn.to_qkv_mlp_proj", "linear1"),
-            ("attn.to_out", "linear2"),
-        ] {
-            entries.push((format!("{d}.{from}"), format!("{l}.{to}.weight"), None));
-        }
+        push_whole(
+            &mut entries,
+            &format!("{d}."),
+            &format!("{l}."),
+            &[
+                ("norm.linear", "modulation.lin"),
+                ("proj_out", "linear2"),
+                ("attn.to_qkv_mlp_proj", "linear1"),
+                ("attn.to_out", "linear2"),
+            ],
+        );
     }
-    for (from, to) in [
-        ("proj_out", "final_layer.linear"),
-        ("x_embedder", "img_in"),
-        (
-            "time_text_embed.timestep_embedder.linear_1",
-            "time_in.in_layer",
-        ),
-        (
-            "time_text_embed.timestep_embedder.linear_2",
-            "time_in.out_layer",
-        ),
-        ("context_embedder", "txt_in"),
-        (
-            "time_text_embed.text_embedder.linear_1",
-            "vector_in.in_layer",
-        ),
-        (
-            "time_text_embed.text_embedder.linear_2",
-            "vector_in.out_layer",
-        ),
-        (
-            "time_text_embed.guidance_embedder.linear_1",
-            "guidance_in.in_layer",
-        ),
-        (
-            "time_text_embed.guidance_embedder.linear_2",
-            "guidance_in.out_layer",
-        ),
-        ("controlnet_x_embedder", "pos_embed_input"),
-    ] {
-        entries.push((from.to_owned(), format!("{to}.weight"), None));
-    }
+    push_whole(
+        &mut entries,
+        "",
+        "",
+        &[
+            ("proj_out", "final_layer.linear"),
+            ("x_embedder", "img_in"),
+            (
+                "time_text_embed.timestep_embedder.linear_1",
+                "time_in.in_layer",
+            ),
+            (
+                "time_text_embed.timestep_embedder.linear_2",
+                "time_in.out_layer",
+            ),
+            ("context_embedder", "txt_in"),
+            (
+                "time_text_embed.text_embedder.linear_1",
+                "vector_in.in_layer",
+            ),
+            (
+                "time_text_embed.text_embedder.linear_2",
+                "vector_in.out_layer",
+            ),
+            (
+                "time_text_embed.guidance_embedder.linear_1",
+                "guidance_in.in_layer",
+            ),
+            (
+                "time_text_embed.guidance_embedder.linear_2",
+                "guidance_in.out_layer",
+            ),
+            ("controlnet_x_embedder", "pos_embed_input"),
+        ],
+    );
     entries.push((
         "norm_out.linear".to_owned(),
         "final_layer.adaLN_modulation.1.weight".to_owned(),
@@ -340,6 +340,33 @@ pub fn flux_diffusers_map(
         }
     }
     map
+}
+
+/// Block numbers present under `prefix` (`double_blocks.` → 0, 1, …), in order.
+fn block_numbers(unet_keys: &[String], prefix: &str) -> Vec<usize> {
+    let mut n: Vec<usize> = unet_keys
+        .iter()
+        .filter_map(|k| k.strip_prefix(prefix)?.split('.').next()?.parse().ok())
+        .collect();
+    n.sort_unstable();
+    n.dedup();
+    n
+}
+
+/// Adds `(diffusers, ldm)` name pairs of whole weights, each under its prefix.
+fn push_whole(
+    entries: &mut Vec<(String, String, Option<Part>)>,
+    diffusers_prefix: &str,
+    ldm_prefix: &str,
+    table: &[(&str, &str)],
+) {
+    for (from, to) in table {
+        entries.push((
+            format!("{diffusers_prefix}{from}"),
+            format!("{ldm_prefix}{to}.weight"),
+            None,
+        ));
+    }
 }
 
 /// The names of `entries` (diffusers name, key, part) whose key the model has, under each
@@ -376,20 +403,8 @@ pub fn sd3_diffusers_map(
     unet_keys: &[String],
     hidden: usize,
 ) -> HashMap<String, (String, Option<Part>)> {
-    let mut blocks: Vec<usize> = unet_keys
-        .iter()
-        .filter_map(|k| {
-            k.strip_prefix("joint_blocks.")?
-                .split('.')
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect();
-    blocks.sort_unstable();
-    blocks.dedup();
     let mut entries: Vec<(String, String, Option<Part>)> = Vec::new();
-    for i in blocks {
+    for i in block_numbers(unet_keys, "joint_blocks.") {
         let (d, l) = (
             format!("transformer_blocks.{i}"),
             format!("joint_blocks.{i}"),
@@ -417,36 +432,42 @@ pub fn sd3_diffusers_map(
                 part,
             ));
         }
-        for (from, to) in [
-            ("norm1_context.linear", "context_block.adaLN_modulation.1"),
-            ("attn.to_add_out", "context_block.attn.proj"),
-            ("ff_context.net.0.proj", "context_block.mlp.fc1"),
-            ("ff_context.net.2", "context_block.mlp.fc2"),
-            ("norm1.linear", "x_block.adaLN_modulation.1"),
-            ("attn.to_out.0", "x_block.attn.proj"),
-            ("ff.net.0.proj", "x_block.mlp.fc1"),
-            ("ff.net.2", "x_block.mlp.fc2"),
-        ] {
-            entries.push((format!("{d}.{from}"), format!("{l}.{to}.weight"), None));
-        }
+        push_whole(
+            &mut entries,
+            &format!("{d}."),
+            &format!("{l}."),
+            &[
+                ("norm1_context.linear", "context_block.adaLN_modulation.1"),
+                ("attn.to_add_out", "context_block.attn.proj"),
+                ("ff_context.net.0.proj", "context_block.mlp.fc1"),
+                ("ff_context.net.2", "context_block.mlp.fc2"),
+                ("norm1.linear", "x_block.adaLN_modulation.1"),
+                ("attn.to_out.0", "x_block.attn.proj"),
+                ("ff.net.0.proj", "x_block.mlp.fc1"),
+                ("ff.net.2", "x_block.mlp.fc2"),
+            ],
+        );
     }
-    for (from, to) in [
-        ("context_embedder", "context_embedder"),
-        (
-            "time_text_embed.timestep_embedder.linear_1",
-            "t_embedder.mlp.0",
-        ),
-        (
-            "time_text_embed.timestep_embedder.linear_2",
-            "t_embedder.mlp.2",
-        ),
-        ("pos_embed.proj", "x_embedder.proj"),
-        ("time_text_embed.text_embedder.linear_1", "y_embedder.mlp.0"),
-        ("time_text_embed.text_embedder.linear_2", "y_embedder.mlp.2"),
-        ("proj_out", "final_layer.linear"),
-    ] {
-        entries.push((from.to_owned(), format!("{to}.weight"), None));
-    }
+    push_whole(
+        &mut entries,
+        "",
+        "",
+        &[
+            ("context_embedder", "context_embedder"),
+            (
+                "time_text_embed.timestep_embedder.linear_1",
+                "t_embedder.mlp.0",
+            ),
+            (
+                "time_text_embed.timestep_embedder.linear_2",
+                "t_embedder.mlp.2",
+            ),
+            ("pos_embed.proj", "x_embedder.proj"),
+            ("time_text_embed.text_embedder.linear_1", "y_embedder.mlp.0"),
+            ("time_text_embed.text_embedder.linear_2", "y_embedder.mlp.2"),
+            ("proj_out", "final_layer.linear"),
+        ],
+    );
     entries.push((
         "norm_out.linear".to_owned(),
         "final_layer.adaLN_modulation.1.weight".to_owned(),
