@@ -1293,6 +1293,37 @@ fn sample_lora_and_vae_bake_into_a_sample_checkpoint() {
     assert_eq!(tensors.len(), 1130);
 }
 
+/// The four factors of a plain LoHa named `name`, for a weight of `out` rows of `inner` elements:
+/// `hada_w1_a [out, r1]`, `hada_w1_b [r1, inner]`, `hada_w2_a [out, r2]`, `hada_w2_b [r2, inner]`.
+fn loha_specs(
+    name: &str,
+    dtype: DType,
+    out: usize,
+    (r1, r2): (usize, usize),
+    inner: usize,
+) -> Vec<TensorSpec> {
+    vec![
+        spec(&format!("{name}.hada_w1_a"), dtype, &[out, r1]),
+        spec(&format!("{name}.hada_w1_b"), dtype, &[r1, inner]),
+        spec(&format!("{name}.hada_w2_a"), dtype, &[out, r2]),
+        spec(&format!("{name}.hada_w2_b"), dtype, &[r2, inner]),
+    ]
+}
+
+/// The reference LoHa delta `(w1a @ w1b) ⊙ (w2a @ w2b)` of [`loha_specs`]' factors, read with `f`.
+fn loha_delta(
+    f: impl Fn(&str) -> Vec<f32>,
+    name: &str,
+    out: usize,
+    (r1, r2): (usize, usize),
+    inner: usize,
+) -> Vec<f32> {
+    let g = |s: &str| f(&format!("{name}.{s}"));
+    let m1 = seq_matmul(&g("hada_w1_a"), &g("hada_w1_b"), out, r1, inner);
+    let m2 = seq_matmul(&g("hada_w2_a"), &g("hada_w2_b"), out, r2, inner);
+    m1.iter().zip(&m2).map(|(x, y)| x * y).collect()
+}
+
 /// LoHa (`(w1a @ w1b) ⊙ (w2a @ w2b)`, scale alpha / rank), full differences (`diff` on a
 /// weight, `diff_b` on its bias) and LoCon's Tucker core are baked exactly; a LoHa with half a
 /// Tucker pair is refused by key.
@@ -1306,23 +1337,17 @@ fn loha_and_full_differences_are_exact() {
     let k = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_k";
     let conv = "lora_unet_down_blocks_0_resnets_0_conv1";
     let mid = "lora_unet_down_blocks_1_resnets_0_conv1";
-    let specs = vec![
-        spec(&format!("{q}.hada_w1_a"), f16, &[16, 4]),
-        spec(&format!("{q}.hada_w1_b"), f16, &[4, 16]),
-        spec(&format!("{q}.hada_w2_a"), f16, &[16, 2]),
-        spec(&format!("{q}.hada_w2_b"), f16, &[2, 16]),
+    let mut specs = loha_specs(q, f16, 16, (4, 2), 16);
+    specs.extend(loha_specs(k, f16, 16, (2, 2), 16));
+    specs.extend([
         spec(&format!("{q}.alpha"), DType::F32, &[]),
-        spec(&format!("{k}.hada_w1_a"), f16, &[16, 2]),
-        spec(&format!("{k}.hada_w1_b"), f16, &[2, 16]),
-        spec(&format!("{k}.hada_w2_a"), f16, &[16, 2]),
-        spec(&format!("{k}.hada_w2_b"), f16, &[2, 16]),
         spec(&format!("{k}.hada_t1"), f16, &[2, 2]),
         spec(&format!("{conv}.diff"), f16, &[16, 16, 3, 3]),
         spec(&format!("{mid}.lora_up.weight"), f16, &[32, 4, 1, 1]),
         spec(&format!("{mid}.lora_down.weight"), f16, &[4, 16, 1, 1]),
         spec(&format!("{mid}.lora_mid.weight"), f16, &[4, 4, 3, 3]),
         spec(&format!("{conv}.diff_b"), f16, &[16]),
-    ];
+    ]);
     let strength = 0.7;
     let alpha = (format!("{q}.alpha"), 2.0f32);
     let (path, files, warnings) = bake_model_only_lora(&base, "loha", &specs, 141, alpha, strength);
@@ -1330,21 +1355,7 @@ fn loha_and_full_differences_are_exact() {
     let (ta, tl) = (base.read(&a), base.read(&path));
     let f = |n: &str| f32s(&tl[n]);
     // LoHa on to_q.
-    let m1 = seq_matmul(
-        &f(&format!("{q}.hada_w1_a")),
-        &f(&format!("{q}.hada_w1_b")),
-        16,
-        4,
-        16,
-    );
-    let m2 = seq_matmul(
-        &f(&format!("{q}.hada_w2_a")),
-        &f(&format!("{q}.hada_w2_b")),
-        16,
-        2,
-        16,
-    );
-    let delta: Vec<f32> = m1.iter().zip(&m2).map(|(x, y)| x * y).collect();
+    let delta = loha_delta(f, q, 16, (4, 2), 16);
     let key = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight";
     let mut w = f32s(&ta[key]);
     patch(&mut w, 1.0, strength * (2.0 / 4.0), Some(&delta));
@@ -1488,14 +1499,11 @@ fn dora_decomposes_as_comfyui_after_a_merge_and_alone() {
     let k = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_k";
     let conv_in = "lora_unet_down_blocks_1_resnets_0_conv1";
     let conv_out = "lora_unet_down_blocks_0_resnets_0_conv1";
-    let specs = vec![
+    let mut specs = loha_specs(q, f16, 16, (2, 2), 16);
+    specs.extend([
         spec(&format!("{v}.lora_up.weight"), f16, &[16, 4]),
         spec(&format!("{v}.lora_down.weight"), f16, &[4, 16]),
         spec(&format!("{v}.dora_scale"), f16, &[16, 1]),
-        spec(&format!("{q}.hada_w1_a"), f16, &[16, 2]),
-        spec(&format!("{q}.hada_w1_b"), f16, &[2, 16]),
-        spec(&format!("{q}.hada_w2_a"), f16, &[16, 2]),
-        spec(&format!("{q}.hada_w2_b"), f16, &[2, 16]),
         spec(&format!("{q}.dora_scale"), bf16, &[1, 16]),
         spec(&format!("{k}.lora_up.weight"), f16, &[16, 2]),
         spec(&format!("{k}.lora_down.weight"), f16, &[2, 16]),
@@ -1507,7 +1515,7 @@ fn dora_decomposes_as_comfyui_after_a_merge_and_alone() {
         spec(&format!("{conv_out}.lora_up.weight"), f16, &[16, 4, 1, 1]),
         spec(&format!("{conv_out}.lora_down.weight"), f16, &[4, 16, 3, 3]),
         spec(&format!("{conv_out}.dora_scale"), f16, &[16, 1, 1, 1]),
-    ];
+    ]);
     let loras = base.path().join("models/loras");
     std::fs::create_dir_all(&loras).expect("mkdir");
     let path = loras.join("dora.safetensors");
@@ -1578,23 +1586,7 @@ fn dora_decomposes_as_comfyui_after_a_merge_and_alone() {
             &format!("{v}.dora_scale"),
             true,
         );
-        let loha: Vec<f32> = seq_matmul(
-            &f(&format!("{q}.hada_w1_a")),
-            &f(&format!("{q}.hada_w1_b")),
-            16,
-            2,
-            16,
-        )
-        .iter()
-        .zip(seq_matmul(
-            &f(&format!("{q}.hada_w2_a")),
-            &f(&format!("{q}.hada_w2_b")),
-            16,
-            2,
-            16,
-        ))
-        .map(|(x, y)| x * y)
-        .collect();
+        let loha = loha_delta(f, q, 16, (2, 2), 16);
         check(
             &format!("{attn}.to_q.weight"),
             &loha,
