@@ -211,26 +211,21 @@ pub fn flux_diffusers_map(
             format!("transformer_blocks.{i}"),
             format!("double_blocks.{i}"),
         );
-        for (j, (img, txt)) in [
-            ("to_q", "add_q_proj"),
-            ("to_k", "add_k_proj"),
-            ("to_v", "add_v_proj"),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let slice = rows(j * hidden, hidden);
-            entries.push((
-                format!("{d}.attn.{img}"),
-                format!("{l}.img_attn.qkv.weight"),
-                slice,
-            ));
-            entries.push((
-                format!("{d}.attn.{txt}"),
-                format!("{l}.txt_attn.qkv.weight"),
-                slice,
-            ));
-        }
+        let qkv = |stream: &str| format!("{l}.{stream}_attn.qkv.weight");
+        push_qkv(
+            &mut entries,
+            &format!("{d}.attn."),
+            QKV,
+            &qkv("img"),
+            hidden,
+        );
+        push_qkv(
+            &mut entries,
+            &format!("{d}.attn."),
+            ADDED_QKV,
+            &qkv("txt"),
+            hidden,
+        );
         push_whole(
             &mut entries,
             &format!("{d}."),
@@ -258,13 +253,7 @@ pub fn flux_diffusers_map(
             format!("single_blocks.{i}"),
         );
         let linear1 = format!("{l}.linear1.weight");
-        for (j, p) in ["to_q", "to_k", "to_v"].into_iter().enumerate() {
-            entries.push((
-                format!("{d}.attn.{p}"),
-                linear1.clone(),
-                rows(j * hidden, hidden),
-            ));
-        }
+        push_qkv(&mut entries, &format!("{d}.attn."), QKV, &linear1, hidden);
         // The MLP input follows q, k and v in the same weight, four times as wide.
         entries.push((
             format!("{d}.proj_mlp"),
@@ -342,6 +331,28 @@ pub fn flux_diffusers_map(
     map
 }
 
+/// Diffusers names of the image stream's and the text stream's query, key and value.
+const QKV: [&str; 3] = ["to_q", "to_k", "to_v"];
+const ADDED_QKV: [&str; 3] = ["add_q_proj", "add_k_proj", "add_v_proj"];
+
+/// Adds q, k and v (`names` under `prefix`) as the first three `hidden`-row blocks of the fused
+/// weight `key`.
+fn push_qkv(
+    entries: &mut Vec<(String, String, Option<Part>)>,
+    prefix: &str,
+    names: [&str; 3],
+    key: &str,
+    hidden: usize,
+) {
+    for (j, name) in names.into_iter().enumerate() {
+        let part = Part::Rows {
+            start: j * hidden,
+            rows: hidden,
+        };
+        entries.push((format!("{prefix}{name}"), key.to_owned(), Some(part)));
+    }
+}
+
 /// Block numbers present under `prefix` (`double_blocks.` → 0, 1, …), in order.
 fn block_numbers(unet_keys: &[String], prefix: &str) -> Vec<usize> {
     let mut n: Vec<usize> = unet_keys
@@ -409,29 +420,21 @@ pub fn sd3_diffusers_map(
             format!("transformer_blocks.{i}"),
             format!("joint_blocks.{i}"),
         );
-        for (j, (x, context)) in [
-            ("to_q", "add_q_proj"),
-            ("to_k", "add_k_proj"),
-            ("to_v", "add_v_proj"),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let part = Some(Part::Rows {
-                start: j * hidden,
-                rows: hidden,
-            });
-            entries.push((
-                format!("{d}.attn.{x}"),
-                format!("{l}.x_block.attn.qkv.weight"),
-                part,
-            ));
-            entries.push((
-                format!("{d}.attn.{context}"),
-                format!("{l}.context_block.attn.qkv.weight"),
-                part,
-            ));
-        }
+        let qkv = |stream: &str| format!("{l}.{stream}.attn.qkv.weight");
+        push_qkv(
+            &mut entries,
+            &format!("{d}.attn."),
+            QKV,
+            &qkv("x_block"),
+            hidden,
+        );
+        push_qkv(
+            &mut entries,
+            &format!("{d}.attn."),
+            ADDED_QKV,
+            &qkv("context_block"),
+            hidden,
+        );
         push_whole(
             &mut entries,
             &format!("{d}."),
