@@ -1382,18 +1382,7 @@ fn loha_and_full_differences_are_exact() {
         f(&format!("{mid}.lora_down.weight")),
         f(&format!("{mid}.lora_mid.weight")),
     );
-    let mut tucker = vec![0.0f32; rank * channels * khw];
-    for a in 0..rank {
-        for i in 0..channels {
-            for x in 0..khw {
-                let mut acc = 0.0f32;
-                for b in 0..rank {
-                    acc += down[b * channels + i] * midw[(a * rank + b) * khw + x];
-                }
-                tucker[(a * channels + i) * khw + x] = acc;
-            }
-        }
-    }
+    let tucker = tucker_core(&midw, &down, rank, channels, khw);
     let delta = seq_matmul(
         &f(&format!("{mid}.lora_up.weight")),
         &tucker,
@@ -1735,6 +1724,25 @@ fn kron_ref(
     o
 }
 
+/// The first contraction of a Tucker product, `Σ_j t[i, j, x] · b[j, r]` as `[rank, cols, hw]`
+/// for `t: [rank, rank, hw]` and `b: [rank, cols]`, each sum sequential in f32 (LoCon's
+/// `lora_mid` with its down factor, and the first step of a Tucker LoHa's or LoKr's einsum).
+fn tucker_core(t: &[f32], b: &[f32], rank: usize, cols: usize, hw: usize) -> Vec<f32> {
+    let mut core = vec![0.0f32; rank * cols * hw];
+    for i in 0..rank {
+        for r in 0..cols {
+            for x in 0..hw {
+                let mut acc = 0.0f32;
+                for j in 0..rank {
+                    acc += t[(i * rank + j) * hw + x] * b[j * cols + r];
+                }
+                core[(i * cols + r) * hw + x] = acc;
+            }
+        }
+    }
+    core
+}
+
 /// `einsum("i j x, j r, i p -> p r x", t, b, a)` for `t: [rank, rank, hw]`, `b: [rank, cols]`,
 /// `a: [rank, rows]`, contracted as torch does without opt_einsum — left to right, `j` first,
 /// then `i` — each sum sequential in f32.
@@ -1747,24 +1755,13 @@ fn tucker_einsum(
     cols: usize,
     hw: usize,
 ) -> Vec<f32> {
-    let mut temp = vec![0.0f32; rank * cols * hw];
-    for i in 0..rank {
-        for r in 0..cols {
-            for x in 0..hw {
-                let mut acc = 0.0f32;
-                for j in 0..rank {
-                    acc += t[(i * rank + j) * hw + x] * b[j * cols + r];
-                }
-                temp[(i * cols + r) * hw + x] = acc;
-            }
-        }
-    }
+    let core = tucker_core(t, b, rank, cols, hw);
     let mut o = vec![0.0f32; rows * cols * hw];
     for p in 0..rows {
         for rx in 0..cols * hw {
             let mut acc = 0.0f32;
             for i in 0..rank {
-                acc += temp[i * cols * hw + rx] * a[i * rows + p];
+                acc += core[i * cols * hw + rx] * a[i * rows + p];
             }
             o[p * cols * hw + rx] = acc;
         }
