@@ -17,10 +17,9 @@ use crossbeam_channel::bounded;
 
 use crate::format::safetensors::{PendingFile, WriteError};
 
-use super::kernel::{CHUNK_ELEMENTS, Scratch, prepare, produce};
+use super::kernel::{CHUNK_ELEMENTS, KernelError, LeafBytes, Scratch, prepare, produce};
 use super::naming::{check_inside_output, next_output_name};
 use super::plan::{Plan, PlannedFile, Recipe};
-use super::source::Source;
 use super::{EngineError, Event, Progress, SavedFile, Warning};
 
 /// Worker threads for evaluation: `AMALGAM_THREADS`, else the machine's cores (at most 8).
@@ -100,13 +99,13 @@ fn write_one(
         let name = next_output_name(&file.prefix, &plan.output_dir).map_err(|source| {
             EngineError::Naming {
                 node: node.clone(),
-                source,
+                error: source,
             }
         })?;
         let inside = |folder: &Path| {
             check_inside_output(folder, &plan.output_dir).map_err(|source| EngineError::Naming {
                 node: node.clone(),
-                source,
+                error: source,
             })
         };
         // Before creating anything (a symlinked subfolder would create folders elsewhere) and
@@ -114,9 +113,9 @@ fn write_one(
         inside(&name.folder)?;
         std::fs::create_dir_all(&name.folder).map_err(|e| EngineError::Write {
             node: node.clone(),
-            source: WriteError::Io {
+            error: WriteError::Io {
                 path: name.folder.clone(),
-                source: e,
+                error: e,
             },
         })?;
         inside(&name.folder)?;
@@ -145,7 +144,12 @@ fn write_one(
         match PendingFile::create(&path, &specs, &metadata) {
             Ok(p) => break p,
             Err(WriteError::Exists { .. }) if attempt < 100 => attempt += 1,
-            Err(source) => return Err(EngineError::Write { node, source }),
+            Err(source) => {
+                return Err(EngineError::Write {
+                    node,
+                    error: source,
+                });
+            }
         }
     };
     // Input files whose values that went into this save hold NaN or infinity, with the keys.
@@ -177,7 +181,7 @@ fn write_one(
     let path = pending.final_path().to_owned();
     let bytes = pending.finish().map_err(|source| EngineError::Write {
         node: node.clone(),
-        source,
+        error: source,
     })?;
     // ComfyUI merges NaN and infinity silently; they reach the output, so say where they are.
     for (source, keys) in non_finite {
@@ -250,7 +254,7 @@ fn tasks_for(file: &PlannedFile) -> Vec<Task> {
 
 fn write_tensors(
     file: &PlannedFile,
-    sources: &[Arc<Source>],
+    sources: &dyn LeafBytes,
     pending: &mut PendingFile,
     cancel: &AtomicBool,
     on_tensor: &mut dyn FnMut(usize, &[usize]),
@@ -264,7 +268,7 @@ fn write_tensors(
         // A task is a chunk's index, with the tensor's prepared recipe when it has one (DoRA
         // needs whole-tensor norms before any chunk is evaluated).
         let (task_tx, task_rx) = bounded::<(usize, Option<Arc<Recipe>>)>(window);
-        type Produced = Result<(Vec<u8>, Vec<usize>), String>;
+        type Produced = Result<(Vec<u8>, Vec<usize>), KernelError>;
         let (result_tx, result_rx) = bounded::<(usize, Produced)>(window);
         let (pool_tx, pool_rx) = bounded::<Vec<u8>>(window);
         for i in 0..threads {
@@ -306,10 +310,10 @@ fn write_tensors(
             if t.start == 0 {
                 let numel = tensor.spec.shape.iter().product();
                 prepared = prepare(&tensor.recipe, numel, sources)
-                    .map_err(|message| EngineError::Compute {
+                    .map_err(|e| EngineError::Compute {
                         node: file.node.clone(),
                         key: tensor.spec.name.clone(),
-                        message,
+                        message: e.to_string(),
                     })?
                     .map(|r| (t.tensor, Arc::new(r)));
             }
@@ -344,10 +348,10 @@ fn write_tensors(
                     });
                 }
             };
-            let produced = result.map_err(|message| EngineError::Compute {
+            let produced = result.map_err(|e| EngineError::Compute {
                 node: node.clone(),
                 key: file.tensors[tasks[seq].tensor].spec.name.clone(),
-                message,
+                message: e.to_string(),
             })?;
             early.insert(seq, produced);
             while let Some((buf, sources)) = early.remove(&next_write) {
@@ -358,7 +362,7 @@ fn write_tensors(
                 }
                 pending.write(&buf).map_err(|source| EngineError::Write {
                     node: node.clone(),
-                    source,
+                    error: source,
                 })?;
                 let _ = pool_tx.try_send(buf);
                 let t = tasks[next_write];

@@ -8,15 +8,71 @@
 //! evaluated in small tiles whose f32 values stay in the L1 cache: converting, scaling, adding
 //! and rounding a tile happen back to back instead of as passes over megabytes.
 
-use half::slice::HalfFloatSliceExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 use crate::format::DType;
 
 use super::plan::{Dora, DoraAxis, Expr, Factor, KronTerm, Leaf, LoraTerm, Recipe, Step, Term};
 use super::source::Source;
+
+/// Why the kernel could not produce a tensor's bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// Reading a leaf's bytes failed (the file changed or vanished under the job).
+    #[error("cannot read {}: {error}", path.display())]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// A leaf is stored in a dtype the kernel does not compute with.
+    #[error("cannot compute with {0} tensors")]
+    Unsupported(DType),
+    /// A DoRA step reached evaluation without its per-channel factors.
+    #[error("a DoRA weight was evaluated before its norms (internal error)")]
+    Unprepared,
+    #[error("dora_scale has {values} values for {channels} channels")]
+    DoraScale { values: usize, channels: usize },
+}
+
+/// Where the kernel reads leaf bytes from: [`Leaf::source`] indexes into it. The plan's opened
+/// files in a job; in-memory buffers in unit tests, so the arithmetic is tested without files.
+pub trait LeafBytes: Sync {
+    /// Fills `buf` with the bytes of source `source` starting at `offset`.
+    fn read_at(&self, source: usize, offset: u64, buf: &mut [u8]) -> Result<(), KernelError>;
+}
+
+impl LeafBytes for Vec<Arc<Source>> {
+    fn read_at(&self, source: usize, offset: u64, buf: &mut [u8]) -> Result<(), KernelError> {
+        let src = &self[source];
+        src.read_at(offset, buf).map_err(|error| KernelError::Read {
+            path: src.path.clone(),
+            error,
+        })
+    }
+}
+
+/// In-memory sources, one byte buffer each (tests and fuzzing).
+impl LeafBytes for Vec<Vec<u8>> {
+    fn read_at(&self, source: usize, offset: u64, buf: &mut [u8]) -> Result<(), KernelError> {
+        let bytes = usize::try_from(offset)
+            .ok()
+            .and_then(|at| self.get(source)?.get(at..at.checked_add(buf.len())?));
+        match bytes {
+            Some(b) => {
+                buf.copy_from_slice(b);
+                Ok(())
+            }
+            None => Err(KernelError::Read {
+                path: PathBuf::from(format!("<memory source {source}>")),
+                error: std::io::ErrorKind::UnexpectedEof.into(),
+            }),
+        }
+    }
+}
 
 /// Elements per chunk: 1 Mi elements is 4 MiB of f32 per nesting level.
 pub const CHUNK_ELEMENTS: usize = 1 << 20;
@@ -53,10 +109,6 @@ pub struct Scratch {
     bhalf: Vec<bf16>,
 }
 
-fn io_err(e: &std::io::Error, source: &Source) -> String {
-    format!("cannot read {}: {e}", source.path.display())
-}
-
 /// Leaves of an expression in depth-first order (the order evaluation visits them).
 fn leaves<'a>(expr: &'a Expr, out: &mut Vec<&'a Leaf>) {
     out.push(&expr.leaf);
@@ -88,11 +140,11 @@ fn lora_terms<'a>(expr: &'a Expr, out: &mut Vec<Factored<'a>>) {
 /// Reads a whole (small) tensor as f32.
 fn read_whole(
     leaf: &Leaf,
-    sources: &[Arc<Source>],
+    sources: &dyn LeafBytes,
     raw: &mut Raw,
     dst: &mut Vec<f32>,
     non_finite: &mut Vec<usize>,
-) -> Result<(), String> {
+) -> Result<(), KernelError> {
     read_leaf(leaf, 0, leaf.numel, sources, raw)?;
     dst.resize(leaf.numel, 0.0);
     load_tile(raw, 0..leaf.numel, dst, None);
@@ -147,11 +199,11 @@ fn note(found: &mut Vec<usize>, source: usize) {
 /// A LoKr factor as an f32 matrix: read whole, or `a @ b` with the sequential f32 sum.
 fn materialize(
     f: &Factor,
-    sources: &[Arc<Source>],
+    sources: &dyn LeafBytes,
     raw: &mut Raw,
     dst: &mut Vec<f32>,
     non_finite: &mut Vec<usize>,
-) -> Result<(), String> {
+) -> Result<(), KernelError> {
     match f {
         Factor::Full(leaf) => read_whole(leaf, sources, raw, dst, non_finite),
         Factor::Product { a, b, rank } => {
@@ -197,10 +249,9 @@ fn read_leaf(
     leaf: &Leaf,
     start: usize,
     n: usize,
-    sources: &[Arc<Source>],
+    sources: &dyn LeafBytes,
     raw: &mut Raw,
-) -> Result<(), String> {
-    let src = &sources[leaf.source];
+) -> Result<(), KernelError> {
     let es = leaf.dtype.size_bytes();
     let offset = leaf.offset + (start * es) as u64;
     match leaf.dtype {
@@ -210,8 +261,7 @@ fn read_leaf(
                 _ => Vec::new(),
             };
             v.resize(n, f16::ZERO);
-            src.read_at(offset, bytemuck::cast_slice_mut(&mut v[..]))
-                .map_err(|e| io_err(&e, src))?;
+            sources.read_at(leaf.source, offset, bytemuck::cast_slice_mut(&mut v[..]))?;
             *raw = Raw::F16(v);
         }
         DType::BF16 => {
@@ -220,8 +270,7 @@ fn read_leaf(
                 _ => Vec::new(),
             };
             v.resize(n, bf16::ZERO);
-            src.read_at(offset, bytemuck::cast_slice_mut(&mut v[..]))
-                .map_err(|e| io_err(&e, src))?;
+            sources.read_at(leaf.source, offset, bytemuck::cast_slice_mut(&mut v[..]))?;
             *raw = Raw::BF16(v);
         }
         DType::F32 => {
@@ -230,14 +279,12 @@ fn read_leaf(
                 _ => Vec::new(),
             };
             v.resize(n, 0.0);
-            src.read_at(offset, bytemuck::cast_slice_mut(&mut v[..]))
-                .map_err(|e| io_err(&e, src))?;
+            sources.read_at(leaf.source, offset, bytemuck::cast_slice_mut(&mut v[..]))?;
             *raw = Raw::F32(v);
         }
         DType::F64 => {
             let mut bytes = vec![0u8; n * 8];
-            src.read_at(offset, &mut bytes)
-                .map_err(|e| io_err(&e, src))?;
+            sources.read_at(leaf.source, offset, &mut bytes)?;
             let v = bytes
                 .chunks_exact(8)
                 .map(|c| {
@@ -248,7 +295,7 @@ fn read_leaf(
                 .collect();
             *raw = Raw::Wide(v);
         }
-        other => return Err(format!("cannot compute with {other} tensors")),
+        other => return Err(KernelError::Unsupported(other)),
     }
     Ok(())
 }
@@ -458,10 +505,10 @@ pub fn produce(
     recipe: &Recipe,
     start: usize,
     len: usize,
-    sources: &[Arc<Source>],
+    sources: &dyn LeafBytes,
     scratch: &mut Scratch,
     out: &mut Vec<u8>,
-) -> Result<Vec<usize>, String> {
+) -> Result<Vec<usize>, KernelError> {
     let mut non_finite = Vec::new();
     match recipe {
         Recipe::Bytes(b) => out.extend_from_slice(b),
@@ -469,9 +516,11 @@ pub fn produce(
             let es = leaf.dtype.size_bytes();
             let at = out.len();
             out.resize(at + len * es, 0);
-            let src = &sources[leaf.source];
-            src.read_at(leaf.offset + (start * es) as u64, &mut out[at..])
-                .map_err(|e| io_err(&e, src))?;
+            sources.read_at(
+                leaf.source,
+                leaf.offset + (start * es) as u64,
+                &mut out[at..],
+            )?;
             if bytes_non_finite(&out[at..], leaf.dtype) {
                 note(&mut non_finite, leaf.source);
             }
@@ -482,7 +531,7 @@ pub fn produce(
             round_inputs,
         } => {
             if needs_preparing(expr) {
-                return Err("a DoRA weight was evaluated before its norms (internal error)".into());
+                return Err(KernelError::Unprepared);
             }
             let Scratch {
                 raws,
@@ -541,12 +590,15 @@ pub fn produce(
                     }
                 }
             }
-            let depth = expr.depth();
+            // At least one level: the expression's own tile.
+            let depth = expr.depth().max(1);
             if tiles.len() < depth {
                 tiles.resize_with(depth, || vec![0.0; TILE]);
             }
             out.reserve(len * dtype.size_bytes());
-            let (first, rest) = tiles.split_first_mut().ok_or("no scratch")?;
+            let [first, rest @ ..] = &mut tiles[..] else {
+                unreachable!("tiles were resized to at least one level")
+            };
             let mut t = 0;
             let mut flagged = 0u64;
             while t < len {
@@ -590,8 +642,8 @@ pub fn produce(
 pub fn prepare(
     recipe: &Recipe,
     numel: usize,
-    sources: &[Arc<Source>],
-) -> Result<Option<Recipe>, String> {
+    sources: &dyn LeafBytes,
+) -> Result<Option<Recipe>, KernelError> {
     let Recipe::Compute {
         expr,
         out,
@@ -624,9 +676,9 @@ fn prepare_expr(
     expr: &Expr,
     numel: usize,
     round: Option<DType>,
-    sources: &[Arc<Source>],
+    sources: &dyn LeafBytes,
     scratch: &mut Scratch,
-) -> Result<Expr, String> {
+) -> Result<Expr, KernelError> {
     let mut done = Expr {
         leaf: expr.leaf.clone(),
         steps: Vec::with_capacity(expr.steps.len()),
@@ -670,9 +722,9 @@ fn dora_factors(
     probe: Expr,
     numel: usize,
     round: Option<DType>,
-    sources: &[Arc<Source>],
+    sources: &dyn LeafBytes,
     scratch: &mut Scratch,
-) -> Result<Arc<[f32]>, String> {
+) -> Result<Arc<[f32]>, KernelError> {
     let part = step.window.map_or(numel, |w| w.len);
     let channels = dora.channels(part / dora.inner.max(1));
     let mut sums = vec![0.0f64; channels];
@@ -705,10 +757,10 @@ fn dora_factors(
         &mut Vec::new(),
     )?;
     if scale.len() != 1 && scale.len() != channels {
-        return Err(format!(
-            "dora_scale has {} values for {channels} channels",
-            scale.len()
-        ));
+        return Err(KernelError::DoraScale {
+            values: scale.len(),
+            channels,
+        });
     }
     Ok(sums
         .iter()
@@ -748,3 +800,6 @@ fn store(
         _ => out.extend_from_slice(bytemuck::cast_slice(values)),
     }
 }
+
+#[cfg(test)]
+mod tests;
