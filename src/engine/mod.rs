@@ -23,20 +23,15 @@ pub mod plan;
 pub mod source;
 pub mod worker;
 
+pub use run::{JobReport, Outcome, run_blocking};
+
+mod run;
+
 use std::path::PathBuf;
 
 /// Output precision of float tensors.
 #[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    Hash,
-    clap::ValueEnum,
-    serde::Serialize,
-    serde::Deserialize,
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
@@ -52,6 +47,14 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// Every setting, in the order menus list them.
+    pub const ALL: [Precision; 4] = [
+        Precision::Keep,
+        Precision::Fp16,
+        Precision::Bf16,
+        Precision::Fp32,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Precision::Keep => "keep",
@@ -59,6 +62,18 @@ impl Precision {
             Precision::Bf16 => "bf16",
             Precision::Fp32 => "fp32",
         }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    /// The setting named as [`Precision::as_str`] writes it.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Precision::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("unknown precision {s:?} (keep, fp16, bf16 or fp32)"))
     }
 }
 
@@ -88,20 +103,20 @@ pub enum EngineError {
         class_type: String,
         message: String,
     },
-    #[error("node #{node}: {source}")]
+    #[error("node #{node}: {error}")]
     Read {
         node: String,
-        source: crate::format::ReadError,
+        error: crate::format::ReadError,
     },
-    #[error("node #{node}: {source}")]
+    #[error("node #{node}: {error}")]
     Naming {
         node: String,
-        source: naming::NamingError,
+        error: naming::NamingError,
     },
-    #[error("node #{node}: {source}")]
+    #[error("node #{node}: {error}")]
     Write {
         node: String,
-        source: crate::format::safetensors::WriteError,
+        error: crate::format::safetensors::WriteError,
     },
     #[error("node #{node}: tensor {key:?}: {message}")]
     Compute {

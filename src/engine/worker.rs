@@ -42,9 +42,17 @@ pub struct Job {
 
 type Wake = Box<dyn Fn() + Send>;
 
+/// What the worker thread is sent.
+enum Message {
+    Run(JobId, Box<Job>, Arc<AtomicBool>),
+    /// Makes the thread panic, so tests can check what a caller does when the worker dies.
+    #[cfg(any(test, feature = "testing"))]
+    Crash,
+}
+
 /// Handle to the worker thread.
 pub struct Worker {
-    jobs: Option<Sender<(JobId, Job, Arc<AtomicBool>)>>,
+    jobs: Option<Sender<Message>>,
     events: Receiver<(JobId, Event)>,
     cancels: HashMap<JobId, Arc<AtomicBool>>,
     next_id: JobId,
@@ -57,14 +65,25 @@ const EVENT_CAPACITY: usize = 1024;
 impl Worker {
     /// Starts the worker thread.
     pub fn spawn(wake: Option<Wake>) -> std::io::Result<Worker> {
+        Self::spawn_from(wake, 1)
+    }
+
+    /// Starts a worker whose first job gets id `first` (a replacement for a worker that died
+    /// keeps numbering where the old one stopped, so ids stay unique to the caller).
+    pub fn spawn_from(wake: Option<Wake>, first: JobId) -> std::io::Result<Worker> {
         // Jobs are few and small (a prompt each); events are bounded.
-        let (job_tx, job_rx) = unbounded::<(JobId, Job, Arc<AtomicBool>)>();
+        let (job_tx, job_rx) = unbounded::<Message>();
         let (event_tx, event_rx) = bounded(EVENT_CAPACITY);
         let thread = std::thread::Builder::new()
             .name("amalgam-worker".into())
             .spawn(move || {
                 let mut cache = RunCache::default();
-                for (id, job, cancel) in job_rx {
+                for message in job_rx {
+                    let (id, job, cancel) = match message {
+                        Message::Run(id, job, cancel) => (id, job, cancel),
+                        #[cfg(any(test, feature = "testing"))]
+                        Message::Crash => panic!("the worker was asked to crash (a test)"),
+                    };
                     let mut emit = |event: Event| {
                         let sent = match event {
                             Event::Progress(_) => match event_tx.try_send((id, event)) {
@@ -85,7 +104,7 @@ impl Worker {
             jobs: Some(job_tx),
             events: event_rx,
             cancels: HashMap::new(),
-            next_id: 1,
+            next_id: first,
             thread: Some(thread),
         })
     }
@@ -96,10 +115,25 @@ impl Worker {
         self.next_id += 1;
         let cancel = Arc::new(AtomicBool::new(false));
         self.cancels.insert(id, Arc::clone(&cancel));
+        // A dead worker drops the job; its caller learns of the death from `events()`, which
+        // is then disconnected, and fails the job there.
         if let Some(jobs) = &self.jobs {
-            let _ = jobs.send((id, job, cancel));
+            let _ = jobs.send(Message::Run(id, Box::new(job), cancel));
         }
         id
+    }
+
+    /// The id the next submitted job will get.
+    pub fn next_id(&self) -> JobId {
+        self.next_id
+    }
+
+    /// Makes the worker thread panic (for tests of what callers do when it dies).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn crash(&self) {
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send(Message::Crash);
+        }
     }
 
     /// Asks a job to stop (queued jobs are skipped, a running one stops between chunks).
@@ -114,7 +148,8 @@ impl Worker {
         self.cancels.get(&id).cloned()
     }
 
-    /// Events of all jobs, in order per job.
+    /// Events of all jobs, in order per job. Disconnected (once drained) when the worker thread
+    /// has died; a caller then fails its unfinished jobs and may start a new worker.
     pub fn events(&self) -> &Receiver<(JobId, Event)> {
         &self.events
     }
