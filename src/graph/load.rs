@@ -12,6 +12,7 @@ use crate::format::{ReadError, TensorFile};
 use crate::nodes::{Registry, types};
 
 use super::document::{Document, DocumentError, InputSlot, LoadReport, Node, NodeId, OutputSlot};
+use super::edit::{Given, default_size, node_from_schema};
 use super::prompt::{Prompt, PromptError, PromptInput};
 
 /// Largest workflow JSON or PNG read (a big workflow is a few MiB).
@@ -58,11 +59,11 @@ pub struct LoadError {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadErrorKind {
     #[error("cannot read file ({0})")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("file is larger than {MAX_WORKFLOW_FILE_BYTES} bytes; not a workflow")]
     TooLarge,
     #[error("{0}")]
-    Png(#[from] PngError),
+    Png(PngError),
     #[error("{0}")]
     Checkpoint(String),
     #[error("PNG has no ComfyUI workflow or prompt in its text chunks")]
@@ -72,13 +73,36 @@ pub enum LoadErrorKind {
     #[error("{what} is not valid JSON: {error}")]
     Json { what: &'static str, error: String },
     #[error("{0}")]
-    Document(#[from] DocumentError),
+    Document(DocumentError),
     #[error("{0}")]
-    Prompt(#[from] PromptError),
+    Prompt(PromptError),
     #[error(
         "not a workflow: expected a ComfyUI PNG, workflow or prompt JSON, or a .safetensors file"
     )]
     UnknownFormat,
+}
+
+// `From` by hand rather than `#[from]`, which would also expose the cause as `source()`: the
+// message already prints it, and a cause is either printed or exposed, never both.
+impl From<std::io::Error> for LoadErrorKind {
+    fn from(e: std::io::Error) -> Self {
+        LoadErrorKind::Io(e)
+    }
+}
+impl From<PngError> for LoadErrorKind {
+    fn from(e: PngError) -> Self {
+        LoadErrorKind::Png(e)
+    }
+}
+impl From<DocumentError> for LoadErrorKind {
+    fn from(e: DocumentError) -> Self {
+        LoadErrorKind::Document(e)
+    }
+}
+impl From<PromptError> for LoadErrorKind {
+    fn from(e: PromptError) -> Self {
+        LoadErrorKind::Prompt(e)
+    }
 }
 
 /// Reads a workflow from a file of any supported kind.
@@ -259,71 +283,43 @@ pub fn document_from_prompt(prompt: &Prompt, registry: &Registry) -> (Document, 
         let d = depth.get(pid.as_str()).copied().unwrap_or(0);
         let y = rows.entry(d).or_insert(0.0);
         let schema = registry.get(&pnode.class_type);
-        let height = 60.0 + 26.0 * schema.map_or(pnode.inputs.len(), |s| s.inputs.len()) as f64;
-        let mut node = Node::new(
-            id,
-            &pnode.class_type,
-            [d as f64 * 380.0, *y],
-            [315.0, height],
-        );
-        *y += height + 60.0;
-        node.title.clone_from(&pnode.title);
+        let pos = [d as f64 * 380.0, *y];
         let mut widgets = Vec::new();
-        match schema {
+        let mut node = match schema {
             Some(schema) => {
-                for spec in &schema.inputs {
-                    let given = pnode.input(&spec.name);
-                    let linked = matches!(given, Some(PromptInput::Link { .. }));
-                    if !spec.kind.is_widget() || linked {
-                        let mut fields = serde_json::Map::new();
-                        if spec.kind.is_widget() {
-                            fields.insert("widget".into(), json!({"name": spec.name}));
-                        }
-                        fields.insert("link".into(), Value::Null);
-                        node.inputs.push(InputSlot {
-                            name: spec.name.clone(),
-                            type_: json!(spec.kind.type_name()),
-                            link: None,
-                            fields,
-                        });
-                    }
-                    if spec.kind.is_widget() {
-                        let value = match given {
-                            Some(PromptInput::Value(v)) => v.clone(),
-                            _ => spec.kind.default_value().unwrap_or(Value::Null),
-                        };
-                        widgets.push(value);
-                        if matches!(
-                            spec.kind,
-                            crate::nodes::InputKind::Int {
-                                control_after_generate: true,
-                                ..
-                            }
-                        ) {
-                            widgets.push(json!("fixed"));
-                        }
-                    }
-                }
-                for o in &schema.outputs {
-                    node.outputs.push(output_slot(o.name, o.type_name));
+                let mut node = node_from_schema(schema, id, pos, |name| match pnode.input(name) {
+                    Some(PromptInput::Value(v)) => Given::Value(v),
+                    Some(PromptInput::Link { .. }) => Given::Linked,
+                    None => Given::Default,
+                });
+                // Outputs of a laid-out prompt are written unlinked as `"links": null`.
+                node.outputs = schema
+                    .outputs
+                    .iter()
+                    .map(|o| output_slot(o.name, o.type_name))
+                    .collect();
+                node
+            }
+            None => Node::new(id, &pnode.class_type, pos, default_size(pnode.inputs.len())),
+        };
+        *y += node.size.get().map_or(0.0, |s| s[1]) + 60.0;
+        node.title.clone_from(&pnode.title);
+        // An unknown type: its inputs as the prompt gives them, its outputs as links ask.
+        if schema.is_none() {
+            for (name, v) in &pnode.inputs {
+                match v {
+                    PromptInput::Link { .. } => node.inputs.push(InputSlot {
+                        name: name.clone(),
+                        type_: json!(types::ANY),
+                        link: None,
+                        fields: serde_json::Map::from_iter([("link".to_owned(), Value::Null)]),
+                    }),
+                    PromptInput::Value(v) => widgets.push(v.clone()),
                 }
             }
-            None => {
-                for (name, v) in &pnode.inputs {
-                    match v {
-                        PromptInput::Link { .. } => node.inputs.push(InputSlot {
-                            name: name.clone(),
-                            type_: json!(types::ANY),
-                            link: None,
-                            fields: serde_json::Map::from_iter([("link".to_owned(), Value::Null)]),
-                        }),
-                        PromptInput::Value(v) => widgets.push(v.clone()),
-                    }
-                }
-                for i in 0..wanted_outputs.get(pid.as_str()).copied().unwrap_or(0) {
-                    node.outputs
-                        .push(output_slot(if i == 0 { "output" } else { "" }, types::ANY));
-                }
+            for i in 0..wanted_outputs.get(pid.as_str()).copied().unwrap_or(0) {
+                node.outputs
+                    .push(output_slot(if i == 0 { "output" } else { "" }, types::ANY));
             }
         }
         if !widgets.is_empty() {

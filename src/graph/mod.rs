@@ -4,15 +4,23 @@
 //! - [`prompt`]: the API prompt the backend runs.
 //! - [`load`]: reading a workflow from a PNG, UI JSON, API JSON or `.safetensors`, detected by
 //!   content; API prompts are laid out into a document.
+//! - [`edit`]: a node from its registry schema, and the edits a user makes to a document.
+//! - [`examples`]: the default merge graph and the Examples menu's documents.
 //! - [`resolve`]: document → prompt as the frontend's `graphToPrompt` does (mute, bypass,
 //!   reroute, primitive values, notes).
+//! - [`validate`]: the prompt checked against the node registry as ComfyUI's
+//!   `validate_prompt` does, with its error types.
 
 pub mod document;
+pub mod edit;
+pub mod examples;
 pub mod load;
 pub mod prompt;
 pub mod resolve;
+pub mod validate;
 
 pub use document::{Document, Link, LoadReport, Mode, Node, NodeId};
+pub use edit::Edit;
 pub use prompt::{Prompt, PromptInput, PromptNode};
 
 /// A problem attached to a node (or to the whole prompt), with ComfyUI's error type names so the

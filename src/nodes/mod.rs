@@ -16,7 +16,6 @@ mod loaders;
 mod merge;
 mod sampling;
 mod save;
-pub mod validate;
 
 use std::collections::HashMap;
 use std::sync::OnceLock;

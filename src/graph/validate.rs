@@ -13,12 +13,12 @@ use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
+use super::resolve::{Resolved, SkipReason, Skipped};
+use super::{NodeError, Prompt, PromptInput};
 use crate::format::pyjson::{float_repr, py_str};
-use crate::graph::resolve::{Resolved, SkipReason, Skipped};
-use crate::graph::{NodeError, Prompt, PromptInput};
 use crate::model::ModelFolders;
 
-use super::{Choices, InputKind, InputSpec, Operation, Registry, types_compatible};
+use crate::nodes::{Choices, InputKind, InputSpec, Operation, Registry, types_compatible};
 
 /// The outcome of validating a prompt.
 #[derive(Clone, Debug)]
@@ -71,6 +71,16 @@ struct Validator<'a> {
 }
 
 /// Validates a resolved document (or API prompt) against the registry and the model folders.
+/// Validates an API prompt (nothing muted or bypassed) against the built-in registry: what the
+/// CLI, the tests and the fuzz targets run a prompt file through.
+pub fn validate_prompt(prompt: Prompt, folders: &ModelFolders) -> Validation {
+    let resolved = Resolved {
+        prompt,
+        ..Resolved::default()
+    };
+    validate(resolved, Registry::builtin(), folders)
+}
+
 pub fn validate(resolved: Resolved, registry: &Registry, folders: &ModelFolders) -> Validation {
     let Resolved {
         prompt,
