@@ -73,7 +73,7 @@ pub struct ReadError {
 #[derive(Debug, thiserror::Error)]
 pub enum ReadErrorKind {
     #[error("cannot read file ({0})")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     #[error("no such file")]
     NotFound,
     #[error("is a directory, not a checkpoint file")]
@@ -83,15 +83,33 @@ pub enum ReadErrorKind {
     #[error("not a checkpoint: neither safetensors nor a PyTorch zip or pickle file")]
     UnknownFormat,
     #[error("invalid safetensors file: {0}")]
-    Safetensors(#[from] safetensors::HeaderError),
+    Safetensors(safetensors::HeaderError),
     #[error("unsafe or invalid PyTorch pickle: {0}")]
-    Pickle(#[from] pickle::PickleError),
+    Pickle(pickle::PickleError),
     #[error("invalid PyTorch zip archive: {0}")]
     Zip(String),
     #[error("invalid PyTorch checkpoint: {0}")]
     Torch(String),
     #[error("tensor name {0:?} appears more than once")]
     DuplicateName(String),
+}
+
+// `From` by hand rather than `#[from]`, which would also expose the cause as `source()`: the
+// message already prints it, and a cause is either printed or exposed, never both.
+impl From<io::Error> for ReadErrorKind {
+    fn from(e: io::Error) -> Self {
+        ReadErrorKind::Io(e)
+    }
+}
+impl From<safetensors::HeaderError> for ReadErrorKind {
+    fn from(e: safetensors::HeaderError) -> Self {
+        ReadErrorKind::Safetensors(e)
+    }
+}
+impl From<pickle::PickleError> for ReadErrorKind {
+    fn from(e: pickle::PickleError) -> Self {
+        ReadErrorKind::Pickle(e)
+    }
 }
 
 /// An open, memory-mapped checkpoint file and its tensor table.

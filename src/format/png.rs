@@ -156,6 +156,7 @@ pub fn find_text<'a>(chunks: &'a [(String, String)], keyword: &str) -> Option<&'
 }
 
 /// Kinds of text chunk, for writing.
+#[cfg(any(test, feature = "testing"))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TextKind {
     TEXt,
@@ -164,7 +165,8 @@ pub enum TextKind {
 }
 
 /// Writes a small PNG (a grey square) carrying the given text chunks, as ComfyUI's SaveImage
-/// does. Used for tests and for exporting workflows as images.
+/// does: test fixtures (the `testing` feature).
+#[cfg(any(test, feature = "testing"))]
 pub fn write_png_with_text(
     width: u32,
     height: u32,

@@ -90,7 +90,8 @@ fn write_str(out: &mut String, s: &str) {
             '\t' => out.push_str("\\t"),
             '\u{08}' => out.push_str("\\b"),
             '\u{0c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 || (c as u32) > 0x7e && (c as u32) != 0x7f => {
+            // CPython's `ensure_ascii` escapes everything outside ' '..='~', DEL (0x7F) included.
+            c if !(' '..='~').contains(&c) => {
                 let mut buf = [0u16; 2];
                 for unit in c.encode_utf16(&mut buf) {
                     let _ = write!(out, "\\u{unit:04x}");
@@ -149,5 +150,18 @@ mod tests {
             dumps(&v),
             r#"{"3": {"inputs": {"ratio": 0.5, "seed": 156680208700286, "name": "caf\u00e9 \ud83d\ude00\n\"q\"", "list": [1, 2.0, null, true]}, "class_type": "X"}}"#
         );
+    }
+
+    /// Every ASCII code point, then non-ASCII, BMP edge and astral characters: the expected text
+    /// is what CPython 3.11's `json.dumps` printed for this string (generated once with
+    /// `json.dumps("".join(map(chr, range(0x80))) + "é€\u2028\ufeff\U0001F600\U0001D11E\uffff")`).
+    #[test]
+    fn strings_escape_exactly_like_python() {
+        let s: String = (0u8..0x80)
+            .map(char::from)
+            .chain("é€\u{2028}\u{feff}\u{1F600}\u{1D11E}\u{ffff}".chars())
+            .collect();
+        let python = r##""\u0000\u0001\u0002\u0003\u0004\u0005\u0006\u0007\b\t\n\u000b\f\r\u000e\u000f\u0010\u0011\u0012\u0013\u0014\u0015\u0016\u0017\u0018\u0019\u001a\u001b\u001c\u001d\u001e\u001f !\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklmnopqrstuvwxyz{|}~\u007f\u00e9\u20ac\u2028\ufeff\ud83d\ude00\ud834\udd1e\uffff""##;
+        assert_eq!(dumps(&Value::String(s)), python);
     }
 }

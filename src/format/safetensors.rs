@@ -372,8 +372,8 @@ pub enum WriteError {
     WrongDataLength { expected: u64, written: u64 },
     #[error("refusing to overwrite existing file {}", path.display())]
     Exists { path: PathBuf },
-    #[error("cannot write {}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    #[error("cannot write {}: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
 }
 
 /// Builds the header bytes (length prefix included, JSON padded with spaces so the data starts
@@ -413,7 +413,7 @@ pub fn encode_header(tensors: &[TensorSpec], metadata: &Metadata) -> Result<Vec<
     }
     let mut body = serde_json::to_vec(&Value::Object(json)).map_err(|e| WriteError::Io {
         path: PathBuf::new(),
-        source: io::Error::other(e),
+        error: io::Error::other(e),
     })?;
     while (8 + body.len()) % 8 != 0 {
         body.push(b' ');
@@ -475,7 +475,7 @@ impl PendingFile {
         };
         let io_err = |source| WriteError::Io {
             path: final_path.to_owned(),
-            source,
+            error: source,
         };
         let mut builder = tempfile::Builder::new();
         builder.prefix(TEMP_PREFIX).suffix(".tmp");
@@ -512,7 +512,7 @@ impl PendingFile {
         }
         self.out.write_all(bytes).map_err(|source| WriteError::Io {
             path: self.final_path.clone(),
-            source,
+            error: source,
         })?;
         self.data_written = written;
         let end = self.header_len + written;
@@ -531,7 +531,7 @@ impl PendingFile {
         {
             self.out.flush().map_err(|source| WriteError::Io {
                 path: self.final_path.clone(),
-                source,
+                error: source,
             })?;
             let len = std::num::NonZeroU64::new(end - self.flushed_to);
             // Advice is best effort: a filesystem that ignores it only loses the overlap.
@@ -562,7 +562,7 @@ impl PendingFile {
         let path = self.final_path.clone();
         let io_err = |source| WriteError::Io {
             path: path.clone(),
-            source,
+            error: source,
         };
         let file = self.out.into_inner().map_err(|e| io_err(e.into_error()))?;
         file.sync_all().map_err(io_err)?;

@@ -43,10 +43,10 @@ const MAX_DEPTH: usize = 32;
 /// Why the folder configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum FolderError {
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("invalid extra model paths file: {problem}: {}", path.display())]
     Yaml { path: PathBuf, problem: String },
@@ -110,11 +110,39 @@ impl ModelFolders {
         self.folders(kind).first().map(PathBuf::as_path)
     }
 
+    /// The folder configuration of a base directory, as both the app and the command line
+    /// build it: `<base>/models/…` and `<base>/output` (or the given overrides), then
+    /// `<base>/extra_model_paths.yaml` when it exists, then each of `extra` in order — ComfyUI's
+    /// order (its own file first, then `--extra-model-paths-config`). A file that cannot be read
+    /// adds nothing and its error is returned beside the folders, in that order, so every caller
+    /// resolves a `ckpt_name` to the same file.
+    pub fn from_config(
+        base: &Path,
+        models_dir: Option<&Path>,
+        output_dir: Option<&Path>,
+        extra: &[PathBuf],
+    ) -> (ModelFolders, Vec<FolderError>) {
+        let mut folders = ModelFolders::new(base, models_dir, output_dir);
+        let default_yaml = base.join("extra_model_paths.yaml");
+        let mut problems = Vec::new();
+        for yaml in default_yaml
+            .is_file()
+            .then_some(&default_yaml)
+            .into_iter()
+            .chain(extra)
+        {
+            if let Err(e) = folders.add_extra_paths_file(yaml) {
+                problems.push(e);
+            }
+        }
+        (folders, problems)
+    }
+
     /// Adds the folders of an `extra_model_paths.yaml` file (ComfyUI's format).
     pub fn add_extra_paths_file(&mut self, yaml_path: &Path) -> Result<(), FolderError> {
-        let text = std::fs::read_to_string(yaml_path).map_err(|source| FolderError::Io {
+        let text = std::fs::read_to_string(yaml_path).map_err(|error| FolderError::Io {
             path: yaml_path.to_owned(),
-            source,
+            error,
         })?;
         let yaml_dir = yaml_path
             .parent()
@@ -565,6 +593,46 @@ mod tests {
         assert!(err.to_string().contains("extra_model_paths.yaml"), "{err}");
         std::fs::write(&yaml, "a:\n  checkpoints: [x]\n").expect("write");
         assert!(folders.add_extra_paths_file(&yaml).is_err());
+    }
+
+    /// Two extra paths files that both name a folder holding `x.safetensors`: the base's own
+    /// file is read first (ComfyUI's order), so its folder wins, whatever order a caller lists
+    /// the explicit files in; a file that cannot be read is reported and the rest still apply.
+    #[test]
+    fn the_base_yaml_comes_first_and_problems_are_returned_beside_the_folders() {
+        let base = tempfile::tempdir().expect("tmp");
+        let b = base.path();
+        for dir in ["from-default", "from-explicit"] {
+            std::fs::create_dir_all(b.join(dir)).expect("mkdir");
+            std::fs::write(b.join(dir).join("x.safetensors"), b"x").expect("write");
+        }
+        std::fs::write(
+            b.join("extra_model_paths.yaml"),
+            "d:\n    checkpoints: from-default\n",
+        )
+        .expect("write");
+        let explicit = b.join("explicit.yaml");
+        std::fs::write(&explicit, "e:\n    checkpoints: from-explicit\n").expect("write");
+        let missing = b.join("missing.yaml");
+        let (folders, problems) =
+            ModelFolders::from_config(b, None, None, &[missing.clone(), explicit.clone()]);
+        assert_eq!(
+            folders.resolve("checkpoints", "x.safetensors"),
+            Some(b.join("from-default/x.safetensors"))
+        );
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].to_string().contains("missing.yaml"),
+            "{}",
+            problems[0]
+        );
+        let ck = folders.folders("checkpoints");
+        let at = |d: &str| ck.iter().position(|p| *p == b.join(d));
+        let (first, second) = (at("from-default"), at("from-explicit"));
+        assert!(
+            first.expect("default") < second.expect("explicit"),
+            "{ck:?}"
+        );
     }
 
     #[test]

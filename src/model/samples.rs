@@ -88,7 +88,7 @@ pub fn write_samples(
 ) -> Result<Vec<SampleOutcome>, WriteError> {
     std::fs::create_dir_all(dir).map_err(|source| WriteError::Io {
         path: dir.to_owned(),
-        source,
+        error: source,
     })?;
     let mut out = Vec::new();
     for s in sample_checkpoints(scale) {
@@ -180,7 +180,7 @@ pub fn write_sample_extras(loras: &Path, vae: &Path) -> Result<Vec<SampleOutcome
     ] {
         std::fs::create_dir_all(dir).map_err(|source| WriteError::Io {
             path: dir.to_owned(),
-            source,
+            error: source,
         })?;
         let path = dir.join(file);
         if path.exists() {
