@@ -1,30 +1,42 @@
-//! The application state and its frame: menus, shortcuts, the canvas, the queue and output
-//! panels, the log, and the glue that turns clicks into document edits and jobs.
+//! The application state and its frame. [`AmalgamApp::ui`] draws one frame on any
+//! `egui::Context`: the `*_ui` functions of the other modules draw what they are given and
+//! return [`Command`]s, which [`AmalgamApp::run_cmd`] applies in one place. Tests drive the real
+//! app frame by frame without a window.
 //!
-//! [`AmalgamApp::ui`] draws one frame on any `egui::Context`, so tests drive the real app frame
-//! by frame without a window. Nothing here touches tensors or blocks on files: validation is
-//! in-memory, merges run on the engine's worker, file reads on the files thread.
+//! Nothing here touches tensors or blocks on files: validation is in-memory, merges run on the
+//! engine's worker (restarted, with its unfinished jobs failed, if it ever dies), file reads,
+//! scans and imports on the files thread.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use egui::{Align2, Color32, Key, KeyboardShortcut, Modifiers, RichText};
+use crossbeam_channel::TryRecvError;
 use serde::{Deserialize, Serialize};
 
+use crate::engine::Precision;
 use crate::engine::worker::{Job, JobId, Worker};
-use crate::engine::{Event, Precision, Progress, SavedFile};
+use crate::graph::edit::{Given, node_from_schema};
+use crate::graph::examples;
 use crate::graph::load::LoadErrorKind;
 use crate::graph::resolve::resolve;
+use crate::graph::validate::validate;
 use crate::graph::{Document, Mode, NodeId};
 use crate::model::ModelFolders;
-use crate::model::report::human_bytes;
 use crate::nodes::Registry;
-use crate::nodes::validate::validate;
 
-use super::canvas::{Canvas, Edit, apply, new_document_node};
-use super::examples;
+use super::canvas::{Canvas, CanvasEdit};
+use super::command::Command;
+use super::document::DocumentState;
 use super::files::{
-    DialogRequest, Dialogs, FileThread, FolderPurpose, OutputEntry, Reply, Request,
+    DialogRequest, Dialogs, FileThread, FolderPurpose, ImportError, OutputEntry, Reply, Request,
+};
+use super::jobs::{JobNews, JobView, worker_died};
+use super::menu::{MenuState, Status, ViewToggles, menu_bar_ui, shortcuts, status_bar_ui};
+use super::panels::{outputs_ui, queue_ui};
+use super::windows::{
+    ImportProgress, Modals, drop_overlay_ui, log_ui, modals_ui, sample_banner_ui, toasts_ui,
 };
 
 /// Settings that persist between runs.
@@ -52,25 +64,23 @@ impl Settings {
         }
     }
 
-    /// The model folders these settings describe.
+    /// The model folders these settings describe ([`ModelFolders::from_config`], the same
+    /// function and order as the command line), and what went wrong reading extra paths files.
     pub fn folders(&self) -> (ModelFolders, Option<String>) {
-        let mut f = ModelFolders::new(
+        let (folders, problems) = ModelFolders::from_config(
             &self.base_dir,
             self.models_dir.as_deref(),
             self.output_dir.as_deref(),
+            self.extra_model_paths.as_slice(),
         );
-        let mut problem = None;
-        let default_yaml = self.base_dir.join("extra_model_paths.yaml");
-        for yaml in self
-            .extra_model_paths
-            .iter()
-            .chain(default_yaml.is_file().then_some(&default_yaml))
-        {
-            if let Err(e) = f.add_extra_paths_file(yaml) {
-                problem = Some(e.to_string());
-            }
-        }
-        (f, problem)
+        let problem = (!problems.is_empty()).then(|| {
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        (folders, problem)
     }
 }
 
@@ -83,42 +93,6 @@ pub struct Persisted {
     pub workflow_path: Option<PathBuf>,
 }
 
-/// A job as the queue panel shows it.
-#[derive(Debug)]
-pub struct JobView {
-    pub id: JobId,
-    pub label: String,
-    pub state: JobState,
-    pub current_node: Option<String>,
-    pub progress: Option<Progress>,
-    pub queued_at: Instant,
-    pub started: Option<Instant>,
-    pub seconds: Option<f64>,
-    pub warnings: Vec<String>,
-    pub outputs: Vec<SavedFile>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum JobState {
-    Queued,
-    Running,
-    Done,
-    Failed(String),
-    Cancelled,
-}
-
-impl JobState {
-    pub fn label(&self) -> &str {
-        match self {
-            JobState::Queued => "queued",
-            JobState::Running => "running",
-            JobState::Done => "done",
-            JobState::Failed(_) => "failed",
-            JobState::Cancelled => "cancelled",
-        }
-    }
-}
-
 /// A log line (also shown briefly as a toast).
 #[derive(Clone, Debug)]
 pub struct LogEntry {
@@ -127,43 +101,57 @@ pub struct LogEntry {
     pub text: String,
 }
 
-/// A dropped checkpoint that lives outside the model folders.
-#[derive(Clone, Debug)]
-pub struct ImportOffer {
-    pub path: PathBuf,
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SideTab {
     Queue,
     Outputs,
 }
 
+/// Folder scans: when the last one was asked for, and whether it is still running.
+#[derive(Debug, Default)]
+struct Scans {
+    last: Option<Instant>,
+    in_flight: bool,
+    /// Whether any scan has answered yet (the no-models banner waits for one).
+    answered: bool,
+}
+
+impl Scans {
+    /// Whether to ask for a scan now: none is running, and the last was asked for `every` ago
+    /// or was invalidated (`last` cleared after a save or delete).
+    fn due(&self, now: Instant, every: Duration) -> bool {
+        !self.in_flight && self.last.is_none_or(|t| now.duration_since(t) >= every)
+    }
+
+    fn asked(&mut self, now: Instant) {
+        self.last = Some(now);
+        self.in_flight = true;
+    }
+}
+
+type Wake = Arc<dyn Fn() + Send + Sync>;
+
 /// The whole app.
 pub struct AmalgamApp {
-    pub doc: Document,
-    pub doc_path: Option<PathBuf>,
+    pub document: DocumentState,
     pub canvas: Canvas,
-    undo: Vec<Document>,
-    redo: Vec<Document>,
-    last_edit: Option<(String, Instant)>,
     pub settings: Settings,
     pub folders: ModelFolders,
     worker: Worker,
+    wake: Wake,
     pub jobs: Vec<JobView>,
     files: FileThread,
     pub outputs: Vec<OutputEntry>,
     pub log: Vec<LogEntry>,
     dialogs: Box<dyn Dialogs>,
     pending_dialog: Option<(DialogRequest, crossbeam_channel::Receiver<Option<PathBuf>>)>,
-    last_scan: Option<Instant>,
-    scanned_once: bool,
+    scans: Scans,
     pub side_tab: SideTab,
     show_log: bool,
-    show_settings: bool,
-    inspect: Option<(String, String)>,
-    confirm_delete: Option<PathBuf>,
-    import_offer: Option<ImportOffer>,
+    pub modals: Modals,
+    /// The cancel flag of the import under way.
+    import_cancel: Option<Arc<AtomicBool>>,
+    example_names: Vec<&'static str>,
     /// Time spent in [`AmalgamApp::ui`], smoothed.
     pub frame_ms: f32,
     /// egui's own frame time (eframe's `cpu_usage`), when running in a window.
@@ -175,6 +163,8 @@ pub struct AmalgamApp {
 const SCAN_EVERY: Duration = Duration::from_secs(2);
 /// How long one frame may spend draining worker events.
 const EVENT_BUDGET: Duration = Duration::from_millis(3);
+/// Log lines kept.
+const LOG_LINES: usize = 500;
 
 impl AmalgamApp {
     /// A new app. `wake` is called from background threads when they have news
@@ -186,38 +176,33 @@ impl AmalgamApp {
         wake: impl Fn() + Send + Sync + Clone + 'static,
     ) -> std::io::Result<AmalgamApp> {
         let (folders, problem) = settings.folders();
-        let w = wake.clone();
-        let worker = Worker::spawn(Some(Box::new(w)))?;
-        let files = FileThread::spawn(wake)?;
+        let wake: Wake = Arc::new(wake);
+        let worker = Worker::spawn(Some(boxed(&wake)))?;
+        let files = FileThread::spawn(boxed(&wake))?;
         let cleaned = crate::engine::execute::clean_stray_temp_files(folders.output_dir());
         let (doc, doc_path) = match restored {
             Some(r) => r,
             None => (Self::default_graph(&folders), None),
         };
         let mut app = AmalgamApp {
-            doc,
-            doc_path,
+            document: DocumentState::new(doc, doc_path),
             canvas: Canvas::default(),
-            undo: Vec::new(),
-            redo: Vec::new(),
-            last_edit: None,
             settings,
             folders,
             worker,
+            wake,
             jobs: Vec::new(),
             files,
             outputs: Vec::new(),
             log: Vec::new(),
             dialogs,
             pending_dialog: None,
-            last_scan: None,
-            scanned_once: false,
+            scans: Scans::default(),
             side_tab: SideTab::Queue,
             show_log: false,
-            show_settings: false,
-            inspect: None,
-            confirm_delete: None,
-            import_offer: None,
+            modals: Modals::default(),
+            import_cancel: None,
+            example_names: examples::all().into_iter().map(|(name, ..)| name).collect(),
             frame_ms: 0.0,
             egui_frame_ms: None,
             rebuild: true,
@@ -246,8 +231,8 @@ impl AmalgamApp {
     pub fn persisted(&self) -> Persisted {
         Persisted {
             settings: self.settings.clone(),
-            workflow: serde_json::to_string(&self.doc.to_json()).unwrap_or_default(),
-            workflow_path: self.doc_path.clone(),
+            workflow: serde_json::to_string(&self.document.doc.to_json()).unwrap_or_default(),
+            workflow_path: self.document.path.clone(),
         }
     }
 
@@ -257,122 +242,142 @@ impl AmalgamApp {
             error,
             text: text.into(),
         });
-        if self.log.len() > 500 {
+        if self.log.len() > LOG_LINES {
             self.log.remove(0);
+        }
+    }
+
+    /// The worker, for tests that need to make it die.
+    #[cfg(feature = "testing")]
+    pub fn worker(&self) -> &Worker {
+        &self.worker
+    }
+
+    // ------------------------------------------------------------------ commands
+
+    /// Applies what the user asked for. Every click, menu item and shortcut ends here.
+    pub fn run_cmd(&mut self, command: Command) {
+        match command {
+            Command::Queue => {
+                self.queue();
+            }
+            Command::Cancel(id) => self.worker.cancel(id),
+            Command::ClearFinished => self.jobs.retain(|j| j.state.is_active()),
+            Command::New => {
+                let doc = Self::default_graph(&self.folders);
+                self.replace_document(doc, None);
+            }
+            Command::AskOpen => self.ask(DialogRequest::OpenWorkflow),
+            Command::Open(path) => self.open_path(path),
+            Command::Save => match self.document.path.clone() {
+                Some(p) => self.save_to(p),
+                None => self.run_cmd(Command::SaveAs),
+            },
+            Command::SaveAs => self.ask(DialogRequest::SaveWorkflow {
+                suggested: "workflow.json".into(),
+            }),
+            Command::ExportPrompt => self.ask(DialogRequest::ExportPrompt {
+                suggested: "workflow_api.json".into(),
+            }),
+            Command::Example(i) => {
+                if let Some((_, _, doc)) = examples::all().into_iter().nth(i) {
+                    self.replace_document(doc, None);
+                }
+            }
+            Command::Undo => self.rebuild |= self.document.undo(),
+            Command::Redo => self.rebuild |= self.document.redo(),
+            Command::SelectAll => self.canvas.select_all(),
+            Command::ToggleMode(mode) => self.toggle_mode(mode),
+            Command::DeleteSelected => self.delete_selected(),
+            Command::Inspect { title, report } => self.modals.inspect = Some((title, report)),
+            Command::AskDelete(path) => self.modals.confirm_delete = Some(path),
+            Command::Delete(path) => self.files.send(Request::Delete(path)),
+            Command::Import { path, link } => self.import(path, link),
+            Command::CancelImport => {
+                if let Some(c) = &self.import_cancel {
+                    c.store(true, Ordering::Relaxed);
+                }
+            }
+            Command::WriteSamples => self.write_samples(),
+            Command::OpenModelsFolder => {
+                if let Some(dir) = self.folders.primary("checkpoints").map(Path::to_path_buf) {
+                    let _ = std::fs::create_dir_all(&dir);
+                    if let Err(e) = opener::open(&dir) {
+                        self.notify(true, format!("cannot open {}: {e}", dir.display()));
+                    }
+                }
+            }
+            Command::Reveal(path) => {
+                if let Err(e) = opener::reveal(&path) {
+                    self.notify(true, format!("cannot reveal {}: {e}", path.display()));
+                }
+            }
+            Command::PickFolder(purpose) => self.ask(DialogRequest::PickFolder { purpose }),
+            Command::PickExtraPaths => self.ask(DialogRequest::OpenExtraPaths),
+            Command::ShowSettings => self.modals.show_settings = true,
+            Command::FoldersChanged => self.apply_settings(),
         }
     }
 
     // ------------------------------------------------------------------ document changes
 
-    /// Records the document before an edit. Repeats of the same kind of edit within a second
-    /// (a slider drag, a node drag) share one undo step.
-    fn before_edit(&mut self, key: &str) {
-        let now = Instant::now();
-        if let Some((k, at)) = &self.last_edit
-            && k == key
-            && now.duration_since(*at) < Duration::from_secs(1)
-        {
-            self.last_edit = Some((key.to_owned(), now));
-            return;
-        }
-        self.undo.push(self.doc.clone());
-        if self.undo.len() > 200 {
-            self.undo.remove(0);
-        }
-        self.redo.clear();
-        self.last_edit = Some((key.to_owned(), now));
-    }
-
     /// Replaces the whole document (open, drop, new, example); the old one goes to undo.
     pub fn replace_document(&mut self, doc: Document, path: Option<PathBuf>) {
-        self.before_edit("replace");
-        self.last_edit = None;
-        self.doc = doc;
-        self.doc_path = path;
+        self.document.replace(doc, path);
         self.canvas.state.errors.clear();
         self.rebuild = true;
         self.canvas.request_fit();
     }
 
-    pub fn undo(&mut self) {
-        if let Some(prev) = self.undo.pop() {
-            self.redo.push(std::mem::replace(&mut self.doc, prev));
-            self.last_edit = None;
-            self.rebuild = true;
-        }
-    }
-
-    pub fn redo(&mut self) {
-        if let Some(next) = self.redo.pop() {
-            self.undo.push(std::mem::replace(&mut self.doc, next));
-            self.last_edit = None;
-            self.rebuild = true;
-        }
-    }
-
-    fn apply_edits(&mut self, edits: Vec<Edit>) {
+    fn apply_edits(&mut self, edits: Vec<CanvasEdit>) {
         for edit in edits {
-            let key = match &edit {
-                Edit::Move { node, .. } => format!("move {node}"),
-                Edit::Widget { node, index, .. } => format!("widget {node} {index}"),
-                other => format!("{other:?}"),
-            };
-            self.before_edit(&key);
-            if let Edit::Create {
-                class_type,
-                editor_id,
-                pos,
-            } = &edit
-            {
-                let id = self.doc.next_node_id();
-                if let Some(schema) = Registry::builtin().get(class_type) {
-                    self.doc.add_node(new_document_node(schema, id, *pos));
-                    self.canvas.bind_created(*editor_id, id);
+            let edit = match edit {
+                CanvasEdit::Create {
+                    class_type,
+                    editor_id,
+                    pos,
+                } => {
+                    self.document.before_edit(&format!("create {class_type}"));
+                    let id = self.document.doc.next_node_id();
+                    if let Some(schema) = Registry::builtin().get(class_type) {
+                        let node = node_from_schema(schema, id, pos, |_| Given::Default);
+                        self.document.doc.add_node(node);
+                        self.canvas.bind_created(editor_id, id);
+                    }
+                    continue;
                 }
-                continue;
-            }
-            if !apply(&mut self.doc, &edit) {
+                CanvasEdit::Document(edit) => edit,
+            };
+            if !self.document.apply(&edit) {
                 // The canvas and the document disagree: show the document's truth.
                 self.rebuild = true;
             }
-            if matches!(edit, Edit::Connect { .. } | Edit::Delete(_)) {
+            if matches!(
+                edit,
+                crate::graph::Edit::Connect { .. } | crate::graph::Edit::Delete(_)
+            ) {
                 // A replaced link or a removed node changes other slots too.
                 self.rebuild = true;
             }
         }
     }
 
-    /// Sets the mode of the selected nodes (toggling back to 0 when all already have it).
+    /// Sets the mode of the selected nodes (toggling back to "always" when all already have it).
     pub fn toggle_mode(&mut self, mode: Mode) {
         let selected = self.canvas.selected();
-        if selected.is_empty() {
-            return;
+        if !selected.is_empty() {
+            self.document.toggle_mode(&selected, mode);
+            self.rebuild = true;
         }
-        self.before_edit("mode");
-        self.last_edit = None;
-        let all = selected
-            .iter()
-            .all(|id| self.doc.node(*id).is_some_and(|n| n.mode == mode));
-        for id in selected {
-            if let Some(n) = self.doc.node_mut(id) {
-                n.mode = if all { Mode::Always } else { mode };
-            }
-        }
-        self.rebuild = true;
     }
 
     pub fn delete_selected(&mut self) {
         let selected = self.canvas.selected();
-        if selected.is_empty() {
-            return;
+        if !selected.is_empty() {
+            self.document.delete(&selected);
+            self.canvas.editor.selected_nodes.clear();
+            self.rebuild = true;
         }
-        self.before_edit("delete");
-        self.last_edit = None;
-        for id in selected {
-            apply(&mut self.doc, &Edit::Delete(id));
-        }
-        self.canvas.editor.selected_nodes.clear();
-        self.rebuild = true;
     }
 
     // ------------------------------------------------------------------ queue
@@ -380,7 +385,11 @@ impl AmalgamApp {
     /// Validates the document; queues a job when something can run, else marks the errors.
     pub fn queue(&mut self) -> Option<JobId> {
         let registry = Registry::builtin();
-        let v = validate(resolve(&self.doc, registry), registry, &self.folders);
+        let v = validate(
+            resolve(&self.document.doc, registry),
+            registry,
+            &self.folders,
+        );
         self.canvas.state.errors.clear();
         for e in &v.errors {
             if let Some(id) = e.node.as_deref().and_then(|n| n.parse::<NodeId>().ok()) {
@@ -405,7 +414,8 @@ impl AmalgamApp {
             return None;
         }
         let label = self
-            .doc_path
+            .document
+            .path
             .as_ref()
             .and_then(|p| p.file_name())
             .map_or_else(
@@ -415,87 +425,64 @@ impl AmalgamApp {
         let id = self.worker.submit(Job {
             prompt: v.prompt,
             outputs: v.outputs,
-            workflow: Some(self.doc.to_json()),
+            workflow: Some(self.document.doc.to_json()),
             folders: self.folders.clone(),
             precision: self.settings.precision,
         });
-        self.jobs.push(JobView {
-            id,
-            label,
-            state: JobState::Queued,
-            current_node: None,
-            progress: None,
-            queued_at: Instant::now(),
-            started: None,
-            seconds: None,
-            warnings: Vec::new(),
-            outputs: Vec::new(),
-        });
+        self.jobs.push(JobView::new(id, label));
         self.side_tab = SideTab::Queue;
         Some(id)
-    }
-
-    pub fn cancel_job(&mut self, id: JobId) {
-        self.worker.cancel(id);
     }
 
     fn drain_events(&mut self) {
         let until = Instant::now() + EVENT_BUDGET;
         while Instant::now() < until {
-            let Ok((id, event)) = self.worker.events().try_recv() else {
-                break;
+            let (id, event) = match self.worker.events().try_recv() {
+                Ok(e) => e,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.restart_worker();
+                    break;
+                }
             };
             let Some(job) = self.jobs.iter_mut().find(|j| j.id == id) else {
                 continue;
             };
-            let mut finished = false;
-            match event {
-                Event::Started { .. } => {
-                    job.state = JobState::Running;
-                    job.started = Some(Instant::now());
-                }
-                Event::NodeStarted { node, class_type } => {
-                    job.current_node = Some(format!("#{node} {class_type}"));
-                    self.canvas.state.running = node.parse().ok();
-                }
-                Event::NodeFinished { .. } => {}
-                Event::Progress(p) => job.progress = Some(p),
-                Event::Warning(w) => job.warnings.push(w.to_string()),
-                Event::Finished { outputs, seconds } => {
-                    job.state = JobState::Done;
-                    job.seconds = Some(seconds);
-                    job.outputs = outputs;
-                    finished = true;
-                }
-                Event::Failed(e) => {
-                    job.state = JobState::Failed(e.to_string());
-                    finished = true;
-                }
-                Event::Cancelled => {
-                    job.state = JobState::Cancelled;
-                    finished = true;
-                }
-            }
-            if finished {
-                let (state, outputs) = (job.state.clone(), job.outputs.clone());
-                self.worker.forget(id);
-                self.canvas.state.running = None;
-                match state {
-                    JobState::Failed(msg) => self.notify(true, format!("job {id} failed: {msg}")),
-                    JobState::Done => {
-                        for o in outputs {
-                            let note = if o.cached {
-                                " (unchanged: earlier file)"
-                            } else {
-                                ""
-                            };
-                            self.notify(false, format!("saved {}{note}", o.path.display()));
-                        }
+            match job.apply(event) {
+                None => {}
+                Some(JobNews::NodeStarted(node)) => self.canvas.state.running = node.parse().ok(),
+                Some(JobNews::Ended) => {
+                    let lines = job.summary();
+                    self.worker.forget(id);
+                    self.canvas.state.running = None;
+                    for (error, line) in lines {
+                        self.notify(error, line);
                     }
-                    _ => self.notify(false, format!("job {id} cancelled; nothing was written")),
+                    self.scans.last = None; // rescan outputs now
                 }
-                self.last_scan = None; // rescan outputs now
             }
+        }
+    }
+
+    /// The worker thread died (its event channel is closed): fail what it left unfinished and
+    /// start a new one, numbering jobs on from the old one.
+    fn restart_worker(&mut self) {
+        let failed = worker_died(&mut self.jobs);
+        self.canvas.state.running = None;
+        match Worker::spawn_from(Some(boxed(&self.wake)), self.worker.next_id()) {
+            Ok(worker) => {
+                self.worker = worker;
+                self.notify(
+                    true,
+                    format!(
+                        "the worker thread stopped unexpectedly; {failed} unfinished job(s) failed; a new worker was started"
+                    ),
+                );
+            }
+            Err(e) => self.notify(
+                true,
+                format!("the worker thread stopped and a new one cannot start: {e}"),
+            ),
         }
     }
 
@@ -508,7 +495,8 @@ impl AmalgamApp {
                 Reply::Scanned { models, outputs } => {
                     self.canvas.state.models = models;
                     self.outputs = outputs;
-                    self.scanned_once = true;
+                    self.scans.answered = true;
+                    self.scans.in_flight = false;
                 }
                 Reply::Deleted(path, r) => {
                     let (failed, message) = match r {
@@ -516,42 +504,89 @@ impl AmalgamApp {
                         Err(e) => (true, format!("cannot delete {}: {e}", path.display())),
                     };
                     self.notify(failed, message);
-                    self.last_scan = None;
+                    self.scans.last = None;
                 }
-                Reply::Samples(r) => match r {
-                    Ok(outcomes) => {
-                        self.notify(
+                Reply::Samples(r) => self.samples_written(r.map(|o| o.len())),
+                Reply::ImportProgress { done, total } => {
+                    if let Some(p) = &mut self.modals.importing {
+                        (p.done, p.total) = (done, total);
+                    }
+                }
+                Reply::Imported { path, result } => {
+                    self.modals.importing = None;
+                    self.import_cancel = None;
+                    match result {
+                        Ok(name) => {
+                            self.scans.last = None;
+                            self.add_loader(&name);
+                        }
+                        Err(ImportError::Cancelled) => self.notify(
                             false,
-                            format!("wrote {} sample checkpoint(s)", outcomes.len()),
-                        );
-                        self.last_scan = None;
-                        if self
-                            .doc
-                            .nodes
-                            .iter()
-                            .filter(|n| n.type_ == "CheckpointLoaderSimple")
-                            .all(|n| {
-                                n.widget_values()
-                                    .first()
-                                    .and_then(|v| v.as_str())
-                                    .is_none_or(str::is_empty)
-                            })
-                        {
-                            let doc = examples::default_merge(
-                                "sample-sd15-a.safetensors",
-                                "sample-sd15-b.safetensors",
-                            );
-                            self.replace_document(doc, None);
+                            format!("import of {} {}", path.display(), ImportError::Cancelled),
+                        ),
+                        Err(e) => {
+                            self.notify(true, format!("cannot import {}: {e}", path.display()));
                         }
                     }
-                    Err(e) => self.notify(true, format!("cannot write samples: {e}")),
-                },
+                }
             }
         }
-        if self.last_scan.is_none_or(|t| t.elapsed() >= SCAN_EVERY) {
+        // One scan in flight at most: a slow drive must not build a backlog of scans.
+        let now = Instant::now();
+        if self.scans.due(now, SCAN_EVERY) {
             self.files.send(Request::Scan(self.folders.clone()));
-            self.last_scan = Some(Instant::now());
+            self.scans.asked(now);
         }
+    }
+
+    fn samples_written(&mut self, written: Result<usize, String>) {
+        match written {
+            Ok(n) => {
+                self.notify(false, format!("wrote {n} sample checkpoint(s)"));
+                self.scans.last = None;
+                let no_model_chosen = self
+                    .document
+                    .doc
+                    .nodes
+                    .iter()
+                    .filter(|n| n.type_ == "CheckpointLoaderSimple")
+                    .all(|n| {
+                        n.widget_values()
+                            .first()
+                            .and_then(|v| v.as_str())
+                            .is_none_or(str::is_empty)
+                    });
+                if no_model_chosen {
+                    let doc = examples::default_merge(
+                        "sample-sd15-a.safetensors",
+                        "sample-sd15-b.safetensors",
+                    );
+                    self.replace_document(doc, None);
+                }
+            }
+            Err(e) => self.notify(true, format!("cannot write samples: {e}")),
+        }
+    }
+
+    fn write_samples(&mut self) {
+        let Some(dir) = self.folders.primary("checkpoints").map(Path::to_path_buf) else {
+            return;
+        };
+        self.notify(
+            false,
+            format!("writing sample checkpoints into {}…", dir.display()),
+        );
+        let kind_dir = |k: &str| {
+            self.folders
+                .primary(k)
+                .map_or_else(|| dir.clone(), Path::to_path_buf)
+        };
+        let (loras, vae) = (kind_dir("loras"), kind_dir("vae"));
+        self.files.send(Request::WriteSamples {
+            checkpoints: dir,
+            loras,
+            vae,
+        });
     }
 
     fn loaded(
@@ -577,7 +612,8 @@ impl AmalgamApp {
         }
     }
 
-    /// A checkpoint without a workflow: add a Load Checkpoint node for it.
+    /// A checkpoint without a workflow: add a Load Checkpoint node for it, after importing it
+    /// when it is outside the model folders.
     fn dropped_checkpoint(&mut self, path: PathBuf) {
         let name = self.folders.folders("checkpoints").iter().find_map(|dir| {
             let rel = path
@@ -591,16 +627,15 @@ impl AmalgamApp {
         });
         match name {
             Some(name) => self.add_loader(&name),
-            None => self.import_offer = Some(ImportOffer { path }),
+            None => self.modals.import_offer = Some(path),
         }
     }
 
     fn add_loader(&mut self, name: &str) {
-        self.before_edit("add loader");
-        self.last_edit = None;
-        let id = self.doc.next_node_id();
-        let y = self
-            .doc
+        self.document.before_change("add loader");
+        let doc = &mut self.document.doc;
+        let id = doc.next_node_id();
+        let y = doc
             .nodes
             .iter()
             .filter_map(|n| n.pos.get())
@@ -608,49 +643,33 @@ impl AmalgamApp {
             .fold(0.0, f64::max)
             + 200.0;
         if let Some(schema) = Registry::builtin().get("CheckpointLoaderSimple") {
-            let mut node = new_document_node(schema, id, [0.0, y]);
+            let mut node = node_from_schema(schema, id, [0.0, y], |_| Given::Default);
             node.set_widget_value(0, serde_json::json!(name));
-            self.doc.add_node(node);
+            doc.add_node(node);
         }
         self.rebuild = true;
         self.notify(false, format!("added Load Checkpoint for {name}"));
     }
 
-    fn import(&mut self, offer: &ImportOffer, link: bool) {
-        let Some(dir) = self
-            .folders
-            .primary("checkpoints")
-            .map(std::path::Path::to_path_buf)
-        else {
+    /// Links or copies a dropped checkpoint into the checkpoints folder on the file thread.
+    fn import(&mut self, path: PathBuf, link: bool) {
+        let Some(folder) = self.folders.primary("checkpoints").map(Path::to_path_buf) else {
+            self.notify(true, "there is no checkpoints folder to import into");
             return;
         };
-        let Some(file_name) = offer.path.file_name() else {
-            return;
-        };
-        let target = dir.join(file_name);
-        let result = std::fs::create_dir_all(&dir).and_then(|()| {
-            if target.exists() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    format!("{} already exists", target.display()),
-                ));
-            }
-            if link {
-                #[cfg(unix)]
-                return std::os::unix::fs::symlink(&offer.path, &target);
-                #[cfg(not(unix))]
-                return std::fs::hard_link(&offer.path, &target);
-            }
-            // Copying gigabytes takes a while; this dialog is the user's explicit request.
-            std::fs::copy(&offer.path, &target).map(|_| ())
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.import_cancel = Some(Arc::clone(&cancel));
+        self.modals.importing = Some(ImportProgress {
+            path: path.clone(),
+            done: 0,
+            total: 0,
         });
-        match result {
-            Ok(()) => {
-                self.last_scan = None;
-                self.add_loader(&file_name.to_string_lossy());
-            }
-            Err(e) => self.notify(true, format!("cannot import {}: {e}", offer.path.display())),
-        }
+        self.files.send(Request::Import {
+            path,
+            folder,
+            link,
+            cancel,
+        });
     }
 
     fn remember_recent(&mut self, path: PathBuf) {
@@ -664,20 +683,24 @@ impl AmalgamApp {
     }
 
     fn save_to(&mut self, path: PathBuf) {
-        let text = serde_json::to_string_pretty(&self.doc.to_json()).unwrap_or_default();
+        let text = serde_json::to_string_pretty(&self.document.doc.to_json()).unwrap_or_default();
         match std::fs::write(&path, text) {
             Ok(()) => {
                 self.notify(false, format!("saved workflow {}", path.display()));
-                self.doc_path = Some(path.clone());
+                self.document.path = Some(path.clone());
                 self.remember_recent(path);
             }
             Err(e) => self.notify(true, format!("cannot save {}: {e}", path.display())),
         }
     }
 
-    fn export_prompt(&mut self, path: &std::path::Path) {
+    fn export_prompt(&mut self, path: &Path) {
         let registry = Registry::builtin();
-        let v = validate(resolve(&self.doc, registry), registry, &self.folders);
+        let v = validate(
+            resolve(&self.document.doc, registry),
+            registry,
+            &self.folders,
+        );
         let text = serde_json::to_string_pretty(&v.prompt.to_json()).unwrap_or_default();
         match std::fs::write(path, text) {
             Ok(()) => self.notify(false, format!("exported API prompt {}", path.display())),
@@ -725,7 +748,7 @@ impl AmalgamApp {
         if let Some(p) = problem {
             self.notify(true, p);
         }
-        self.last_scan = None;
+        self.scans.last = None;
     }
 
     // ------------------------------------------------------------------ the frame
@@ -741,20 +764,50 @@ impl AmalgamApp {
         self.drain_events();
         self.poll_files();
         self.poll_dialog();
-        self.handle_drops(ctx);
-        self.shortcuts(ctx);
+        for f in ctx.input(|i| i.raw.dropped_files.clone()) {
+            match f.path {
+                Some(p) => self.open_path(p),
+                None => self.notify(true, format!("cannot open dropped {}: no path", f.name)),
+            }
+        }
+        for command in shortcuts(ctx) {
+            self.run_cmd(command);
+        }
         if self.rebuild {
-            self.canvas.rebuild(&self.doc);
+            self.canvas.rebuild(&self.document.doc);
             self.rebuild = false;
         }
 
-        egui::TopBottomPanel::top("menu").show(ctx, |ui| self.menu_bar(ui));
-        egui::TopBottomPanel::bottom("status").show(ctx, |ui| self.status_bar(ui));
+        let mut commands: Vec<Command> = Vec::new();
+        egui::TopBottomPanel::top("menu").show(ctx, |ui| {
+            let state = MenuState {
+                can_undo: self.document.can_undo(),
+                can_redo: self.document.can_redo(),
+                recent: &self.settings.recent,
+                examples: &self.example_names,
+            };
+            let mut view = ViewToggles {
+                show_log: &mut self.show_log,
+                dark: &mut self.settings.dark,
+                precision: &mut self.settings.precision,
+            };
+            commands.extend(menu_bar_ui(ui, &state, &mut view));
+        });
+        egui::TopBottomPanel::bottom("status").show(ctx, |ui| {
+            let status = Status {
+                path: self.document.path.as_deref(),
+                nodes: self.document.doc.nodes.len(),
+                output_dir: self.folders.output_dir(),
+                frame_ms: self.frame_ms,
+                egui_frame_ms: self.egui_frame_ms,
+            };
+            status_bar_ui(ui, &status);
+        });
         if self.show_log {
             egui::TopBottomPanel::bottom("log")
                 .resizable(true)
                 .default_height(140.0)
-                .show(ctx, |ui| self.log_panel(ui));
+                .show(ctx, |ui| log_ui(ui, &self.log));
         }
         egui::SidePanel::right("side")
             .resizable(true)
@@ -765,23 +818,23 @@ impl AmalgamApp {
                     ui.selectable_value(&mut self.side_tab, SideTab::Outputs, "Outputs");
                 });
                 ui.separator();
-                match self.side_tab {
-                    SideTab::Queue => super::panels::queue_panel(self, ui),
-                    SideTab::Outputs => super::panels::output_browser(self, ui),
-                }
+                commands.extend(match self.side_tab {
+                    SideTab::Queue => queue_ui(ui, &self.jobs),
+                    SideTab::Outputs => outputs_ui(ui, self.folders.output_dir(), &self.outputs),
+                });
             });
         egui::CentralPanel::default()
             .frame(egui::Frame::none().fill(ctx.style().visuals.extreme_bg_color))
             .show(ctx, |ui| {
-                if self.scanned_once
+                let no_models = self.scans.answered
                     && self
                         .canvas
                         .state
                         .models
                         .get("checkpoints")
-                        .is_none_or(Vec::is_empty)
-                {
-                    self.sample_banner(ui);
+                        .is_none_or(Vec::is_empty);
+                if no_models {
+                    commands.extend(sample_banner_ui(ui, self.folders.primary("checkpoints")));
                 }
                 // The editor claims its whole rect for panning and box selection: give it only
                 // the space below the banner, or the banner's buttons could not be clicked.
@@ -795,9 +848,16 @@ impl AmalgamApp {
                     self.apply_edits(edits);
                 }
             });
-        self.windows(ctx);
-        self.toasts(ctx);
-        self.drop_overlay(ctx);
+        // What the panels asked for runs before the windows are drawn, so a window a click
+        // opens (a confirmation, an inspect report) is there in the same frame.
+        for command in commands {
+            self.run_cmd(command);
+        }
+        if let Some(command) = modals_ui(ctx, &mut self.modals, &mut self.settings) {
+            self.run_cmd(command);
+        }
+        toasts_ui(ctx, &self.log);
+        drop_overlay_ui(ctx);
         let ms = started.elapsed().as_secs_f32() * 1000.0;
         self.frame_ms = if self.frame_ms == 0.0 {
             ms
@@ -805,440 +865,37 @@ impl AmalgamApp {
             self.frame_ms * 0.9 + ms * 0.1
         };
     }
+}
 
-    fn handle_drops(&mut self, ctx: &egui::Context) {
-        let dropped = ctx.input(|i| i.raw.dropped_files.clone());
-        for f in dropped {
-            match f.path {
-                Some(p) => self.open_path(p),
-                None => self.notify(true, format!("cannot open dropped {}: no path", f.name)),
-            }
-        }
-    }
+/// A wake callback for one more background thread.
+fn boxed(wake: &Wake) -> Box<dyn Fn() + Send> {
+    let wake = Arc::clone(wake);
+    Box::new(move || wake())
+}
 
-    fn drop_overlay(&self, ctx: &egui::Context) {
-        let hovering = ctx.input(|i| !i.raw.hovered_files.is_empty());
-        if !hovering {
-            return;
-        }
-        let screen = ctx.screen_rect();
-        let painter = ctx.layer_painter(egui::LayerId::new(
-            egui::Order::Foreground,
-            egui::Id::new("drop"),
-        ));
-        painter.rect_filled(screen, 0.0, Color32::from_black_alpha(170));
-        painter.text(
-            screen.center(),
-            Align2::CENTER_CENTER,
-            "Drop a ComfyUI workflow (PNG, JSON) or a checkpoint",
-            egui::FontId::proportional(22.0),
-            Color32::WHITE,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_scan_at_most_is_in_flight() {
+        let every = Duration::from_secs(2);
+        let start = Instant::now();
+        let mut scans = Scans::default();
+        assert!(scans.due(start, every), "the first scan starts at once");
+        scans.asked(start);
+        let later = start + Duration::from_secs(60);
+        assert!(!scans.due(later, every), "a slow scan is not asked again");
+        scans.last = None;
+        assert!(!scans.due(later, every), "not even when invalidated");
+        scans.in_flight = false;
+        assert!(
+            scans.due(later, every),
+            "an invalidated scan runs once the last returned"
         );
-    }
-
-    fn shortcuts(&mut self, ctx: &egui::Context) {
-        let sc = |m: Modifiers, k: Key| KeyboardShortcut::new(m, k);
-        let typing = ctx.wants_keyboard_input();
-        let pressed = |s: KeyboardShortcut| ctx.input_mut(|i| i.consume_shortcut(&s));
-        if pressed(sc(Modifiers::COMMAND, Key::Enter)) {
-            self.queue();
-        }
-        if pressed(sc(Modifiers::COMMAND, Key::O)) {
-            self.ask(DialogRequest::OpenWorkflow);
-        }
-        if pressed(sc(Modifiers::COMMAND, Key::S)) {
-            match self.doc_path.clone() {
-                Some(p) => self.save_to(p),
-                None => self.ask(DialogRequest::SaveWorkflow {
-                    suggested: "workflow.json".into(),
-                }),
-            }
-        }
-        if typing {
-            return;
-        }
-        if pressed(sc(Modifiers::COMMAND | Modifiers::SHIFT, Key::Z))
-            || pressed(sc(Modifiers::COMMAND, Key::Y))
-        {
-            self.redo();
-        }
-        if pressed(sc(Modifiers::COMMAND, Key::Z)) {
-            self.undo();
-        }
-        if pressed(sc(Modifiers::COMMAND, Key::M)) {
-            self.toggle_mode(Mode::Never);
-        }
-        if pressed(sc(Modifiers::COMMAND, Key::B)) {
-            self.toggle_mode(Mode::Bypass);
-        }
-        if pressed(sc(Modifiers::COMMAND, Key::A)) {
-            self.canvas.select_all();
-        }
-        if pressed(sc(Modifiers::NONE, Key::Delete)) {
-            self.delete_selected();
-        }
-    }
-
-    fn menu_bar(&mut self, ui: &mut egui::Ui) {
-        egui::menu::bar(ui, |ui| {
-            ui.menu_button("File", |ui| {
-                if ui.button("New").clicked() {
-                    let doc = Self::default_graph(&self.folders);
-                    self.replace_document(doc, None);
-                    ui.close_menu();
-                }
-                if ui.button("Open…").clicked() {
-                    self.ask(DialogRequest::OpenWorkflow);
-                    ui.close_menu();
-                }
-                if ui.button("Save").clicked() {
-                    match self.doc_path.clone() {
-                        Some(p) => self.save_to(p),
-                        None => self.ask(DialogRequest::SaveWorkflow {
-                            suggested: "workflow.json".into(),
-                        }),
-                    }
-                    ui.close_menu();
-                }
-                if ui.button("Save As…").clicked() {
-                    self.ask(DialogRequest::SaveWorkflow {
-                        suggested: "workflow.json".into(),
-                    });
-                    ui.close_menu();
-                }
-                if ui.button("Export API prompt…").clicked() {
-                    self.ask(DialogRequest::ExportPrompt {
-                        suggested: "workflow_api.json".into(),
-                    });
-                    ui.close_menu();
-                }
-                ui.menu_button("Recent", |ui| {
-                    if self.settings.recent.is_empty() {
-                        ui.label("(none)");
-                    }
-                    for p in self.settings.recent.clone() {
-                        if ui.button(p.display().to_string()).clicked() {
-                            self.open_path(p);
-                            ui.close_menu();
-                        }
-                    }
-                });
-                ui.menu_button("Examples", |ui| {
-                    for (name, _, doc) in examples::all() {
-                        if ui.button(name).clicked() {
-                            self.replace_document(doc, None);
-                            ui.close_menu();
-                        }
-                    }
-                });
-                ui.separator();
-                if ui.button("Settings…").clicked() {
-                    self.show_settings = true;
-                    ui.close_menu();
-                }
-            });
-            ui.menu_button("Edit", |ui| {
-                if ui
-                    .add_enabled(!self.undo.is_empty(), egui::Button::new("Undo"))
-                    .clicked()
-                {
-                    self.undo();
-                    ui.close_menu();
-                }
-                if ui
-                    .add_enabled(!self.redo.is_empty(), egui::Button::new("Redo"))
-                    .clicked()
-                {
-                    self.redo();
-                    ui.close_menu();
-                }
-                ui.separator();
-                if ui.button("Select all").clicked() {
-                    self.canvas.select_all();
-                    ui.close_menu();
-                }
-                if ui.button("Mute selected (Ctrl+M)").clicked() {
-                    self.toggle_mode(Mode::Never);
-                    ui.close_menu();
-                }
-                if ui.button("Bypass selected (Ctrl+B)").clicked() {
-                    self.toggle_mode(Mode::Bypass);
-                    ui.close_menu();
-                }
-                if ui.button("Delete selected").clicked() {
-                    self.delete_selected();
-                    ui.close_menu();
-                }
-            });
-            ui.menu_button("View", |ui| {
-                ui.checkbox(&mut self.show_log, "Log");
-                ui.checkbox(&mut self.settings.dark, "Dark theme");
-            });
-            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-                if ui
-                    .button(RichText::new("Queue").strong())
-                    .on_hover_text("Validate and run (Ctrl+Enter)")
-                    .clicked()
-                {
-                    self.queue();
-                }
-                egui::ComboBox::from_id_salt("precision")
-                    .selected_text(format!("precision: {}", self.settings.precision.as_str()))
-                    .show_ui(ui, |ui| {
-                        for p in [
-                            Precision::Keep,
-                            Precision::Fp16,
-                            Precision::Bf16,
-                            Precision::Fp32,
-                        ] {
-                            ui.selectable_value(&mut self.settings.precision, p, p.as_str());
-                        }
-                    });
-            });
-        });
-    }
-
-    fn status_bar(&self, ui: &mut egui::Ui) {
-        ui.horizontal(|ui| {
-            let name = self.doc_path.as_ref().map_or_else(
-                || "unsaved workflow".to_owned(),
-                |p| p.display().to_string(),
-            );
-            ui.label(name);
-            ui.separator();
-            ui.label(format!("{} nodes", self.doc.nodes.len()));
-            ui.separator();
-            ui.label(format!("output: {}", self.folders.output_dir().display()));
-            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-                match self.egui_frame_ms {
-                    Some(ms) => ui.label(format!("frame {ms:.1} ms (app {:.1} ms)", self.frame_ms)),
-                    None => ui.label(format!("frame {:.1} ms", self.frame_ms)),
-                };
-            });
-        });
-    }
-
-    fn log_panel(&self, ui: &mut egui::Ui) {
-        egui::ScrollArea::vertical()
-            .stick_to_bottom(true)
-            .show(ui, |ui| {
-                for e in &self.log {
-                    let color = if e.error {
-                        Color32::from_rgb(0xff, 0x80, 0x80)
-                    } else {
-                        ui.visuals().text_color()
-                    };
-                    ui.colored_label(color, &e.text);
-                }
-            });
-    }
-
-    fn sample_banner(&mut self, ui: &mut egui::Ui) {
-        egui::Frame::group(ui.style())
-            .fill(Color32::from_rgb(0x2b, 0x3a, 0x55))
-            .show(ui, |ui| {
-                ui.horizontal(|ui| {
-                    ui.label(RichText::new("No checkpoints yet.").strong());
-                    ui.label(format!(
-                        "Put .safetensors or .ckpt files in {}, or:",
-                        self.folders
-                            .primary("checkpoints")
-                            .map_or_else(String::new, |p| p.display().to_string())
-                    ));
-                    if ui.button("Create sample checkpoints").clicked()
-                        && let Some(dir) =
-                            self.folders.primary("checkpoints").map(Path::to_path_buf)
-                    {
-                        self.notify(
-                            false,
-                            format!("writing sample checkpoints into {}…", dir.display()),
-                        );
-                        let kind_dir = |k: &str| {
-                            self.folders
-                                .primary(k)
-                                .map_or_else(|| dir.clone(), Path::to_path_buf)
-                        };
-                        let (loras, vae) = (kind_dir("loras"), kind_dir("vae"));
-                        self.files.send(Request::WriteSamples {
-                            checkpoints: dir,
-                            loras,
-                            vae,
-                        });
-                    }
-                    if ui.button("Open models folder").clicked()
-                        && let Some(dir) = self.folders.primary("checkpoints")
-                    {
-                        let _ = std::fs::create_dir_all(dir);
-                        if let Err(e) = opener::open(dir) {
-                            self.notify(true, format!("cannot open {}: {e}", dir.display()));
-                        }
-                    }
-                });
-            });
-    }
-
-    fn windows(&mut self, ctx: &egui::Context) {
-        if let Some((title, text)) = self.inspect.clone() {
-            let mut open = true;
-            egui::Window::new(format!("Inspect {title}"))
-                .open(&mut open)
-                .show(ctx, |ui| {
-                    egui::ScrollArea::vertical().show(ui, |ui| ui.monospace(text));
-                });
-            if !open {
-                self.inspect = None;
-            }
-        }
-        if let Some(path) = self.confirm_delete.clone() {
-            egui::Window::new("Delete file?")
-                .collapsible(false)
-                .anchor(Align2::CENTER_CENTER, [0.0, 0.0])
-                .show(ctx, |ui| {
-                    ui.label(format!("Delete {}? This cannot be undone.", path.display()));
-                    ui.horizontal(|ui| {
-                        if ui.button("Delete").clicked() {
-                            self.files.send(Request::Delete(path.clone()));
-                            self.confirm_delete = None;
-                        }
-                        if ui.button("Cancel").clicked() {
-                            self.confirm_delete = None;
-                        }
-                    });
-                });
-        }
-        if let Some(offer) = self.import_offer.clone() {
-            egui::Window::new("Use this checkpoint?")
-                .collapsible(false)
-                .anchor(Align2::CENTER_CENTER, [0.0, 0.0])
-                .show(ctx, |ui| {
-                    ui.label(format!(
-                        "{} is not in a models folder.",
-                        offer.path.display()
-                    ));
-                    ui.horizontal(|ui| {
-                        if ui.button("Link into models folder").clicked() {
-                            self.import(&offer, true);
-                            self.import_offer = None;
-                        }
-                        if ui.button("Copy into models folder").clicked() {
-                            self.import(&offer, false);
-                            self.import_offer = None;
-                        }
-                        if ui.button("Cancel").clicked() {
-                            self.import_offer = None;
-                        }
-                    });
-                });
-        }
-        if self.show_settings {
-            let mut open = true;
-            egui::Window::new("Settings")
-                .open(&mut open)
-                .show(ctx, |ui| self.settings_ui(ui));
-            self.show_settings = open;
-        }
-    }
-
-    fn settings_ui(&mut self, ui: &mut egui::Ui) {
-        egui::Grid::new("settings").num_columns(3).show(ui, |ui| {
-            let rows: [(&str, String, FolderPurpose); 3] = [
-                (
-                    "Base folder",
-                    self.settings.base_dir.display().to_string(),
-                    FolderPurpose::Base,
-                ),
-                (
-                    "Models folder",
-                    self.settings
-                        .models_dir
-                        .as_ref()
-                        .map_or_else(|| "<base>/models".into(), |p| p.display().to_string()),
-                    FolderPurpose::Models,
-                ),
-                (
-                    "Output folder",
-                    self.settings
-                        .output_dir
-                        .as_ref()
-                        .map_or_else(|| "<base>/output".into(), |p| p.display().to_string()),
-                    FolderPurpose::Output,
-                ),
-            ];
-            for (label, value, purpose) in rows {
-                ui.label(label);
-                ui.label(value);
-                if ui.button("Choose…").clicked() {
-                    self.ask(DialogRequest::PickFolder { purpose });
-                }
-                ui.end_row();
-            }
-            ui.label("extra_model_paths.yaml");
-            ui.label(
-                self.settings
-                    .extra_model_paths
-                    .as_ref()
-                    .map_or_else(|| "(none)".into(), |p| p.display().to_string()),
-            );
-            if ui.button("Choose…").clicked() {
-                self.ask(DialogRequest::OpenExtraPaths);
-            }
-            ui.end_row();
-        });
-        ui.horizontal(|ui| {
-            ui.label("Output precision");
-            for p in [
-                Precision::Keep,
-                Precision::Fp16,
-                Precision::Bf16,
-                Precision::Fp32,
-            ] {
-                ui.selectable_value(&mut self.settings.precision, p, p.as_str());
-            }
-        });
-        ui.checkbox(&mut self.settings.dark, "Dark theme");
-    }
-
-    fn toasts(&self, ctx: &egui::Context) {
-        let recent: Vec<&LogEntry> = self
-            .log
-            .iter()
-            .rev()
-            .take_while(|e| e.at.elapsed() < Duration::from_secs(6))
-            .take(4)
-            .collect();
-        if recent.is_empty() {
-            return;
-        }
-        egui::Area::new(egui::Id::new("toasts"))
-            .anchor(Align2::LEFT_BOTTOM, [12.0, -40.0])
-            .order(egui::Order::Foreground)
-            .show(ctx, |ui| {
-                for e in recent.into_iter().rev() {
-                    let fill = if e.error {
-                        Color32::from_rgb(0x6b, 0x1d, 0x1d)
-                    } else {
-                        Color32::from_rgb(0x24, 0x4b, 0x2f)
-                    };
-                    egui::Frame::popup(ui.style()).fill(fill).show(ui, |ui| {
-                        ui.label(RichText::new(&e.text).color(Color32::WHITE));
-                    });
-                }
-            });
-        ctx.request_repaint_after(Duration::from_millis(500));
-    }
-
-    // ------------------------------------------------------------------ used by the panels
-
-    pub fn request_inspect(&mut self, entry: &OutputEntry) {
-        self.inspect = Some((entry.name.clone(), entry.report.clone()));
-    }
-    pub fn request_delete(&mut self, path: PathBuf) {
-        self.confirm_delete = Some(path);
-    }
-    pub fn notify_error(&mut self, text: String) {
-        self.notify(true, text);
-    }
-    pub fn size_label(bytes: u64) -> String {
-        human_bytes(bytes)
+        scans.asked(later);
+        scans.in_flight = false;
+        assert!(!scans.due(later + Duration::from_secs(1), every));
+        assert!(scans.due(later + every, every));
     }
 }

@@ -17,8 +17,9 @@ use egui::{Color32, Pos2, Vec2};
 use egui_node_graph2 as eng;
 use serde_json::{Value, json};
 
-use crate::graph::document::{InputSlot, Mode, OutputSlot};
-use crate::graph::{Document, NodeId};
+use crate::graph::document::Mode;
+use crate::graph::edit::{Given, node_from_schema};
+use crate::graph::{Document, Edit, NodeId};
 use crate::nodes::{Choices, InputKind, NodeSchema, Operation, Registry};
 
 /// A link type; `*` (reroutes) connects to anything.
@@ -198,7 +199,7 @@ impl eng::NodeTemplateTrait for Template {
         }
     }
     fn build_node(&self, graph: &mut Graph, _: &mut CanvasState, node_id: eng::NodeId) {
-        let node = new_document_node(self.0, 0, [0.0, 0.0]);
+        let node = node_from_schema(self.0, 0, [0.0, 0.0], |_| Given::Default);
         add_params(graph, node_id, &node, Some(self.0));
     }
 }
@@ -394,51 +395,6 @@ fn user_changed(r: &egui::Response) -> bool {
         && (r.dragged() || r.drag_stopped() || r.clicked() || r.has_focus() || r.lost_focus())
 }
 
-/// A new document node of a registered type, with its slots and default widget values.
-pub fn new_document_node(schema: &NodeSchema, id: NodeId, pos: [f64; 2]) -> crate::graph::Node {
-    let mut node = crate::graph::Node::new(
-        id,
-        schema.class_type,
-        pos,
-        [315.0, 60.0 + 26.0 * schema.inputs.len() as f64],
-    );
-    let mut widgets = Vec::new();
-    for spec in &schema.inputs {
-        match &spec.kind {
-            InputKind::Link(t) => node.inputs.push(InputSlot {
-                name: spec.name.clone(),
-                type_: json!(t),
-                link: None,
-                fields: serde_json::Map::from_iter([("link".to_owned(), Value::Null)]),
-            }),
-            kind => {
-                widgets.push(kind.default_value().unwrap_or(Value::Null));
-                if matches!(
-                    kind,
-                    InputKind::Int {
-                        control_after_generate: true,
-                        ..
-                    }
-                ) {
-                    widgets.push(json!("fixed"));
-                }
-            }
-        }
-    }
-    for o in &schema.outputs {
-        node.outputs.push(OutputSlot {
-            name: o.name.to_owned(),
-            type_: json!(o.type_name),
-            links: Some(Vec::new()),
-            fields: serde_json::Map::new(),
-        });
-    }
-    if !widgets.is_empty() {
-        node.widgets_values = Some(Value::Array(widgets));
-    }
-    node
-}
-
 /// Adds the editor parameters of a document node: link inputs as ports, widgets inline (a
 /// widget converted to an input in the document gets a port too), outputs as ports.
 fn add_params(
@@ -556,29 +512,11 @@ impl Default for Canvas {
     }
 }
 
-/// A change to the document, made on the canvas.
+/// What the user did on the canvas: an edit of the document, or a node created from the node
+/// finder (which the app adds to the document and binds to its editor node).
 #[derive(Clone, Debug, PartialEq)]
-pub enum Edit {
-    Connect {
-        origin: NodeId,
-        slot: usize,
-        target: NodeId,
-        input: String,
-    },
-    Disconnect {
-        target: NodeId,
-        input: String,
-    },
-    Delete(NodeId),
-    Move {
-        node: NodeId,
-        pos: [f64; 2],
-    },
-    Widget {
-        node: NodeId,
-        index: usize,
-        value: Value,
-    },
+pub enum CanvasEdit {
+    Document(Edit),
     Create {
         class_type: &'static str,
         editor_id: eng::NodeId,
@@ -751,7 +689,7 @@ impl Canvas {
     }
 
     /// Draws the canvas and returns the document edits it made.
-    pub fn show(&mut self, ui: &mut egui::Ui) -> Vec<Edit> {
+    pub fn show(&mut self, ui: &mut egui::Ui) -> Vec<CanvasEdit> {
         if std::mem::take(&mut self.fit_pending) {
             self.fit_view(ui);
         }
@@ -793,12 +731,12 @@ impl Canvas {
                         slot,
                         name,
                     ) {
-                        edits.push(Edit::Connect {
+                        edits.push(CanvasEdit::Document(Edit::Connect {
                             origin,
                             slot,
                             target,
                             input: name,
-                        });
+                        }));
                     }
                 }
                 eng::NodeResponse::DisconnectEvent { input, .. } => {
@@ -809,13 +747,13 @@ impl Canvas {
                         .find(|(_, id)| *id == input)
                         .map(|(n, _)| n.clone());
                     if let (Some(&target), Some(input)) = (self.to_doc.get(&in_node), name) {
-                        edits.push(Edit::Disconnect { target, input });
+                        edits.push(CanvasEdit::Document(Edit::Disconnect { target, input }));
                     }
                 }
                 eng::NodeResponse::DeleteNodeFull { node_id, .. } => {
                     if let Some(doc_id) = self.to_doc.remove(&node_id) {
                         self.to_editor.remove(&doc_id);
-                        edits.push(Edit::Delete(doc_id));
+                        edits.push(CanvasEdit::Document(Edit::Delete(doc_id)));
                     }
                 }
                 eng::NodeResponse::MoveNode { node, .. } => {
@@ -828,7 +766,7 @@ impl Canvas {
                     let class = self.editor.graph[id].user_data.class_type.clone();
                     if let Some(schema) = Registry::builtin().get(&class) {
                         let pos = self.to_doc_pos(self.editor.node_positions[id]);
-                        edits.push(Edit::Create {
+                        edits.push(CanvasEdit::Create {
                             class_type: schema.class_type,
                             editor_id: id,
                             pos,
@@ -836,7 +774,7 @@ impl Canvas {
                     }
                 }
                 eng::NodeResponse::User(CanvasResponse::SetWidget { node, index, value }) => {
-                    edits.push(Edit::Widget { node, index, value });
+                    edits.push(CanvasEdit::Document(Edit::Widget { node, index, value }));
                 }
                 _ => {}
             }
@@ -847,10 +785,10 @@ impl Canvas {
             if let (Some(&doc_id), Some(&p)) =
                 (self.to_doc.get(&id), self.editor.node_positions.get(id))
             {
-                edits.push(Edit::Move {
+                edits.push(CanvasEdit::Document(Edit::Move {
                     node: doc_id,
                     pos: self.to_doc_pos(p),
-                });
+                }));
             }
         }
         edits
@@ -899,79 +837,6 @@ impl Canvas {
         }
         self.to_doc.insert(editor_id, doc_id);
         self.to_editor.insert(doc_id, editor_id);
-    }
-}
-
-/// Applies a canvas edit to the document. Returns false when it no longer applies.
-pub fn apply(doc: &mut Document, edit: &Edit) -> bool {
-    match edit {
-        Edit::Connect {
-            origin,
-            slot,
-            target,
-            input,
-        } => {
-            // A converted widget input that the document does not list yet gets its slot now.
-            if let Some(n) = doc.node_mut(*target)
-                && !n
-                    .inputs
-                    .iter()
-                    .any(|i| i.name == *input || i.widget_name() == Some(input))
-            {
-                n.inputs.push(InputSlot {
-                    name: input.clone(),
-                    type_: json!("*"),
-                    link: None,
-                    fields: serde_json::Map::from_iter([(
-                        "widget".to_owned(),
-                        json!({"name": input}),
-                    )]),
-                });
-            }
-            let name = doc
-                .node(*target)
-                .and_then(|n| {
-                    n.inputs
-                        .iter()
-                        .find(|i| i.name == *input || i.widget_name() == Some(input))
-                })
-                .map(|i| i.name.clone());
-            name.is_some_and(|name| doc.connect(*origin, *slot, *target, &name).is_some())
-        }
-        Edit::Disconnect { target, input } => {
-            let link = doc
-                .node(*target)
-                .and_then(|n| {
-                    n.inputs
-                        .iter()
-                        .find(|i| i.name == *input || i.widget_name() == Some(input))
-                })
-                .and_then(|i| i.link);
-            if let Some(l) = link {
-                doc.remove_link(l);
-            }
-            link.is_some()
-        }
-        Edit::Delete(id) => {
-            let links: Vec<i64> = doc
-                .links
-                .iter()
-                .filter(|l| l.origin_id == *id || l.target_id == *id)
-                .map(|l| l.id)
-                .collect();
-            for l in links {
-                doc.remove_link(l);
-            }
-            let before = doc.nodes.len();
-            doc.nodes.retain(|n| n.id != *id);
-            doc.nodes.len() != before
-        }
-        Edit::Move { node, pos } => doc.node_mut(*node).map(|n| n.pos.set(*pos)).is_some(),
-        Edit::Widget { node, index, value } => doc
-            .node_mut(*node)
-            .map(|n| n.set_widget_value(*index, value.clone()))
-            .is_some(),
-        Edit::Create { .. } => false,
     }
 }
 

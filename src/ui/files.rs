@@ -1,13 +1,18 @@
 //! File work for the app, off the UI thread: loading dropped or opened workflows, scanning the
-//! model and output folders, writing samples. One named thread takes [`Request`]s and answers
-//! with [`Reply`]s; the UI polls the replies each frame and is woken when one arrives.
+//! model and output folders, writing samples, deleting outputs, importing a dropped checkpoint.
+//! One named thread takes [`Request`]s and answers with [`Reply`]s; the UI polls the replies
+//! each frame and is woken when one arrives. The app keeps at most one scan in flight, so a
+//! slow drive never builds a backlog of scans.
 //!
 //! Native file dialogs block, so they run on their own short-lived threads behind the
 //! [`Dialogs`] trait; tests swap in fixed answers.
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 
@@ -29,6 +34,14 @@ pub enum Request {
     /// Delete a saved output the user confirmed; kept off the UI thread because a delete on a
     /// network or sleeping drive can block for seconds.
     Delete(PathBuf),
+    /// Bring a checkpoint into `folder`: a symbolic link (`link`), or a copy — gigabytes, so it
+    /// reports progress and stops when `cancel` is set, leaving no partial file.
+    Import {
+        path: PathBuf,
+        folder: PathBuf,
+        link: bool,
+        cancel: Arc<AtomicBool>,
+    },
 }
 
 /// A saved file, as the output browser lists it.
@@ -54,6 +67,25 @@ pub enum Reply {
     },
     Samples(Result<Vec<SampleOutcome>, String>),
     Deleted(PathBuf, Result<(), String>),
+    /// Bytes of an import copied so far.
+    ImportProgress {
+        done: u64,
+        total: u64,
+    },
+    /// An import ended: the new file's name in the folder, or why not (`Cancelled`).
+    Imported {
+        path: PathBuf,
+        result: Result<String, ImportError>,
+    },
+}
+
+/// Why an import did not happen.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ImportError {
+    #[error("cancelled; nothing was left in the models folder")]
+    Cancelled,
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Model folder kinds the canvas offers in COMBO widgets.
@@ -108,6 +140,19 @@ impl FileThread {
                             let r = std::fs::remove_file(&path).map_err(|e| e.to_string());
                             Reply::Deleted(path, r)
                         }
+                        Request::Import {
+                            path,
+                            folder,
+                            link,
+                            cancel,
+                        } => {
+                            let mut progress = |done, total| {
+                                let _ = rep_tx.try_send(Reply::ImportProgress { done, total });
+                                wake();
+                            };
+                            let result = import(&path, &folder, link, &cancel, &mut progress);
+                            Reply::Imported { path, result }
+                        }
                     };
                     if rep_tx.send(reply).is_err() {
                         break;
@@ -124,6 +169,79 @@ impl FileThread {
     pub fn send(&self, r: Request) {
         let _ = self.requests.send(r);
     }
+}
+
+/// Bytes per read while copying an import; progress is reported at most ten times a second.
+const COPY_CHUNK: usize = 8 << 20;
+
+/// Links or copies `path` into `folder` under its own name. A copy goes to a hidden temporary
+/// name first and is renamed when complete, so the folder never lists a half-copied checkpoint.
+fn import(
+    path: &Path,
+    folder: &Path,
+    link: bool,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<String, ImportError> {
+    let failed = |what: &str, p: &Path, e: std::io::Error| {
+        ImportError::Failed(format!("cannot {what} {}: {e}", p.display()))
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| ImportError::Failed(format!("{} names no file", path.display())))?;
+    let target = folder.join(name);
+    std::fs::create_dir_all(folder).map_err(|e| failed("create", folder, e))?;
+    if target.exists() {
+        return Err(ImportError::Failed(format!(
+            "{} already exists",
+            target.display()
+        )));
+    }
+    if link {
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(path, &target).map_err(|e| failed("link", &target, e))?;
+        #[cfg(not(unix))]
+        std::fs::hard_link(path, &target).map_err(|e| failed("link", &target, e))?;
+        return Ok(name.to_string_lossy().into_owned());
+    }
+    let mut from = std::fs::File::open(path).map_err(|e| failed("read", path, e))?;
+    let total = from.metadata().map_err(|e| failed("read", path, e))?.len();
+    let mut partial = tempfile::Builder::new()
+        .prefix(".amalgam-import-")
+        .suffix(".tmp")
+        .tempfile_in(folder)
+        .map_err(|e| failed("write into", folder, e))?;
+    let mut buf = vec![0u8; COPY_CHUNK];
+    // Reported after the first chunk, then at most ten times a second.
+    let (mut done, mut reported) = (0u64, None::<Instant>);
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            // Dropping the temporary file removes it.
+            return Err(ImportError::Cancelled);
+        }
+        let n = from.read(&mut buf).map_err(|e| failed("read", path, e))?;
+        if n == 0 {
+            break;
+        }
+        partial
+            .write_all(&buf[..n])
+            .map_err(|e| failed("write", &target, e))?;
+        done += n as u64;
+        if reported.is_none_or(|t| t.elapsed() >= Duration::from_millis(100)) {
+            progress(done, total);
+            reported = Some(Instant::now());
+        }
+    }
+    progress(done, total);
+    partial
+        .as_file()
+        .sync_all()
+        .map_err(|e| failed("write", &target, e))?;
+    // Never replaces a file that appeared meanwhile.
+    partial
+        .persist_noclobber(&target)
+        .map_err(|e| failed("write", &target, e.error))?;
+    Ok(name.to_string_lossy().into_owned())
 }
 
 fn scan_outputs(
@@ -258,5 +376,99 @@ impl Dialogs for NativeDialogs {
             return rx;
         }
         rx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("big.safetensors");
+        // Three copy chunks and a bit, so progress is reported along the way.
+        let bytes: Vec<u8> = (0..3 * COPY_CHUNK + 17).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&file, &bytes).expect("write");
+        let folder = dir.path().join("models/checkpoints");
+        (dir, file, folder)
+    }
+
+    fn listing(folder: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(folder)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn an_import_copies_whole_with_progress_and_never_replaces() {
+        let (_dir, file, folder) = setup();
+        let mut seen = Vec::new();
+        let name = import(
+            &file,
+            &folder,
+            false,
+            &AtomicBool::new(false),
+            &mut |d, t| {
+                seen.push((d, t));
+            },
+        )
+        .expect("import");
+        assert_eq!(name, "big.safetensors");
+        assert_eq!(
+            std::fs::read(folder.join(&name)).ok(),
+            std::fs::read(&file).ok()
+        );
+        let total = std::fs::metadata(&file).expect("meta").len();
+        assert_eq!(seen.last(), Some(&(total, total)));
+        assert_eq!(
+            listing(&folder),
+            ["big.safetensors"],
+            "no temporary file left"
+        );
+        let again = import(
+            &file,
+            &folder,
+            false,
+            &AtomicBool::new(false),
+            &mut |_, _| {},
+        );
+        assert!(
+            matches!(&again, Err(ImportError::Failed(m)) if m.contains("already exists")),
+            "{again:?}"
+        );
+    }
+
+    #[test]
+    fn a_cancelled_import_leaves_nothing() {
+        let (_dir, file, folder) = setup();
+        let cancel = AtomicBool::new(false);
+        let result = import(&file, &folder, false, &cancel, &mut |_, _| {
+            // Cancelled from "another thread" once the copy is under way.
+            cancel.store(true, Ordering::Relaxed);
+        });
+        assert_eq!(result, Err(ImportError::Cancelled));
+        assert!(listing(&folder).is_empty(), "{:?}", listing(&folder));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_linked_import_points_at_the_original() {
+        let (_dir, file, folder) = setup();
+        let name = import(
+            &file,
+            &folder,
+            true,
+            &AtomicBool::new(false),
+            &mut |_, _| {},
+        )
+        .expect("link");
+        let link = folder.join(name);
+        assert_eq!(std::fs::read_link(&link).ok(), Some(file));
     }
 }

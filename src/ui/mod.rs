@@ -1,19 +1,27 @@
 //! The desktop app (egui only; no tensor code).
 //!
-//! - [`app`]: the application state and its frame.
+//! - [`app`]: the application state, its frame, and the one place commands are applied.
+//! - [`command`]: what a click, menu item or shortcut asks for, as data.
+//! - [`document`]: the open document and its undo history (no egui).
+//! - [`jobs`]: jobs as the queue shows them, following the engine's events (no egui).
 //! - [`canvas`]: egui_node_graph2 adapters over the node registry and the workflow document.
-//! - [`panels`]: the queue panel and the output browser.
-//! - [`files`]: file reads, folder scans and native dialogs, off the UI thread.
-//! - [`examples`]: the default graph and the bundled example workflows.
+//! - [`menu`], [`panels`], [`windows`]: `*_ui` functions that draw what they are given and
+//!   return [`command::Command`]s.
+//! - [`files`]: file reads, folder scans, imports and native dialogs, off the UI thread.
 //!
-//! Threads: the UI thread draws and applies intents; the engine's `amalgam-worker` runs merges;
-//! `amalgam-files` reads and scans; each wakes the UI with `request_repaint` when it has news.
+//! Threads: the UI thread draws and applies commands; the engine's `amalgam-worker` runs merges;
+//! `amalgam-files` reads, scans and imports; each wakes the UI with `request_repaint` when it has
+//! news.
 
 pub mod app;
 pub mod canvas;
-pub mod examples;
+pub mod command;
+pub mod document;
 pub mod files;
+pub mod jobs;
+pub mod menu;
 pub mod panels;
+pub mod windows;
 
 use std::path::PathBuf;
 
@@ -119,8 +127,15 @@ pub fn startup_state(
     (settings, restored)
 }
 
+/// Why the window could not be opened (no display, no GL): says what to do instead.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot open the window ({0}); without a display, use a subcommand such as `amalgam run WORKFLOW`"
+)]
+pub struct WindowError(String);
+
 /// Opens the window.
-pub fn run(launch: Launch) -> anyhow::Result<()> {
+pub fn run(launch: Launch) -> Result<(), WindowError> {
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("Amalgam")
@@ -133,26 +148,31 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
         "Amalgam",
         options,
         Box::new(move |cc| {
-            let saved: Option<Persisted> = cc.storage.and_then(|s| eframe::get_value(s, STORAGE_KEY));
+            let saved: Option<Persisted> =
+                cc.storage.and_then(|s| eframe::get_value(s, STORAGE_KEY));
             let cwd = std::env::current_dir().unwrap_or_default();
             let (settings, restored) = startup_state(saved, &launch, cwd);
             let ctx = cc.egui_ctx.clone();
             // Background threads report often (a merge sends hundreds of progress events a
             // second); repainting at most 60 times a second leaves the CPU to the merge.
             let wake = move || ctx.request_repaint_after(std::time::Duration::from_millis(16));
-            let mut app = AmalgamApp::new(settings, restored, Box::new(files::NativeDialogs), wake)?;
+            let mut app =
+                AmalgamApp::new(settings, restored, Box::new(files::NativeDialogs), wake)?;
             if let Some(path) = launch.open.clone() {
                 app.open_path(path);
             }
-            let stats = std::env::var_os("AMALGAM_FRAME_STATS").map(|_| FrameStats { since: std::time::Instant::now(), cpu_ms: Vec::new() });
-            Ok(Box::new(EframeApp { app, started: launch.started, stats }))
+            let stats = std::env::var_os("AMALGAM_FRAME_STATS").map(|_| FrameStats {
+                since: std::time::Instant::now(),
+                cpu_ms: Vec::new(),
+            });
+            Ok(Box::new(EframeApp {
+                app,
+                started: launch.started,
+                stats,
+            }))
         }),
     )
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "cannot open the window ({e}); without a display, use a subcommand such as `amalgam run WORKFLOW`"
-        )
-    })
+    .map_err(|e| WindowError(e.to_string()))
 }
 
 #[cfg(test)]
@@ -161,7 +181,7 @@ mod tests {
 
     #[test]
     fn the_last_workflow_and_settings_come_back_and_the_command_line_wins() {
-        let doc = examples::block_merge("a.safetensors", "b.safetensors");
+        let doc = crate::graph::examples::block_merge("a.safetensors", "b.safetensors");
         let mut settings = Settings::new(PathBuf::from("/saved/base"));
         settings.precision = crate::engine::Precision::Fp16;
         settings.output_dir = Some(PathBuf::from("/saved/out"));

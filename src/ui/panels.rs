@@ -1,19 +1,26 @@
 //! The side panels: the job queue (state, current node, progress with ETA and throughput,
 //! warnings, cancel) and the output browser (saved files, newest first, with their actions).
+//! Each takes the data it shows and returns what the user asked for.
+
+use std::path::Path;
 
 use egui::{Color32, ProgressBar, RichText};
 
-use super::app::{AmalgamApp, JobState};
+use crate::model::report::human_bytes;
 
-pub fn queue_panel(app: &mut AmalgamApp, ui: &mut egui::Ui) {
-    if app.jobs.is_empty() {
+use super::command::Command;
+use super::files::OutputEntry;
+use super::jobs::{JobState, JobView};
+
+/// The queue panel: one card per job, newest first.
+pub fn queue_ui(ui: &mut egui::Ui, jobs: &[JobView]) -> Option<Command> {
+    if jobs.is_empty() {
         ui.label("Nothing queued yet. Press Queue (Ctrl+Enter) to run the graph.");
-        return;
+        return None;
     }
-    let mut cancel = None;
-    let mut clear_done = false;
+    let mut command = None;
     egui::ScrollArea::vertical().show(ui, |ui| {
-        for job in app.jobs.iter().rev() {
+        for job in jobs.iter().rev() {
             egui::Frame::group(ui.style()).show(ui, |ui| {
                 ui.horizontal(|ui| {
                     let color = match job.state {
@@ -24,10 +31,8 @@ pub fn queue_panel(app: &mut AmalgamApp, ui: &mut egui::Ui) {
                     };
                     ui.label(RichText::new(format!("#{} {}", job.id, job.label)).strong());
                     ui.colored_label(color, job.state.label());
-                    if matches!(job.state, JobState::Queued | JobState::Running)
-                        && ui.button("Cancel").clicked()
-                    {
-                        cancel = Some(job.id);
+                    if job.state.is_active() && ui.button("Cancel").clicked() {
+                        command = Some(Command::Cancel(job.id));
                     }
                 });
                 if let Some(n) = &job.current_node
@@ -56,7 +61,7 @@ pub fn queue_panel(app: &mut AmalgamApp, ui: &mut egui::Ui) {
                         "{}/{} tensors · {}/s · ETA {eta:.0} s",
                         p.tensors_done,
                         p.tensors_total,
-                        AmalgamApp::size_label(rate as u64)
+                        human_bytes(rate as u64)
                     );
                     ui.add(ProgressBar::new(fraction).text(text));
                     if job.state == JobState::Running {
@@ -102,27 +107,26 @@ pub fn queue_panel(app: &mut AmalgamApp, ui: &mut egui::Ui) {
             });
         }
         if ui.button("Clear finished").clicked() {
-            clear_done = true;
+            command = Some(Command::ClearFinished);
         }
     });
-    if let Some(id) = cancel {
-        app.cancel_job(id);
-    }
-    if clear_done {
-        app.jobs
-            .retain(|j| matches!(j.state, JobState::Queued | JobState::Running));
-    }
+    command
 }
 
-pub fn output_browser(app: &mut AmalgamApp, ui: &mut egui::Ui) {
-    ui.label(format!("{}", app.folders.output_dir().display()));
-    if app.outputs.is_empty() {
+/// The output browser: the files under the output folder, newest first, with their actions.
+pub fn outputs_ui(
+    ui: &mut egui::Ui,
+    output_dir: &Path,
+    entries: &[OutputEntry],
+) -> Option<Command> {
+    ui.label(format!("{}", output_dir.display()));
+    if entries.is_empty() {
         ui.label("No saved files yet.");
-        return;
+        return None;
     }
-    let entries = app.outputs.clone();
+    let mut command = None;
     egui::ScrollArea::vertical().show(ui, |ui| {
-        for e in &entries {
+        for e in entries {
             egui::Frame::group(ui.style()).show(ui, |ui| {
                 ui.label(RichText::new(&e.name).strong());
                 let when = e.modified.map_or_else(String::new, |m| {
@@ -136,7 +140,7 @@ pub fn output_browser(app: &mut AmalgamApp, ui: &mut egui::Ui) {
                 };
                 ui.small(format!(
                     "{} · {when} · {} · {wf}",
-                    AmalgamApp::size_label(e.bytes),
+                    human_bytes(e.bytes),
                     e.architecture
                 ));
                 ui.horizontal_wrapped(|ui| {
@@ -144,24 +148,26 @@ pub fn output_browser(app: &mut AmalgamApp, ui: &mut egui::Ui) {
                         .add_enabled(e.has_workflow, egui::Button::new("Open workflow"))
                         .clicked()
                     {
-                        app.open_path(e.path.clone());
+                        command = Some(Command::Open(e.path.clone()));
                     }
-                    if ui.button("Reveal").clicked()
-                        && let Err(err) = opener::reveal(&e.path)
-                    {
-                        app.notify_error(format!("cannot reveal {}: {err}", e.path.display()));
+                    if ui.button("Reveal").clicked() {
+                        command = Some(Command::Reveal(e.path.clone()));
                     }
                     if ui.button("Copy path").clicked() {
                         ui.ctx().copy_text(e.path.display().to_string());
                     }
                     if ui.button("Inspect").clicked() {
-                        app.request_inspect(e);
+                        command = Some(Command::Inspect {
+                            title: e.name.clone(),
+                            report: e.report.clone(),
+                        });
                     }
                     if ui.button("Delete").clicked() {
-                        app.request_delete(e.path.clone());
+                        command = Some(Command::AskDelete(e.path.clone()));
                     }
                 });
             });
         }
     });
+    command
 }

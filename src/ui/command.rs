@@ -1,0 +1,65 @@
+//! What the user asked for, as data: every `*_ui` function returns [`Command`]s instead of
+//! reaching into the app, and [`super::app::AmalgamApp`] applies them in one place (egui's own
+//! pattern, `egui_demo_app`'s `Command`).
+
+use std::path::PathBuf;
+
+use crate::engine::worker::JobId;
+use crate::graph::Mode;
+
+use super::files::FolderPurpose;
+
+#[must_use = "a command does nothing until the app runs it"]
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// Validate the document and queue it.
+    Queue,
+    Cancel(JobId),
+    /// Drop finished jobs from the queue panel.
+    ClearFinished,
+    /// A new document: the default merge graph.
+    New,
+    /// Ask for a workflow file to open.
+    AskOpen,
+    /// Open a workflow (or checkpoint) file, on the file thread.
+    Open(PathBuf),
+    /// Save to the current path, or ask for one.
+    Save,
+    SaveAs,
+    ExportPrompt,
+    /// Replace the document with the example of this index.
+    Example(usize),
+    Undo,
+    Redo,
+    SelectAll,
+    ToggleMode(Mode),
+    DeleteSelected,
+    /// Show a saved file's `inspect` report.
+    Inspect {
+        title: String,
+        report: String,
+    },
+    /// Ask before deleting a saved file.
+    AskDelete(PathBuf),
+    /// Delete a saved file (confirmed), on the file thread.
+    Delete(PathBuf),
+    /// Bring a dropped checkpoint into the checkpoints folder, linked or copied, on the file
+    /// thread.
+    Import {
+        path: PathBuf,
+        link: bool,
+    },
+    /// Stop a running import (the copy is removed).
+    CancelImport,
+    /// Write the sample checkpoints into the model folders.
+    WriteSamples,
+    /// Open the checkpoints folder in the system's file manager.
+    OpenModelsFolder,
+    /// Show a file in the system's file manager.
+    Reveal(PathBuf),
+    PickFolder(FolderPurpose),
+    PickExtraPaths,
+    ShowSettings,
+    /// The folder settings changed: rebuild the folder configuration and rescan.
+    FoldersChanged,
+}
