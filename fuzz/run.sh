@@ -16,7 +16,7 @@ fi
 # The LoRA target saves a small merge per input; on tmpfs that runs ~7x faster than on disk.
 if [[ -z "${TMPDIR:-}" && -d /dev/shm ]]; then export TMPDIR=/dev/shm; fi
 
-AMALGAM_WRITE_SEEDS="$PWD/fuzz/corpus/seeds" cargo test -q --test fuzz_regressions >/dev/null
+AMALGAM_WRITE_SEEDS="$PWD/fuzz/corpus/seeds" cargo test -q --test it fuzz_regressions >/dev/null
 # No sanitizer: Amalgam's only unsafe code is one read-only mmap; what we look for is panics,
 # hangs and allocations, which the allocation budget (fuzz_targets/budget.rs) and libFuzzer's
 # -timeout and -rss_limit_mb catch without ASan's slowdown.

@@ -1,5 +1,5 @@
 //! Entry points for the fuzz targets in `fuzz/`, shared with the regression test that replays
-//! their corpora (`tests/fuzz_regressions.rs`) so every input a fuzzer ever found keeps being
+//! their corpora (`tests/it/fuzz_regressions.rs`) so every input a fuzzer ever found keeps being
 //! checked by a plain `cargo test`, without nightly Rust.
 //!
 //! Each function takes arbitrary bytes, runs one parser the way the application does, and
@@ -13,16 +13,16 @@ use std::sync::OnceLock;
 use std::sync::atomic::AtomicBool;
 
 use crate::engine::cache::RunCache;
-use crate::engine::worker::{Job, run_job};
-use crate::engine::{Event, Precision};
+use crate::engine::worker::Job;
+use crate::engine::{Outcome, Precision, run_blocking};
 use crate::format::safetensors::{TensorSpec, write_file};
 use crate::format::{DType, TensorRecord};
 use crate::graph::load::load_bytes;
 use crate::graph::prompt::Prompt;
 use crate::graph::resolve::resolve;
+use crate::graph::validate::{validate, validate_prompt};
 use crate::model::folders::ModelFolders;
 use crate::nodes::Registry;
-use crate::nodes::validate::validate;
 
 /// The fuzz targets, by name (the file names under `fuzz/fuzz_targets/`).
 pub const TARGETS: [&str; 7] = [
@@ -240,7 +240,12 @@ fn small_values(specs: &[TensorSpec], step: usize) -> Vec<Vec<u8>> {
 fn lora_base() -> &'static Path {
     static BASE: OnceLock<std::path::PathBuf> = OnceLock::new();
     BASE.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("amalgam-fuzz-lora-{}", std::process::id()));
+        // Kept for the process's life (the target reuses it per input); `$TMPDIR` picks the disk.
+        let dir = tempfile::Builder::new()
+            .prefix("amalgam-fuzz-lora-")
+            .tempdir()
+            .expect("fuzz scratch folder")
+            .keep();
         let ck = dir.join("models/checkpoints");
         std::fs::create_dir_all(&ck).expect("fuzz scratch folder");
         std::fs::create_dir_all(dir.join("models/loras")).expect("fuzz scratch folder");
@@ -323,14 +328,7 @@ fn lora_run(data: &[u8]) -> (usize, Vec<String>) {
     };
     let prompt = Prompt::from_json(&prompt).expect("the LoRA target's prompt is well formed");
     let folders = ModelFolders::new(base, None, None);
-    let v = validate(
-        crate::graph::resolve::Resolved {
-            prompt,
-            ..Default::default()
-        },
-        Registry::builtin(),
-        &folders,
-    );
+    let v = validate_prompt(prompt, &folders);
     let job = Job {
         prompt: v.prompt,
         outputs: v.outputs,
@@ -338,19 +336,21 @@ fn lora_run(data: &[u8]) -> (usize, Vec<String>) {
         folders: folders.clone(),
         precision: Precision::Keep,
     };
-    let mut saved = Vec::new();
     let mut messages: Vec<String> = v.errors.iter().map(|e| format!("{e:?}")).collect();
-    run_job(
+    let report = run_blocking(
         &job,
         &AtomicBool::new(false),
         &mut RunCache::default(),
-        &mut |e| match e {
-            Event::Finished { outputs, .. } => saved = outputs,
-            Event::Warning(w) => messages.push(w.message),
-            Event::Failed(e) => messages.push(e.to_string()),
-            _ => {}
-        },
+        &mut |_| {},
     );
+    messages.extend(report.warnings.into_iter().map(|w| w.message));
+    let saved = match report.outcome {
+        Outcome::Failed(e) => {
+            messages.push(e.to_string());
+            Vec::new()
+        }
+        _ => report.outputs,
+    };
     let count = saved.len();
     for s in saved {
         let _ = std::fs::remove_file(s.path);
@@ -411,7 +411,7 @@ pub fn seeds(target: &str, shared_workflows: Option<&Path>) -> Vec<Vec<u8>> {
     };
     // Workflows: the app's examples (UI JSON), their API prompts, and the shared ComfyUI ones.
     let mut workflows: Vec<String> = Vec::new();
-    for (_, _, doc) in crate::ui::examples::all() {
+    for (_, _, doc) in crate::graph::examples::all() {
         workflows.push(doc.to_json().to_string());
         let resolved = resolve(&doc, Registry::builtin());
         workflows.push(resolved.prompt.to_json().to_string());

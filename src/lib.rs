@@ -2,34 +2,40 @@
 //! does, streaming tensor by tensor.
 //!
 //! # Layers
-//! Each layer only uses the ones above it in this list:
+//! Each layer only uses the ones above it in this list (a unit test reads every module's
+//! `use crate::…` lines and fails on an upward import):
 //! - [`format`]: bytes on disk — the strict safetensors reader and streaming writer, the
-//!   non-executing PyTorch pickle reader, PNG text chunks.
+//!   non-executing PyTorch pickle reader, PNG text chunks, Python-compatible JSON.
 //! - [`model`]: what a checkpoint is — architecture detection, component key groups, ComfyUI's save
 //!   layout, model folders, reference layouts and samples.
-//! - [`graph`]: the workflow document (ComfyUI's UI JSON, kept losslessly), loading it from PNGs,
-//!   JSON and checkpoints, and resolving it into an API prompt (mute, bypass, reroute, primitive).
-//! - [`nodes`]: the node registry — every node's schema and meaning in one place — and
-//!   validation of a prompt against it, with ComfyUI's error types.
+//! - [`nodes`]: the node registry — every node's schema (inputs, widgets, defaults, ranges,
+//!   outputs) and its [`nodes::Operation`], the plain-data meaning the engine interprets.
+//! - [`graph`]: the workflow document (ComfyUI's UI JSON, kept losslessly), editing it, loading
+//!   it from PNGs, JSON and checkpoints, resolving it into an API prompt (mute, bypass, reroute,
+//!   primitive) and validating that prompt against the registry with ComfyUI's error types.
 //! - [`engine`]: planning, exact f32 evaluation, streaming crash-safe writes, the background
-//!   worker and its events. Knows nothing of any UI.
-//! - [`ui`]: the desktop app (eframe + egui_node_graph2): canvas, queue, output browser. It
-//!   drives the engine through its worker and never touches tensors.
-//! - [`cli`]: the command-line subcommands, thin glue over the layers.
+//!   worker and its events, and [`engine::run_blocking`] for callers without a worker. Knows
+//!   nothing of any UI.
+//! - [`ui`] (feature `gui`): the desktop app (eframe + egui_node_graph2): canvas, queue, output
+//!   browser. It drives the engine through its worker and never touches tensors.
+//!
+//! The command line (clap, progress bars, Ctrl-C) lives in the binary (`src/main.rs`, `src/cli/`),
+//! not in this library, as ripgrep keeps its flags out of its libraries.
 //!
 //! # Failures
 //! Library errors are `thiserror` enums that carry the file (and key or node) they concern; the
 //! binary adds context with `anyhow` and prints them once. Nothing a file or a user supplies is
 //! unwrapped.
 
-pub mod cli;
 pub mod engine;
 pub mod format;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod graph;
 pub mod model;
 pub mod nodes;
+#[cfg(feature = "gui")]
 pub mod ui;
 
 /// Version string with the git revision and build date embedded by `build.rs`.
@@ -41,3 +47,54 @@ pub const VERSION: &str = concat!(
     env!("AMALGAM_BUILD_DATE"),
     ")"
 );
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// The layers of the module docs, lowest first.
+    const LAYERS: [&str; 6] = ["format", "model", "nodes", "graph", "engine", "ui"];
+
+    fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read src") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                rust_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// No module uses a layer above its own (`crate::<layer>` anywhere in its code, imports and
+    /// inline paths alike), and below the UI nothing names egui.
+    #[test]
+    fn layers_only_use_the_layers_below_them() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut upward = Vec::new();
+        for (rank, layer) in LAYERS.iter().enumerate() {
+            let mut files = Vec::new();
+            rust_files(&src.join(layer), &mut files);
+            assert!(!files.is_empty(), "no files in src/{layer}");
+            for file in files {
+                let text = std::fs::read_to_string(&file).expect("read");
+                for (n, line) in text.lines().enumerate() {
+                    let code = line.split("//").next().unwrap_or("");
+                    for name in LAYERS.iter().skip(rank + 1) {
+                        if code.contains(&format!("crate::{name}")) {
+                            upward.push(format!(
+                                "{}:{}: {layer} uses {name}",
+                                file.display(),
+                                n + 1
+                            ));
+                        }
+                    }
+                    if *layer != "ui" && (code.contains("egui") || code.contains("eframe")) {
+                        upward.push(format!("{}:{}: {layer} names egui", file.display(), n + 1));
+                    }
+                }
+            }
+        }
+        assert!(upward.is_empty(), "upward imports:\n{}", upward.join("\n"));
+    }
+}

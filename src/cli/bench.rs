@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::json;
 
-use crate::format::DType;
-use crate::format::safetensors::{PendingFile, TensorSpec};
-use crate::model::layouts::{Layout, Scale};
-use crate::model::report::human_bytes;
-use crate::model::samples::write_checkpoint;
+use amalgam::format::DType;
+use amalgam::format::safetensors::{PendingFile, TensorSpec};
+use amalgam::model::layouts::{Layout, Scale};
+use amalgam::model::report::human_bytes;
+use amalgam::model::samples::write_checkpoint;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -372,7 +372,7 @@ fn table(rows: &[Row], args: &BenchArgs) -> String {
     let _ = writeln!(
         s,
         "Amalgam {} · {cores} cores · {ram} RAM · {date} · warm page cache, median of {} runs{}",
-        crate::VERSION,
+        amalgam::VERSION,
         args.runs.max(1),
         if args.quick {
             " · QUICK (smoke run, not a measurement)"

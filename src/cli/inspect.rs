@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use crate::model::Checkpoint;
-use crate::model::report::{report, text_report};
+use amalgam::model::Checkpoint;
+use amalgam::model::report::{report, text_report};
 
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {

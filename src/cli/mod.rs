@@ -13,11 +13,12 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::model::ModelFolders;
+use amalgam::engine::Precision;
+use amalgam::model::ModelFolders;
 
 /// Merge Stable Diffusion checkpoints through a node graph, exactly like ComfyUI.
 #[derive(Debug, Parser)]
-#[command(name = "amalgam", version = crate::VERSION, about, long_about = None)]
+#[command(name = "amalgam", version = amalgam::VERSION, about, long_about = None)]
 pub struct Cli {
     #[command(flatten)]
     pub folders: FolderArgs,
@@ -47,26 +48,24 @@ pub struct FolderArgs {
 }
 
 impl FolderArgs {
-    /// Builds the folder configuration, reading any extra paths files.
+    /// Builds the folder configuration with [`ModelFolders::from_config`] (the app's function
+    /// and order); any extra paths file that cannot be read is an error here.
     pub fn resolve(&self) -> anyhow::Result<ModelFolders> {
         use anyhow::Context;
         let base = match &self.base_dir {
             Some(b) => b.clone(),
             None => std::env::current_dir().context("cannot determine the current directory")?,
         };
-        let mut folders = ModelFolders::new(
+        let (folders, problems) = ModelFolders::from_config(
             &base,
             self.models_dir.as_deref(),
             self.output_dir.as_deref(),
+            &self.extra_model_paths,
         );
-        let default_yaml = base.join("extra_model_paths.yaml");
-        if default_yaml.is_file() {
-            folders.add_extra_paths_file(&default_yaml)?;
+        match problems.into_iter().next() {
+            Some(e) => Err(e.into()),
+            None => Ok(folders),
         }
-        for yaml in &self.extra_model_paths {
-            folders.add_extra_paths_file(yaml)?;
-        }
-        Ok(folders)
     }
 }
 
@@ -106,39 +105,11 @@ pub fn emit(text: &str) -> anyhow::Result<()> {
     }
 }
 
-pub use crate::model::report::human_bytes;
+pub use amalgam::model::report::human_bytes;
 
-/// An error and its causes on one line, `outer: inner: …`, leaving out a cause whose text the
-/// message before it already contains (library errors name their source themselves, so anyhow's
-/// `{:#}` would print it two or three times).
-pub fn error_chain(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn error_chain_prints_each_cause_once() {
-        let io = std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device");
-        let write = crate::format::safetensors::WriteError::Io {
-            path: "out/x.safetensors".into(),
-            source: io,
-        };
-        let e = anyhow::Error::new(write).context("running merge.json");
-        assert_eq!(
-            super::error_chain(&e),
-            "running merge.json: cannot write out/x.safetensors: No space left on device"
-        );
-    }
+/// `--precision`: the engine's names, listed in `--help` and checked by clap.
+pub fn precision_parser() -> impl clap::builder::TypedValueParser<Value = Precision> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Precision::ALL.map(Precision::as_str))
+        .try_map(|s| s.parse::<Precision>())
 }

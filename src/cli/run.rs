@@ -1,19 +1,21 @@
-//! `amalgam run WORKFLOW`: validate a workflow like ComfyUI, then run its save nodes on the
-//! background worker, with a progress bar on a terminal and Ctrl+C cancelling cleanly.
+//! `amalgam run WORKFLOW`: validate a workflow like ComfyUI, then run its save nodes on this
+//! thread ([`run_blocking`]), with a progress bar on a terminal and Ctrl+C cancelling cleanly.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::Context;
 use serde_json::json;
 
-use crate::engine::execute::clean_stray_temp_files;
-use crate::engine::worker::{Job, Worker};
-use crate::engine::{Event, Precision, SavedFile, Warning};
-use crate::graph::load::load_file;
-use crate::graph::resolve::resolve;
-use crate::nodes::Registry;
-use crate::nodes::validate::validate;
+use amalgam::engine::cache::RunCache;
+use amalgam::engine::execute::clean_stray_temp_files;
+use amalgam::engine::worker::Job;
+use amalgam::engine::{Event, JobReport, Outcome, Precision, SavedFile, Warning, run_blocking};
+use amalgam::graph::load::load_file;
+use amalgam::graph::resolve::resolve;
+use amalgam::graph::validate::validate;
+use amalgam::nodes::Registry;
 
 use super::FolderArgs;
 
@@ -22,7 +24,7 @@ pub struct RunArgs {
     /// A ComfyUI workflow: PNG, workflow JSON, API prompt JSON, or a .safetensors with one embedded.
     pub workflow: PathBuf,
     /// Output precision of float tensors.
-    #[arg(long, value_enum, default_value_t = Precision::Keep)]
+    #[arg(long, default_value = "keep", value_parser = super::precision_parser())]
     pub precision: Precision,
     /// Print one JSON object instead of the saved paths.
     #[arg(long)]
@@ -54,18 +56,19 @@ pub fn run(folders: &FolderArgs, args: &RunArgs) -> anyhow::Result<()> {
         eprintln!("removed {cleaned} temporary file(s) left by an interrupted save");
     }
 
-    let mut worker = Worker::spawn(None).context("cannot start the worker thread")?;
-    let job_id = worker.submit(Job {
+    let job = Job {
         prompt: validation.prompt.clone(),
         outputs: validation.outputs.clone(),
         workflow: (!loaded.from_prompt).then(|| loaded.document.to_json()),
         folders: folders.clone(),
         precision: args.precision,
-    });
-    if let Some(flag) = worker.cancel_flag(job_id) {
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let flag = Arc::clone(&cancel);
         // Only the first handler of a process can be installed; a second run in the same
         // process (tests) simply has no Ctrl+C handling.
-        let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed));
+        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed));
     }
 
     let bar = std::io::stderr().is_terminal().then(|| {
@@ -78,19 +81,14 @@ pub fn run(folders: &FolderArgs, args: &RunArgs) -> anyhow::Result<()> {
         );
         b
     });
-    let mut warnings: Vec<Warning> = Vec::new();
-    let (outputs, seconds) = loop {
-        let (id, event) = worker
-            .events()
-            .recv()
-            .context("the worker stopped unexpectedly")?;
-        if id != job_id {
-            continue;
-        }
-        match event {
+    let job_report = run_blocking(
+        &job,
+        &cancel,
+        &mut RunCache::default(),
+        &mut |event| match event {
             Event::Started { bytes_total, .. } => {
                 if let Some(b) = &bar {
-                    b.set_length(bytes_total);
+                    b.set_length(*bytes_total);
                 }
             }
             Event::NodeStarted { node, class_type } => {
@@ -109,29 +107,34 @@ pub fn run(folders: &FolderArgs, args: &RunArgs) -> anyhow::Result<()> {
                     Some(b) => b.println(line),
                     None => eprintln!("{line}"),
                 }
-                warnings.push(w);
+            }
+            Event::Failed(_) | Event::Cancelled => {
+                if let Some(b) = &bar {
+                    b.abandon();
+                }
+            }
+            Event::Finished { .. } => {
+                if let Some(b) = &bar {
+                    b.finish_and_clear();
+                }
             }
             Event::NodeFinished { .. } => {}
-            Event::Finished { outputs, seconds } => break (outputs, seconds),
-            Event::Failed(e) => {
-                if let Some(b) = &bar {
-                    b.abandon();
-                }
-                return Err(
-                    anyhow::Error::new(e).context(format!("running {}", args.workflow.display()))
-                );
-            }
-            Event::Cancelled => {
-                if let Some(b) = &bar {
-                    b.abandon();
-                }
-                anyhow::bail!("cancelled; no partial file was left behind");
-            }
+        },
+    );
+    let JobReport {
+        outputs,
+        warnings,
+        outcome,
+    } = job_report;
+    let seconds = match outcome {
+        Outcome::Finished { seconds } => seconds,
+        Outcome::Failed(e) => {
+            return Err(
+                anyhow::Error::new(e).context(format!("running {}", args.workflow.display()))
+            );
         }
+        Outcome::Cancelled => anyhow::bail!("cancelled; no partial file was left behind"),
     };
-    if let Some(b) = &bar {
-        b.finish_and_clear();
-    }
     report(&outputs, &warnings, &validation.errors, seconds, args.json)?;
     if validation.errors.is_empty() {
         Ok(())
@@ -146,7 +149,7 @@ pub fn run(folders: &FolderArgs, args: &RunArgs) -> anyhow::Result<()> {
 fn report(
     outputs: &[SavedFile],
     warnings: &[Warning],
-    errors: &[crate::graph::NodeError],
+    errors: &[amalgam::graph::NodeError],
     seconds: f64,
     as_json: bool,
 ) -> anyhow::Result<()> {

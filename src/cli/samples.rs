@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::model::layouts::Scale;
-use crate::model::samples::{SampleOutcome, write_sample_extras, write_samples};
+use amalgam::model::layouts::Scale;
+use amalgam::model::samples::{SampleOutcome, write_sample_extras, write_samples};
 
 use super::{FolderArgs, human_bytes};
 

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
-use crate::graph::load::load_file;
-use crate::graph::resolve::resolve;
-use crate::nodes::Registry;
-use crate::nodes::validate::{Validation, validate};
+use amalgam::graph::load::load_file;
+use amalgam::graph::resolve::resolve;
+use amalgam::graph::validate::{Validation, validate};
+use amalgam::nodes::Registry;
 
 use super::FolderArgs;
 
