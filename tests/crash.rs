@@ -2,7 +2,10 @@
 //! out of space, a save never leaves a partial `.safetensors` in the output folder, its inputs
 //! are untouched, and the temporary files a killed save leaves are removed on the next start.
 
-mod common;
+// This binary uses only part of the shared fixtures.
+#[allow(dead_code)]
+#[path = "it/util.rs"]
+mod util;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -10,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use amalgam::format::DType;
 use amalgam::model::layouts::{Layout, Scale};
-use common::{amalgam, path_str, spec, stderr, tempdir, write_layout};
+use util::{ModelTree, amalgam, path_str, spec, stderr, write_layout};
 
 /// Sample-size SD1.5 layout plus large extra UNet tensors, so a save takes long enough to be
 /// interrupted in every phase (header, data, sync, rename).
@@ -27,19 +30,19 @@ fn big_checkpoint(path: &Path, seed: u64) {
     write_layout(path, &Layout::sd15(Scale::Sample), seed, &extra);
 }
 
+/// The shared model tree with two large checkpoints and a merge prompt file in its base.
 struct Setup {
-    dir: tempfile::TempDir,
+    tree: ModelTree,
     prompt: PathBuf,
 }
 
 impl Setup {
     fn new() -> Setup {
-        let dir = tempdir();
-        let ck = dir.path().join("models/checkpoints");
-        std::fs::create_dir_all(&ck).expect("mkdir");
+        let tree = ModelTree::new();
+        let ck = tree.models("checkpoints");
         big_checkpoint(&ck.join("a.safetensors"), 1);
         big_checkpoint(&ck.join("b.safetensors"), 2);
-        let prompt = dir.path().join("merge.json");
+        let prompt = tree.path().join("merge.json");
         let json = serde_json::json!({
             "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a.safetensors"}},
             "2": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "b.safetensors"}},
@@ -50,11 +53,11 @@ impl Setup {
                 "filename_prefix": "checkpoints/crash"}}
         });
         std::fs::write(&prompt, json.to_string()).expect("write prompt");
-        Setup { dir, prompt }
+        Setup { tree, prompt }
     }
 
     fn base(&self) -> &Path {
-        self.dir.path()
+        self.tree.path()
     }
 
     fn output(&self) -> PathBuf {

@@ -5,13 +5,16 @@
 //! With `AMALGAM_SCREENSHOT=path`, the same harness makes the README screenshot: it opens a real
 //! ComfyUI workflow on full-size SD1.5 checkpoints and captures the window mid-merge.
 
-mod common;
+// This binary uses only part of the shared fixtures.
+#[allow(dead_code)]
+#[path = "it/util.rs"]
+mod util;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use util::*;
 
 /// Kills a child process when dropped.
 struct Guard(Child);
@@ -94,11 +97,14 @@ fn start_xvfb(log: &Path) -> (Guard, String) {
     let stdout = xvfb.stdout.take().expect("Xvfb stdout");
     let guard = Guard(xvfb);
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
-        let _ = tx.send(line);
-    });
+    std::thread::Builder::new()
+        .name("xvfb-displayfd".into())
+        .spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+            let _ = tx.send(line);
+        })
+        .expect("start the Xvfb reader thread");
     let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
     let n: u32 = line.trim().parse().unwrap_or_else(|_| {
         panic!(
@@ -196,7 +202,7 @@ fn the_real_window_queues_a_merge_from_a_keystroke() {
     assert!(out.status.success(), "{}", stderr(&out));
     // A workflow given on the command line opens at start-up.
     let wf = base.path().join("blocks.json");
-    let doc = amalgam::ui::examples::block_merge(
+    let doc = amalgam::graph::examples::block_merge(
         "sample-sd15-a.safetensors",
         "sample-sd15-b.safetensors",
     );

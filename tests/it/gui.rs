@@ -1,15 +1,14 @@
 //! The real app, driven frame by frame on an `egui::Context` with synthetic input (no window):
 //! files dropped, buttons found by their label in the AccessKit tree and clicked, keys pressed.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::util::*;
 use amalgam::graph::Mode;
-use amalgam::ui::app::{AmalgamApp, JobState, Settings, SideTab};
+use amalgam::ui::app::{AmalgamApp, Settings, SideTab};
 use amalgam::ui::files::{DialogRequest, Dialogs};
-use common::*;
+use amalgam::ui::jobs::JobState;
 use egui::{Event, Key, Modifiers, PointerButton, Pos2, RawInput, Rect, Vec2};
 
 /// Dialog answers fixed by the test.
@@ -191,17 +190,17 @@ fn shared_png() -> PathBuf {
 #[test]
 fn dropping_the_shared_png_shows_its_graph_and_undo_brings_the_old_one_back() {
     let mut h = Harness::new(true, None);
-    assert_eq!(h.app.doc.nodes.len(), 5, "the default merge graph");
+    assert_eq!(h.app.document.doc.nodes.len(), 5, "the default merge graph");
     h.drop_file(&shared_png());
-    h.wait_for("the PNG to load", |a| a.doc.nodes.len() == 11);
-    assert_eq!(h.app.doc.links.len(), 14);
+    h.wait_for("the PNG to load", |a| a.document.doc.nodes.len() == 11);
+    assert_eq!(h.app.document.doc.links.len(), 14);
     // Drawing a workflow never changes it: the loaded JSON is still exactly the file's.
     h.frames(10);
     let original = amalgam::graph::load::load_file(&shared_png())
         .expect("png")
         .document
         .to_json();
-    assert_eq!(h.app.doc.to_json(), original);
+    assert_eq!(h.app.document.doc.to_json(), original);
     assert_eq!(
         h.app.canvas.editor.graph.nodes.len(),
         11,
@@ -221,10 +220,14 @@ fn dropping_the_shared_png_shows_its_graph_and_undo_brings_the_old_one_back() {
     assert!(h.has_label("muted"), "the muted Save Checkpoint says so");
     h.key(Key::Z, CTRL);
     h.frames(2);
-    assert_eq!(h.app.doc.nodes.len(), 5, "undo restores the previous graph");
+    assert_eq!(
+        h.app.document.doc.nodes.len(),
+        5,
+        "undo restores the previous graph"
+    );
     h.key(Key::Y, CTRL);
     h.frames(2);
-    assert_eq!(h.app.doc.nodes.len(), 11, "redo");
+    assert_eq!(h.app.document.doc.nodes.len(), 11, "redo");
 }
 
 #[test]
@@ -263,7 +266,7 @@ fn queue_button_runs_the_merge_and_the_panels_show_it() {
     let embedded: serde_json::Value = serde_json::from_str(&meta["workflow"]).expect("workflow");
     assert_eq!(
         embedded,
-        h.app.doc.to_json(),
+        h.app.document.doc.to_json(),
         "the saved file carries the canvas's workflow"
     );
     // Queue again with nothing changed: no second file, the earlier one is reported.
@@ -300,6 +303,7 @@ fn an_invalid_graph_shows_the_error_on_its_node_and_queues_nothing() {
     let mut h = Harness::new(true, None);
     let loader = h
         .app
+        .document
         .doc
         .nodes
         .iter()
@@ -307,11 +311,12 @@ fn an_invalid_graph_shows_the_error_on_its_node_and_queues_nothing() {
         .map(|n| n.id)
         .expect("loader");
     h.app
+        .document
         .doc
         .node_mut(loader)
         .expect("loader")
         .set_widget_value(0, serde_json::json!("missing.safetensors"));
-    h.app.replace_document(h.app.doc.clone(), None);
+    h.app.replace_document(h.app.document.doc.clone(), None);
     h.frames(2);
     h.click("Queue");
     h.frames(2);
@@ -331,30 +336,29 @@ fn an_invalid_graph_shows_the_error_on_its_node_and_queues_nothing() {
     assert!(!h.output("checkpoints").exists());
 }
 
+/// Whether every node of the app's document has `mode`.
+fn all_in_mode(h: &Harness, mode: Mode) -> bool {
+    h.app.document.doc.nodes.iter().all(|n| n.mode == mode)
+}
+
 #[test]
 fn mute_and_bypass_shortcuts_change_the_selected_nodes() {
     let mut h = Harness::new(true, None);
     h.key(Key::A, CTRL);
     h.key(Key::M, CTRL);
-    assert!(
-        h.app.doc.nodes.iter().all(|n| n.mode == Mode::Never),
-        "Ctrl+M mutes the selection"
-    );
+    assert!(all_in_mode(&h, Mode::Never), "Ctrl+M mutes the selection");
     h.key(Key::M, CTRL);
-    assert!(
-        h.app.doc.nodes.iter().all(|n| n.mode == Mode::Always),
-        "and again unmutes"
-    );
+    assert!(all_in_mode(&h, Mode::Always), "and again unmutes");
     h.key(Key::B, CTRL);
-    assert!(h.app.doc.nodes.iter().all(|n| n.mode == Mode::Bypass));
+    assert!(all_in_mode(&h, Mode::Bypass));
     h.key(Key::Z, CTRL);
-    assert!(
-        h.app.doc.nodes.iter().all(|n| n.mode == Mode::Always),
-        "undo covers modes"
-    );
+    assert!(all_in_mode(&h, Mode::Always), "undo covers modes");
     h.key(Key::Delete, Modifiers::NONE);
-    assert!(h.app.doc.nodes.is_empty(), "Delete removes the selection");
-    assert!(h.app.doc.links.is_empty());
+    assert!(
+        h.app.document.doc.nodes.is_empty(),
+        "Delete removes the selection"
+    );
+    assert!(h.app.document.doc.links.is_empty());
 }
 
 #[test]
@@ -393,15 +397,15 @@ fn open_and_save_go_through_the_dialogs() {
     h.frames(3);
     let saved: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&target).expect("saved")).expect("json");
-    assert_eq!(saved, h.app.doc.to_json());
-    assert_eq!(h.app.doc_path.as_deref(), Some(target.as_path()));
+    assert_eq!(saved, h.app.document.doc.to_json());
+    assert_eq!(h.app.document.path.as_deref(), Some(target.as_path()));
     // Re-opening the saved file gives the same graph.
-    let before = h.app.doc.to_json();
+    let before = h.app.document.doc.to_json();
     h.app
         .replace_document(amalgam::graph::Document::new(), None);
     h.key(Key::O, CTRL);
-    h.wait_for("the reopened workflow", |a| a.doc.nodes.len() == 5);
-    assert_eq!(h.app.doc.to_json(), before);
+    h.wait_for("the reopened workflow", |a| a.document.doc.nodes.len() == 5);
+    assert_eq!(h.app.document.doc.to_json(), before);
 }
 
 #[test]
@@ -422,5 +426,78 @@ fn the_app_removes_what_a_killed_save_left_when_it_starts() {
     assert!(
         h.has_label("removed 1 unfinished temporary file(s) left by an earlier crash"),
         "no notice"
+    );
+}
+
+#[test]
+fn a_dead_worker_fails_its_jobs_and_a_new_one_runs_the_next() {
+    let mut h = Harness::new(true, None);
+    h.wait_for("the first folder scan", |a| {
+        !a.canvas.state.models.is_empty()
+    });
+    h.app.worker().crash();
+    h.click("Queue");
+    h.wait_for("the job to end", |a| {
+        a.jobs.first().is_some_and(|j| !j.state.is_active())
+    });
+    assert!(
+        matches!(&h.app.jobs[0].state, JobState::Failed(m) if m.contains("worker thread stopped")),
+        "{:?}",
+        h.app.jobs[0].state
+    );
+    assert!(
+        h.app
+            .log
+            .iter()
+            .any(|e| e.error && e.text.contains("a new worker was started")),
+        "the user is told"
+    );
+    h.frames(2);
+    assert!(h.has_label("failed"), "the queue panel shows it");
+    // The replacement worker runs the next job, with an id of its own.
+    h.click("Queue");
+    h.wait_for("the second job", |a| {
+        a.jobs.get(1).is_some_and(|j| !j.state.is_active())
+    });
+    assert_eq!(h.app.jobs[1].state, JobState::Done);
+    assert_ne!(h.app.jobs[0].id, h.app.jobs[1].id);
+}
+
+#[test]
+fn a_dropped_checkpoint_from_elsewhere_is_copied_in_off_the_ui_thread() {
+    let mut h = Harness::new(true, None);
+    let elsewhere = tempdir();
+    let file = elsewhere.path().join("elsewhere.safetensors");
+    write_layout(
+        &file,
+        &amalgam::model::layouts::Layout::sd15(amalgam::model::layouts::Scale::Sample),
+        9,
+        &[],
+    );
+    h.drop_file(&file);
+    h.wait_for("the import offer", |a| a.modals.import_offer.is_some());
+    h.frames(2);
+    assert!(h.has_label("Copy into models folder"), "{:?}", h.tree);
+    h.click("Copy into models folder");
+    h.wait_for("the new loader", |a| {
+        a.document.doc.nodes.iter().any(|n| {
+            n.type_ == "CheckpointLoaderSimple"
+                && n.widget_values().first() == Some(&serde_json::json!("elsewhere.safetensors"))
+        })
+    });
+    assert!(
+        h.app.modals.importing.is_none(),
+        "the progress window closed"
+    );
+    let checkpoints = h.base.path().join("models/checkpoints");
+    assert_eq!(
+        std::fs::read(checkpoints.join("elsewhere.safetensors")).ok(),
+        std::fs::read(&file).ok()
+    );
+    assert!(
+        files_under(&checkpoints)
+            .iter()
+            .all(|n| !n.contains("amalgam-import")),
+        "no temporary file is left"
     );
 }

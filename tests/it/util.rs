@@ -1,6 +1,6 @@
-//! Fixtures for end-to-end tests: real checkpoint files written into temp dirs, and the real
-//! `amalgam` binary run on them.
-#![allow(dead_code)] // each test binary uses a different part
+//! Fixtures for end-to-end tests: one model tree ([`ModelTree`]) with real checkpoint files
+//! written into it, the real `amalgam` binary run on them, and prompts run in-process through
+//! the library's own [`run_blocking`]. The `crash` and `gui_x11` binaries include this file too.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 
 use amalgam::format::DType;
 use amalgam::format::safetensors::{TensorSpec, write_file};
+use amalgam::model::ModelFolders;
 use amalgam::model::layouts::{Layout, fill_tensor};
 
 /// The built `amalgam` binary.
@@ -77,6 +78,86 @@ pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
 
+/// The one model tree of the tests: a temporary root holding a ComfyUI base folder at
+/// `<root>/base` (`models/checkpoints`, `models/loras`, `output`). The root itself stays empty
+/// unless a test writes there, so hostile-path tests can check that nothing left the base.
+pub struct ModelTree {
+    root: tempfile::TempDir,
+    base: PathBuf,
+}
+
+impl Default for ModelTree {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ModelTree {
+    pub fn new() -> ModelTree {
+        let root = tempdir();
+        let base = root.path().join("base");
+        for sub in ["models/checkpoints", "models/loras", "output"] {
+            std::fs::create_dir_all(base.join(sub)).expect("mkdir");
+        }
+        ModelTree { root, base }
+    }
+
+    /// The base folder.
+    pub fn path(&self) -> &Path {
+        &self.base
+    }
+
+    /// The folder around the base (must stay untouched by runs).
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    pub fn folders(&self) -> ModelFolders {
+        ModelFolders::new(&self.base, None, None)
+    }
+
+    /// `models/<kind>`, created.
+    pub fn models(&self, kind: &str) -> PathBuf {
+        let dir = self.base.join("models").join(kind);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        dir
+    }
+
+    pub fn output(&self) -> PathBuf {
+        self.base.join("output")
+    }
+
+    /// Writes `models/checkpoints/<name>` from `layout` with data from `seed`.
+    pub fn checkpoint(&self, name: &str, layout: &Layout, seed: u64) -> PathBuf {
+        let p = self.models("checkpoints").join(name);
+        write_layout(&p, layout, seed, &[]);
+        p
+    }
+
+    /// A saved file's tensors, read back with the `safetensors` crate.
+    pub fn read(&self, p: &Path) -> HashMap<String, RefTensor> {
+        read_reference(p).0
+    }
+}
+
+/// Every file below `dir` (symlinked folders not followed), relative to it, sorted.
+pub fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.is_symlink() {
+                stack.push(p);
+            } else if let Ok(rel) = p.strip_prefix(dir) {
+                out.push(rel.display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Raw safetensors bytes from a header JSON and a data length (for malformed-file tests).
 pub fn raw_safetensors(json: &str, data_len: usize) -> Vec<u8> {
     let mut v = (json.len() as u64).to_le_bytes().to_vec();
@@ -87,10 +168,6 @@ pub fn raw_safetensors(json: &str, data_len: usize) -> Vec<u8> {
 
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
-}
-
-pub fn join(dir: &Path, name: &str) -> PathBuf {
-    dir.join(name)
 }
 
 /// A tensor as the independent `safetensors` crate reads it.
@@ -208,19 +285,11 @@ pub fn seq_matmul(a: &[f32], b: &[f32], rows: usize, rank: usize, cols: usize) -
 /// Validates an API prompt against `folders` and runs it in-process like the app's worker does.
 /// `Err` carries validation errors (debug-printed) or the job's failure message.
 pub fn run_prompt(
-    folders: &amalgam::model::folders::ModelFolders,
+    folders: &ModelFolders,
     prompt: &serde_json::Value,
 ) -> Result<Vec<amalgam::engine::SavedFile>, String> {
-    use amalgam::engine::Event;
     let prompt = amalgam::graph::prompt::Prompt::from_json(prompt).expect("test prompt");
-    let v = amalgam::nodes::validate::validate(
-        amalgam::graph::resolve::Resolved {
-            prompt,
-            ..Default::default()
-        },
-        amalgam::nodes::Registry::builtin(),
-        folders,
-    );
+    let v = amalgam::graph::validate::validate_prompt(prompt, folders);
     if !v.errors.is_empty() || v.outputs.is_empty() {
         return Err(format!("{:?}", v.errors));
     }
@@ -231,18 +300,14 @@ pub fn run_prompt(
         folders: folders.clone(),
         precision: amalgam::engine::Precision::Keep,
     };
-    let mut result = Err("neither finished nor failed".to_owned());
-    amalgam::engine::worker::run_job(
+    amalgam::engine::run_blocking(
         &job,
         &std::sync::atomic::AtomicBool::new(false),
         &mut amalgam::engine::cache::RunCache::default(),
-        &mut |e| match e {
-            Event::Finished { outputs, .. } => result = Ok(outputs),
-            Event::Failed(e) => result = Err(e.to_string()),
-            _ => {}
-        },
-    );
-    result
+        &mut |_| {},
+    )
+    .into_result()
+    .map_err(|e| e.to_string())
 }
 
 /// Writes `specs` with generated data as PyTorch files: a zip (`torch.save`, state dict wrapped
@@ -273,4 +338,92 @@ pub fn write_torch(specs: &[TensorSpec], seed: u64, zip: Option<&Path>, legacy: 
     if let Some(p) = legacy {
         write_legacy(p, &tensors).expect("write legacy torch");
     }
+}
+
+/// Validates an API prompt against `tree` and runs it through the engine with `precision` and
+/// `cache`; returns the files, the warnings and the validated prompt. Panics if validation or
+/// the job fails.
+pub fn run_api(
+    tree: &ModelTree,
+    prompt: &serde_json::Value,
+    precision: amalgam::engine::Precision,
+    cache: &mut amalgam::engine::cache::RunCache,
+) -> (
+    Vec<amalgam::engine::SavedFile>,
+    Vec<amalgam::engine::Warning>,
+    amalgam::graph::Prompt,
+) {
+    let prompt = amalgam::graph::Prompt::from_json(prompt).expect("prompt");
+    let v = amalgam::graph::validate::validate_prompt(prompt, &tree.folders());
+    assert!(v.errors.is_empty(), "validation: {:?}", v.errors);
+    let job = amalgam::engine::worker::Job {
+        prompt: v.prompt.clone(),
+        outputs: v.outputs.clone(),
+        workflow: None,
+        folders: tree.folders(),
+        precision,
+    };
+    let report = amalgam::engine::run_blocking(
+        &job,
+        &std::sync::atomic::AtomicBool::new(false),
+        cache,
+        &mut |_| {},
+    );
+    let warnings = report.warnings.clone();
+    match report.into_result() {
+        Ok(files) => (files, warnings, v.prompt),
+        Err(e) => panic!("job failed: {e}"),
+    }
+}
+
+/// A CheckpointLoaderSimple prompt node.
+pub fn loader(name: &str) -> serde_json::Value {
+    serde_json::json!({"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": name}})
+}
+
+/// A CheckpointSave fed by `(node, slot)` links.
+pub fn save(
+    model: (&str, u8),
+    clip: (&str, u8),
+    vae: (&str, u8),
+    prefix: &str,
+) -> serde_json::Value {
+    let (model, clip, vae) = (
+        serde_json::json!([model.0, model.1]),
+        serde_json::json!([clip.0, clip.1]),
+        serde_json::json!([vae.0, vae.1]),
+    );
+    serde_json::json!({"class_type": "CheckpointSave", "inputs": {"filename_prefix": prefix, "model": model, "clip": clip, "vae": vae}})
+}
+
+/// A reference tensor's values as f32.
+pub fn f32s(t: &RefTensor) -> Vec<f32> {
+    t.f32s()
+}
+
+/// Writes a torch-zip checkpoint of `layout` (as `torch.save` of a training checkpoint would).
+pub fn write_ckpt(path: &Path, specs: &[amalgam::format::safetensors::TensorSpec], seed: u64) {
+    write_torch(specs, seed, Some(path), None);
+}
+
+/// Writes `workflow` (any JSON: a UI workflow or an API prompt) to `<base>/<name>` and runs
+/// `amalgam --base-dir <base> <command> --json` on it; returns its JSON, panicking with its
+/// stderr if it failed.
+pub fn run_json(
+    base: &Path,
+    command: &str,
+    name: &str,
+    workflow: &serde_json::Value,
+) -> serde_json::Value {
+    let file = base.join(name);
+    std::fs::write(&file, serde_json::to_vec(workflow).expect("json")).expect("write workflow");
+    let out = run(&[
+        "--base-dir",
+        path_str(base),
+        command,
+        "--json",
+        path_str(&file),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).expect("json")
 }

@@ -1,13 +1,11 @@
 //! `amalgam samples` and `amalgam inspect` on real files: every architecture the detector knows,
 //! every container, and every kind of broken input.
 
-mod common;
-
 use std::collections::HashMap;
 
+use crate::util::*;
 use amalgam::format::DType;
 use amalgam::model::layouts::{Layout, Scale, TextEncoder, UnetConfig};
-use common::*;
 
 const P: &str = "model.diffusion_model.";
 

@@ -1,20 +1,18 @@
 //! Workflows end to end: the shared ComfyUI PNGs, synthetic workflows with every kind of node,
 //! API prompts, checkpoints with embedded workflows, validation, and broken input.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
+use crate::util::*;
 use amalgam::format::png::{TextKind, find_text, text_chunks, write_png_with_text};
 use amalgam::graph::document::Document;
 use amalgam::graph::load::{SourceKind, load_bytes, load_file};
 use amalgam::graph::resolve::{SkipReason, resolve};
+use amalgam::graph::validate::{Validation, validate};
 use amalgam::graph::{Mode, PromptInput};
 use amalgam::model::ModelFolders;
 use amalgam::model::layouts::SplitMix64;
 use amalgam::nodes::Registry;
-use amalgam::nodes::validate::{Validation, validate};
-use common::*;
 use serde_json::{Value, json};
 
 fn shared(name: &str) -> PathBuf {

@@ -1,57 +1,23 @@
 //! Hostile paths: names and prefixes that try to leave their folder are refused with a clear
 //! error, and nothing is written outside the output folder, even through a symlink.
 
-mod common;
+use std::path::Path;
 
-use std::path::{Path, PathBuf};
-
-use amalgam::model::folders::ModelFolders;
+use crate::util::{ModelTree, files_under, run_prompt, tempdir};
 use amalgam::model::layouts::{Layout, Scale};
-use common::{run_prompt, tempdir, write_layout};
 use serde_json::{Value, json};
 
-/// `<root>/base` holds models and output; `<root>` itself must stay untouched.
-struct Tree {
-    root: tempfile::TempDir,
+/// A model tree with one checkpoint, `a.safetensors`; the folder around the base must stay
+/// untouched by every run.
+fn tree() -> ModelTree {
+    let t = ModelTree::new();
+    t.checkpoint("a.safetensors", &Layout::sd15(Scale::Sample), 1);
+    t
 }
 
-impl Tree {
-    fn new() -> Tree {
-        let t = Tree { root: tempdir() };
-        let ck = t.base().join("models/checkpoints");
-        std::fs::create_dir_all(&ck).expect("mkdir");
-        std::fs::create_dir_all(t.base().join("models/loras")).expect("mkdir");
-        write_layout(
-            &ck.join("a.safetensors"),
-            &Layout::sd15(Scale::Sample),
-            1,
-            &[],
-        );
-        t
-    }
-    fn base(&self) -> PathBuf {
-        self.root.path().join("base")
-    }
-    fn folders(&self) -> ModelFolders {
-        ModelFolders::new(&self.base(), None, None)
-    }
-    /// Every file under the root, relative to it.
-    fn files(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut stack = vec![self.root.path().to_owned()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                let p = e.path();
-                if p.is_dir() && !p.is_symlink() {
-                    stack.push(p);
-                } else if let Ok(rel) = p.strip_prefix(self.root.path()) {
-                    out.push(rel.display().to_string());
-                }
-            }
-        }
-        out.sort();
-        out
-    }
+/// Every file under the tree's root, relative to it.
+fn files(t: &ModelTree) -> Vec<String> {
+    files_under(t.root())
 }
 
 fn save_prompt(ckpt: &str, prefix: &str) -> Value {
@@ -74,18 +40,18 @@ fn lora_prompt(lora: &str) -> Value {
 
 #[test]
 fn prefixes_and_model_names_that_leave_their_folder_are_refused() {
-    let t = Tree::new();
-    let before = t.files();
+    let t = tree();
+    let before = files(&t);
     // A file just outside the models folder, which `..` names would reach.
     std::fs::copy(
-        t.base().join("models/checkpoints/a.safetensors"),
-        t.base().join("models/outside.safetensors"),
+        t.path().join("models/checkpoints/a.safetensors"),
+        t.path().join("models/outside.safetensors"),
     )
     .expect("copy");
-    let before_with_outside = t.files();
+    let before_with_outside = files(&t);
     assert_eq!(before_with_outside.len(), before.len() + 1);
 
-    let abs = t.root.path().join("escaped").display().to_string();
+    let abs = t.root().join("escaped").display().to_string();
     for prefix in [
         "../escaped",
         "checkpoints/../../escaped",
@@ -104,12 +70,12 @@ fn prefixes_and_model_names_that_leave_their_folder_are_refused() {
             err.contains("outside the output folder") || err.contains("NUL"),
             "{prefix:?}: {err}"
         );
-        assert_eq!(t.files(), before_with_outside, "{prefix:?} wrote something");
+        assert_eq!(files(&t), before_with_outside, "{prefix:?} wrote something");
     }
     assert!(!Path::new("/tmp/amalgam-escaped_00001_.safetensors").exists());
 
     let outside = t
-        .base()
+        .path()
         .join("models/outside.safetensors")
         .display()
         .to_string();
@@ -131,16 +97,16 @@ fn prefixes_and_model_names_that_leave_their_folder_are_refused() {
             err.contains("value_not_in_list") && err.contains("lora_name"),
             "{name:?}: {err}"
         );
-        assert_eq!(t.files(), before_with_outside, "{name:?} wrote something");
+        assert_eq!(files(&t), before_with_outside, "{name:?} wrote something");
     }
 }
 
 #[cfg(unix)]
 #[test]
 fn a_symlinked_output_subfolder_that_leads_outside_is_refused() {
-    let t = Tree::new();
+    let t = tree();
     let elsewhere = tempdir();
-    let output = t.base().join("output");
+    let output = t.path().join("output");
     std::fs::create_dir_all(&output).expect("mkdir");
     std::os::unix::fs::symlink(elsewhere.path(), output.join("checkpoints")).expect("link");
     let err = run_prompt(
@@ -175,9 +141,9 @@ fn re_merging_a_saved_output_never_touches_it() {
     // ComfyUI (and Amalgam) list output/checkpoints among the checkpoints, so a result can be
     // merged again under the same prefix: the new file gets the next counter and the input,
     // memory-mapped while the new one is written, is left exactly as it was.
-    let t = Tree::new();
+    let t = tree();
     run_prompt(&t.folders(), &save_prompt("a.safetensors", "checkpoints/m")).expect("first save");
-    let first = t.base().join("output/checkpoints/m_00001_.safetensors");
+    let first = t.path().join("output/checkpoints/m_00001_.safetensors");
     let bytes = std::fs::read(&first).expect("read");
     assert!(
         t.folders()

@@ -4,15 +4,12 @@
 //! user would. For every one: a clear error that names the file, no panic, and nothing written to
 //! the output folder.
 
-mod common;
-
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use crate::util::{ModelTree, files_under};
 use amalgam::format::png::{TextKind, write_png_with_text};
-use amalgam::model::folders::ModelFolders;
 use amalgam::model::layouts::{Layout, Scale};
-use common::{tempdir, write_layout};
 use serde_json::{Value, json};
 
 /// A deterministic stream of numbers for choosing positions and flips.
@@ -46,57 +43,28 @@ fn variant(label: impl Into<String>, file: &str, bytes: Vec<u8>) -> Variant {
     }
 }
 
-/// A model tree with one good sample checkpoint; broken files are dropped next to it.
-struct Tree {
-    dir: tempfile::TempDir,
+/// A model tree with one good checkpoint, `good.safetensors`; broken files are dropped beside it.
+fn tree() -> ModelTree {
+    let t = ModelTree::new();
+    t.checkpoint("good.safetensors", &Layout::sd15(Scale::Sample), 1);
+    t
 }
 
-impl Tree {
-    fn new() -> Tree {
-        let t = Tree { dir: tempdir() };
-        for sub in ["models/checkpoints", "models/loras", "output"] {
-            std::fs::create_dir_all(t.path().join(sub)).expect("mkdir");
-        }
-        write_layout(
-            &t.path().join("models/checkpoints/good.safetensors"),
-            &Layout::sd15(Scale::Sample),
-            1,
-            &[],
-        );
-        t
-    }
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-    fn folders(&self) -> ModelFolders {
-        ModelFolders::new(self.path(), None, None)
-    }
-    fn good_bytes(&self) -> Vec<u8> {
-        std::fs::read(self.path().join("models/checkpoints/good.safetensors")).expect("read good")
-    }
-    /// Every file below the output folder (there must never be any).
-    fn output_files(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        let mut stack = vec![self.path().join("output")];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                if e.path().is_dir() {
-                    stack.push(e.path());
-                } else {
-                    out.push(e.path());
-                }
-            }
-        }
-        out
-    }
+fn good_bytes(t: &ModelTree) -> Vec<u8> {
+    std::fs::read(t.path().join("models/checkpoints/good.safetensors")).expect("read good")
+}
 
-    /// Validates and runs `prompt`; returns the error (validation's or the engine's), panicking
-    /// if the prompt ran to completion.
-    fn fail(&self, prompt: &Value, label: &str) -> String {
-        match common::run_prompt(&self.folders(), prompt) {
-            Ok(saved) => panic!("{label}: the broken file was merged and saved: {saved:?}"),
-            Err(e) => e,
-        }
+/// Every file below the output folder (there must never be any).
+fn output_files(t: &ModelTree) -> Vec<String> {
+    files_under(&t.output())
+}
+
+/// Validates and runs `prompt`; returns the error (validation's or the engine's), panicking if
+/// the prompt ran to completion.
+fn fail(t: &ModelTree, prompt: &Value, label: &str) -> String {
+    match crate::util::run_prompt(&t.folders(), prompt) {
+        Ok(saved) => panic!("{label}: the broken file was merged and saved: {saved:?}"),
+        Err(e) => e,
     }
 }
 
@@ -364,11 +332,11 @@ fn safetensors_variants(good: &[u8], rng: &mut Lcg) -> Vec<Variant> {
 
 // ---- PyTorch checkpoints ----------------------------------------------------------------------
 
-fn good_torch(tree: &Tree) -> (Vec<u8>, Vec<u8>) {
+fn good_torch(tree: &ModelTree) -> (Vec<u8>, Vec<u8>) {
     let zip = tree.path().join("good-zip.tmp");
     let legacy = tree.path().join("good-legacy.tmp");
     let specs = Layout::sd15(Scale::Sample).tensors();
-    common::write_torch(&specs, 1, Some(&zip), Some(&legacy));
+    crate::util::write_torch(&specs, 1, Some(&zip), Some(&legacy));
     let out = (
         std::fs::read(&zip).expect("read"),
         std::fs::read(&legacy).expect("read"),
@@ -628,7 +596,7 @@ fn workflow_variants(rng: &mut Lcg) -> Vec<Variant> {
     let mut out = Vec::new();
     let shared =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/workflows/model_merging_basic.png");
-    let doc = amalgam::ui::examples::all()
+    let doc = amalgam::graph::examples::all()
         .remove(0)
         .2
         .to_json()
@@ -757,14 +725,14 @@ fn workflow_variants(rng: &mut Lcg) -> Vec<Variant> {
 
 #[test]
 fn every_broken_file_gets_a_clear_error_naming_it_and_writes_nothing() {
-    let tree = Tree::new();
+    let tree = tree();
     let mut rng = Lcg(0x5eed);
-    let good = tree.good_bytes();
+    let good = good_bytes(&tree);
     let (zip, legacy) = good_torch(&tree);
     let sample_lora = {
         let specs = amalgam::model::samples::sample_lora();
         let p = tree.path().join("lora.tmp");
-        common::write_safetensors(&p, &specs, 7, &Default::default(), &[]);
+        crate::util::write_safetensors(&p, &specs, 7, &Default::default(), &[]);
         let b = std::fs::read(&p).expect("read lora");
         let _ = std::fs::remove_file(p);
         b
@@ -779,7 +747,7 @@ fn every_broken_file_gets_a_clear_error_naming_it_and_writes_nothing() {
         if std::env::var_os("AMALGAM_SHOW_ERRORS").is_some() {
             eprintln!("{label}\n    {error}");
         }
-        let written = tree.output_files();
+        let written = output_files(&tree);
         assert!(written.is_empty(), "{label}: wrote {written:?}");
         checked += 1;
     };
@@ -791,7 +759,7 @@ fn every_broken_file_gets_a_clear_error_naming_it_and_writes_nothing() {
     {
         let path = ck_dir.join(&v.file);
         std::fs::write(&path, &v.bytes).expect("write variant");
-        let error = tree.fail(&merge_prompt(&v.file), &v.label);
+        let error = fail(&tree, &merge_prompt(&v.file), &v.label);
         check(&v.label, &v.file, &error);
         // Opening it for a look (the output browser, `inspect`) fails the same clear way.
         let open = amalgam::format::TensorFile::open(&path);
@@ -801,7 +769,7 @@ fn every_broken_file_gets_a_clear_error_naming_it_and_writes_nothing() {
     let lora_dir = tree.path().join("models/loras");
     for v in lora_variants(&sample_lora, &mut rng) {
         std::fs::write(lora_dir.join(&v.file), &v.bytes).expect("write variant");
-        let error = tree.fail(&lora_prompt(&v.file), &v.label);
+        let error = fail(&tree, &lora_prompt(&v.file), &v.label);
         check(&v.label, &v.file, &error);
         let _ = std::fs::remove_file(lora_dir.join(&v.file));
     }
@@ -881,7 +849,7 @@ fn every_broken_file_gets_a_clear_error_naming_it_and_writes_nothing() {
             "dir.safetensors",
         ] {
             assert!(!listed.iter().any(|l| l.ends_with(name)), "{name} listed");
-            let error = tree.fail(&merge_prompt(name), name);
+            let error = fail(&tree, &merge_prompt(name), name);
             check(name, name, &error);
         }
     }

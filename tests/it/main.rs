@@ -1,0 +1,16 @@
+//! Amalgam's end-to-end tests, one binary with a module per topic (ripgrep's `tests/` shape):
+//! real files written and read back, the real binary, the real app driven frame by frame.
+//! If you add a test, it probably belongs in one of these modules. Only tests that need a
+//! process of their own live beside this binary (`crash`: killing a save; `gui_x11`: a window
+//! under Xvfb).
+
+mod util;
+
+mod corrupt;
+mod engine;
+mod fuzz_regressions;
+mod gui;
+mod inspect;
+mod lora;
+mod paths;
+mod workflows;
