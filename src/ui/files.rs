@@ -393,6 +393,11 @@ mod tests {
         (dir, file, folder)
     }
 
+    /// An import nobody cancels or watches.
+    fn import_quietly(file: &Path, folder: &Path, link: bool) -> Result<String, ImportError> {
+        import(file, folder, link, &AtomicBool::new(false), &mut |_, _| {})
+    }
+
     fn listing(folder: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(folder)
             .map(|d| {
@@ -431,13 +436,7 @@ mod tests {
             ["big.safetensors"],
             "no temporary file left"
         );
-        let again = import(
-            &file,
-            &folder,
-            false,
-            &AtomicBool::new(false),
-            &mut |_, _| {},
-        );
+        let again = import_quietly(&file, &folder, false);
         assert!(
             matches!(&again, Err(ImportError::Failed(m)) if m.contains("already exists")),
             "{again:?}"
@@ -460,14 +459,7 @@ mod tests {
     #[test]
     fn a_linked_import_points_at_the_original() {
         let (_dir, file, folder) = setup();
-        let name = import(
-            &file,
-            &folder,
-            true,
-            &AtomicBool::new(false),
-            &mut |_, _| {},
-        )
-        .expect("link");
+        let name = import_quietly(&file, &folder, true).expect("link");
         let link = folder.join(name);
         assert_eq!(std::fs::read_link(&link).ok(), Some(file));
     }

@@ -523,13 +523,7 @@ fn cancel_leaves_no_file_and_no_temp() {
         "4": save(("3", 0), ("1", 1), ("1", 2), "checkpoints/ComfyUI"),
     }))
     .expect("prompt");
-    let job = Job {
-        prompt,
-        outputs: vec!["4".into()],
-        workflow: None,
-        folders: base.folders(),
-        precision: Precision::Keep,
-    };
+    let job = unvalidated_job(&base, prompt, "4");
     let cancel = AtomicBool::new(false);
     let mut events = Vec::new();
     run_job(&job, &cancel, &mut RunCache::default(), &mut |e| {
@@ -563,13 +557,7 @@ fn progress_is_reported_per_tensor_in_header_order() {
         &json!({"1": loader("a.safetensors"), "2": save(("1", 0), ("1", 1), ("1", 2), "x")}),
     )
     .expect("p");
-    let job = Job {
-        prompt,
-        outputs: vec!["2".into()],
-        workflow: None,
-        folders: base.folders(),
-        precision: Precision::Keep,
-    };
+    let job = unvalidated_job(&base, prompt, "2");
     let mut progress = Vec::new();
     let mut kinds = Vec::new();
     run_job(
@@ -633,16 +621,21 @@ fn missing_models_and_hostile_prefixes_fail_with_clear_errors_and_no_file() {
     );
 }
 
-/// Runs `prompt` (output node "2") without validation, as a job whose inputs changed after it was
-/// validated; returns the failure message, if the run failed.
-fn run_unvalidated(base: &ModelTree, prompt: Prompt) -> Option<String> {
-    let job = Job {
+/// A job running output `node` of `prompt` as it is (no validation), with the tree's folders.
+fn unvalidated_job(base: &ModelTree, prompt: Prompt, node: &str) -> Job {
+    Job {
         prompt,
-        outputs: vec!["2".into()],
+        outputs: vec![node.into()],
         workflow: None,
         folders: base.folders(),
         precision: Precision::Keep,
-    };
+    }
+}
+
+/// Runs `prompt` (output node "2") without validation, as a job whose inputs changed after it was
+/// validated; returns the failure message, if the run failed.
+fn run_unvalidated(base: &ModelTree, prompt: Prompt) -> Option<String> {
+    let job = unvalidated_job(base, prompt, "2");
     let report = run_blocking(
         &job,
         &AtomicBool::new(false),

@@ -57,6 +57,10 @@ fn compute(expr: Expr, out: DType) -> Recipe {
     }
 }
 
+fn expr(leaf: Leaf, steps: Vec<Step>) -> Expr {
+    Expr { leaf, steps }
+}
+
 fn plain(leaf: Leaf) -> Expr {
     Expr {
         leaf,
@@ -158,10 +162,7 @@ fn a_multiply_step_scales_every_element() {
     let mut mem = Mem::default();
     let v = values(7, 3);
     let leaf = mem.f32(&v);
-    let expr = Expr {
-        leaf,
-        steps: vec![step(Some(0.3), None)],
-    };
+    let expr = expr(leaf, vec![step(Some(0.3), None)]);
     let (out, _) = run(&compute(expr, DType::F32), &mem, 0, 7);
     let want: Vec<f32> = v.iter().map(|&x| x * 0.3).collect();
     assert_eq!(bits(&as_f32(&out)), bits(&want));
@@ -172,10 +173,10 @@ fn multiply_then_add_rounds_the_product_before_the_sum() {
     let mut mem = Mem::default();
     let (a, b) = (values(64, 4), values(64, 5));
     let (la, lb) = (mem.f32(&a), mem.f32(&b));
-    let expr = Expr {
-        leaf: la,
-        steps: vec![step(Some(0.7), Some((0.3, Term::Weights(plain(lb)))))],
-    };
+    let expr = expr(
+        la,
+        vec![step(Some(0.7), Some((0.3, Term::Weights(plain(lb)))))],
+    );
     let (out, _) = run(&compute(expr, DType::F32), &mem, 0, 64);
     let want: Vec<f32> = a
         .iter()
@@ -201,14 +202,8 @@ fn nested_merges_evaluate_inner_expressions_first() {
     let mut mem = Mem::default();
     let (a, b, c) = (values(20, 6), values(20, 7), values(20, 8));
     let (la, lb, lc) = (mem.f16(&a), mem.f32(&b), mem.bf16(&c));
-    let inner = Expr {
-        leaf: lb,
-        steps: vec![step(None, Some((-1.0, Term::Weights(plain(lc)))))],
-    };
-    let expr = Expr {
-        leaf: la,
-        steps: vec![step(None, Some((0.5, Term::Weights(inner))))],
-    };
+    let inner = expr(lb, vec![step(None, Some((-1.0, Term::Weights(plain(lc)))))]);
+    let expr = expr(la, vec![step(None, Some((0.5, Term::Weights(inner))))]);
     let (out, _) = run(&compute(expr, DType::F32), &mem, 0, 20);
     let want: Vec<f32> = (0..20)
         .map(|i| {
@@ -228,10 +223,7 @@ fn round_inputs_rounds_each_input_to_the_load_dtype_first() {
     let (a, b) = (values(16, 9), values(16, 10));
     let (la, lb) = (mem.f32(&a), mem.f32(&b));
     let recipe = Recipe::Compute {
-        expr: Expr {
-            leaf: la,
-            steps: vec![step(None, Some((0.25, Term::Weights(plain(lb)))))],
-        },
+        expr: expr(la, vec![step(None, Some((0.25, Term::Weights(plain(lb)))))]),
         out: DType::F16,
         round_inputs: Some(DType::F16),
     };
@@ -254,10 +246,7 @@ fn bf16_in_and_out_and_f64_inputs_are_supported() {
         .collect();
     let l64 = mem.push(wide, DType::F64, 12);
     let lb = mem.bf16(&v);
-    let expr = Expr {
-        leaf: lb,
-        steps: vec![step(None, Some((2.0, Term::Weights(plain(l64)))))],
-    };
+    let expr = expr(lb, vec![step(None, Some((2.0, Term::Weights(plain(l64)))))]);
     let (out, _) = run(&compute(expr, DType::BF16), &mem, 0, 12);
     let got: Vec<bf16> = bytemuck::pod_collect_to_vec(&out);
     let want: Vec<bf16> = v
@@ -307,10 +296,7 @@ fn a_lora_step_adds_the_scaled_low_rank_product() {
     let (up, down) = (values(out_rows * rank, 13), values(rank * inner, 14));
     let lw = mem.f32(&w);
     let term = lora_term(&mut mem, &up, &down, out_rows, rank);
-    let expr = Expr {
-        leaf: lw,
-        steps: vec![step(None, Some((0.8, Term::Lora(term))))],
-    };
+    let expr = expr(lw, vec![step(None, Some((0.8, Term::Lora(term))))]);
     let (out, _) = run(&compute(expr, DType::F32), &mem, 0, w.len());
     let (up, down) = (halves(&up), halves(&down));
     let want: Vec<f32> = (0..w.len())
@@ -329,10 +315,7 @@ fn a_loha_step_multiplies_two_products_element_wise() {
     let lw = mem.f32(&w);
     let mut term = lora_term(&mut mem, &a1, &b1, rows, r1);
     term.hadamard = Some((mem.f16(&a2), mem.f16(&b2), r2));
-    let expr = Expr {
-        leaf: lw,
-        steps: vec![step(None, Some((0.5, Term::Lora(term))))],
-    };
+    let expr = expr(lw, vec![step(None, Some((0.5, Term::Lora(term))))]);
     let (out, _) = run(&compute(expr, DType::F32), &mem, 0, w.len());
     let want: Vec<f32> = (0..w.len())
         .map(|e| {
@@ -359,10 +342,7 @@ fn a_locon_tucker_core_is_contracted_into_the_down_factor_first() {
     let mut term = lora_term(&mut mem, &up, &down, rows, rank);
     term.inner = inch * khw;
     term.mid = Some((mem.f16(&mid), inch, khw));
-    let expr = Expr {
-        leaf: lw,
-        steps: vec![step(None, Some((1.0, Term::Lora(term))))],
-    };
+    let expr = expr(lw, vec![step(None, Some((1.0, Term::Lora(term))))]);
     let (out, _) = run(&compute(expr, DType::F32), &mem, 0, w.len());
     let (up, down, mid) = (halves(&up), halves(&down), halves(&mid));
     // down' [rank, in, khw] = Σ_b down[b, i] · mid[a, b, x] (summed over b in order), then
@@ -394,10 +374,7 @@ fn a_lokr_step_adds_the_kronecker_product() {
         w1_shape: [a, b],
         w2_shape: [c, d, 1],
     };
-    let expr = Expr {
-        leaf: lw,
-        steps: vec![step(None, Some((0.25, Term::Kron(term))))],
-    };
+    let expr = expr(lw, vec![step(None, Some((0.25, Term::Kron(term))))]);
     let (out, _) = run(&compute(expr, DType::F32), &mem, 0, w.len());
     let cols = b * d;
     let want: Vec<f32> = (0..w.len())
@@ -427,10 +404,7 @@ fn a_window_patches_only_its_rows_and_keeps_negative_zero() {
         len: 2 * inner,
         swap_halves: false,
     });
-    let expr = Expr {
-        leaf: lw,
-        steps: vec![s],
-    };
+    let expr = expr(lw, vec![s]);
     let (out, _) = run(&compute(expr, DType::F32), &mem, 0, w.len());
     let (up, down) = (halves(&up), halves(&down));
     let want: Vec<f32> = (0..w.len())
@@ -468,10 +442,7 @@ fn a_swapped_window_exchanges_the_terms_halves() {
         len: n,
         swap_halves: true,
     });
-    let expr = Expr {
-        leaf: lw,
-        steps: vec![s],
-    };
+    let expr = expr(lw, vec![s]);
     let (out, _) = run(&compute(expr, DType::F32), &mem, 0, n);
     let want: Vec<f32> = (0..n)
         .map(|e| w[e] + 1.0f32 * (1.0f32 * d[(e + n / 2) % n]))
@@ -487,10 +458,10 @@ fn chunks_and_tiles_give_the_same_bits_as_one_pass() {
     let (a, b) = (values(n, 32), values(n, 33));
     let (la, lb) = (mem.f16(&a), mem.bf16(&b));
     let recipe = compute(
-        Expr {
-            leaf: la,
-            steps: vec![step(Some(0.6), Some((0.4, Term::Weights(plain(lb)))))],
-        },
+        expr(
+            la,
+            vec![step(Some(0.6), Some((0.4, Term::Weights(plain(lb)))))],
+        ),
         DType::F16,
     );
     let (whole, _) = run(&recipe, &mem, 0, n);
@@ -516,10 +487,10 @@ fn non_finite_inputs_are_reported_by_source() {
     a[TILE + 3] = f32::NAN;
     let (la, lb) = (mem.f32(&a), mem.f32(&b));
     let recipe = compute(
-        Expr {
-            leaf: la.clone(),
-            steps: vec![step(None, Some((0.5, Term::Weights(plain(lb)))))],
-        },
+        expr(
+            la.clone(),
+            vec![step(None, Some((0.5, Term::Weights(plain(lb)))))],
+        ),
         DType::F32,
     );
     // The chunk holding the NaN flags source 0; a chunk before it flags nothing.
@@ -581,13 +552,7 @@ fn an_unprepared_dora_is_refused_and_others_need_no_preparing() {
             .is_none()
     );
     let s = dora_step(&mut mem, &[1.0; 3], DoraAxis::Output, 3, 4);
-    let recipe = compute(
-        Expr {
-            leaf: lw,
-            steps: vec![s],
-        },
-        DType::F32,
-    );
+    let recipe = compute(expr(lw, vec![s]), DType::F32);
     let e = refused(&recipe, &mem, 12);
     assert!(matches!(e, KernelError::Unprepared), "{e}");
 }
@@ -646,13 +611,7 @@ fn dora_norms_are_taken_in_a_first_pass_on_either_axis() {
         let delta: Vec<f32> = (0..w.len())
             .map(|e| lora_reference(&up, &down, 2, inch, e))
             .collect();
-        let recipe = compute(
-            Expr {
-                leaf: lw,
-                steps: vec![s],
-            },
-            DType::F32,
-        );
+        let recipe = compute(expr(lw, vec![s]), DType::F32);
         let prepared = prepare(&recipe, w.len(), &mem.sources)
             .expect("prepare")
             .expect("a DoRA needs preparing");
@@ -675,13 +634,7 @@ fn a_dora_scale_of_the_wrong_length_is_refused() {
     let w = values(12, 44);
     let lw = mem.f32(&w);
     let s = dora_step(&mut mem, &[1.0, 2.0], DoraAxis::Output, 3, 4);
-    let recipe = compute(
-        Expr {
-            leaf: lw,
-            steps: vec![s],
-        },
-        DType::F32,
-    );
+    let recipe = compute(expr(lw, vec![s]), DType::F32);
     let e = prepare(&recipe, 12, &mem.sources).expect_err("refused");
     assert!(
         matches!(
