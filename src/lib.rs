@@ -13,6 +13,8 @@
 //! - [`graph`]: the workflow document (ComfyUI's UI JSON, kept losslessly), editing it, loading
 //!   it from PNGs, JSON and checkpoints, resolving it into an API prompt (mute, bypass, reroute,
 //!   primitive) and validating that prompt against the registry with ComfyUI's error types.
+//! - [`generate`]: the image half of a workflow as ComfyUI computes it on a CPU (so far: torch's
+//!   noise, bit for bit, and the noise schedules).
 //! - [`engine`]: planning, exact f32 evaluation, streaming crash-safe writes, the background
 //!   worker and its events, and [`engine::run_blocking`] for callers without a worker. Knows
 //!   nothing of any UI.
@@ -32,6 +34,7 @@ pub mod format;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod generate;
 pub mod graph;
 pub mod model;
 pub mod nodes;
@@ -53,7 +56,9 @@ mod tests {
     use std::path::Path;
 
     /// The layers of the module docs, lowest first.
-    const LAYERS: [&str; 6] = ["format", "model", "nodes", "graph", "engine", "ui"];
+    const LAYERS: [&str; 7] = [
+        "format", "model", "nodes", "graph", "generate", "engine", "ui",
+    ];
 
     fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
         for entry in std::fs::read_dir(dir).expect("read src") {

@@ -1,0 +1,4 @@
+//! Sampling: PyTorch-compatible noise ([`rng`]) and ComfyUI's noise schedules ([`schedule`]).
+
+pub mod rng;
+pub mod schedule;
