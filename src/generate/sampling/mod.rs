@@ -1,4 +1,6 @@
-//! Sampling: PyTorch-compatible noise ([`rng`]) and ComfyUI's noise schedules ([`schedule`]).
+//! Sampling: PyTorch-compatible noise ([`rng`]), ComfyUI's noise schedules ([`schedule`]) and its
+//! k-diffusion samplers ([`samplers`]).
 
 pub mod rng;
+pub mod samplers;
 pub mod schedule;

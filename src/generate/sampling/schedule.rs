@@ -90,10 +90,42 @@ fn discrete_sigmas_f64() -> Vec<f64> {
         .collect()
 }
 
+/// `rescale_zero_terminal_snr_sigmas` (ModelSamplingDiscrete's `zsnr`), in f64: the schedule
+/// shifted and scaled so its last level has (almost) zero signal.
+fn zero_terminal_snr(sigmas: &[f64]) -> Vec<f64> {
+    let roots: Vec<f64> = sigmas
+        .iter()
+        .map(|s| (1.0 / (s * s + 1.0)).sqrt())
+        .collect();
+    let (first, last) = (roots[0], roots[roots.len() - 1]);
+    let scale = first / (first - last);
+    let mut out: Vec<f64> = roots
+        .iter()
+        .map(|r| {
+            let shifted = (r - last) * scale;
+            let alpha_bar = shifted * shifted;
+            ((1.0 - alpha_bar) / alpha_bar).sqrt()
+        })
+        .collect();
+    if let Some(end) = out.last_mut() {
+        let alpha_bar = 4.897_345_189_085_343_5e-8_f64;
+        *end = ((1.0 - alpha_bar) / alpha_bar).sqrt();
+    }
+    out
+}
+
 impl ModelSampling {
     /// ModelSamplingDiscrete with ComfyUI's default (eps/v) schedule, without zero-SNR.
     pub fn discrete() -> ModelSampling {
-        let sigmas = discrete_sigmas_f64();
+        Self::discrete_with(false)
+    }
+
+    /// ModelSamplingDiscrete, with the zero-terminal-SNR rescale when `zsnr` is set.
+    pub fn discrete_with(zsnr: bool) -> ModelSampling {
+        let mut sigmas = discrete_sigmas_f64();
+        if zsnr {
+            sigmas = zero_terminal_snr(&sigmas);
+        }
         ModelSampling::Discrete {
             log_sigmas: sigmas.iter().map(|s| s.ln() as f32).collect(),
             sigmas: sigmas.iter().map(|&s| s as f32).collect(),
@@ -413,6 +445,17 @@ mod tests {
         let dpm2 = m.schedule(Scheduler::Normal, 4, 1.0, true);
         assert_eq!(dpm2, [&five[..4], &five[5..]].concat());
         assert_eq!(Scheduler::from_name("beta"), None);
+    }
+
+    #[test]
+    fn zero_terminal_snr_raises_the_top_level_and_keeps_the_bottom() {
+        let plain = ModelSampling::discrete();
+        let zsnr = ModelSampling::discrete_with(true);
+        // The first level is kept (up to rounding); the last is ComfyUI's fixed near-zero SNR.
+        close(&[zsnr.sigma_min()], &[f64::from(plain.sigma_min())]);
+        let want = ((1.0 - 4.897_345_189_085_343_5e-8) / 4.897_345_189_085_343_5e-8_f64).sqrt();
+        assert_eq!(zsnr.sigma_max(), want as f32);
+        assert!(zsnr.sigma_max() > 4000.0 && plain.sigma_max() < 15.0);
     }
 
     #[test]
