@@ -1,0 +1,314 @@
+//! CLIP's text tokenizer as ComfyUI runs it (generation.md §4.2): transformers' slow
+//! `CLIPTokenizer` without `ftfy`, so text goes through the BERT-style fallback normaliser —
+//! drop NUL, U+FFFD and control characters, map whitespace to spaces, space out CJK ideographs,
+//! NFC, split on whitespace and lower-case each piece — then CLIP's pre-tokenising regex,
+//! byte-level BPE over OpenAI's merges (`assets/clip/merges.txt.gz`, MIT), and the vocabulary
+//! rebuilt from them (256 byte symbols, the same with `</w>`, the merges, the two specials).
+//! A literal `<|startoftext|>` or `<|endoftext|>` in the text is that special token.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::OnceLock;
+
+use regex::Regex;
+use unicode_normalization::UnicodeNormalization;
+
+pub const START: u32 = 49406;
+pub const END: u32 = 49407;
+
+/// The merges CLIP uses: lines 1 ..= 48,894 of OpenAI's file (line 0 is a header).
+const MERGES: usize = 49152 - 256 - 2;
+
+static MERGES_GZ: &[u8] = include_bytes!("../../../assets/clip/merges.txt.gz");
+
+/// The tokenizer's tables, built once per process.
+pub struct ClipTokenizer {
+    ranks: HashMap<(String, String), usize>,
+    vocab: HashMap<String, u32>,
+    byte_symbols: [char; 256],
+    pattern: Regex,
+}
+
+impl ClipTokenizer {
+    /// The shared tokenizer (CLIP-L, -H and -G use the same one).
+    pub fn get() -> &'static ClipTokenizer {
+        static TOKENIZER: OnceLock<ClipTokenizer> = OnceLock::new();
+        TOKENIZER.get_or_init(ClipTokenizer::build)
+    }
+
+    fn build() -> ClipTokenizer {
+        let mut text = String::new();
+        // The asset is part of the binary and checked by the tests; a broken one is a build bug.
+        flate2::read::GzDecoder::new(MERGES_GZ)
+            .read_to_string(&mut text)
+            .expect("assets/clip/merges.txt.gz is valid gzip text");
+        let byte_symbols = bytes_to_unicode();
+        let mut vocab: HashMap<String, u32> = HashMap::new();
+        let mut add = |token: String| {
+            let id = vocab.len() as u32;
+            vocab.entry(token).or_insert(id);
+        };
+        for c in byte_symbols_in_vocab_order() {
+            add(c.to_string());
+        }
+        for c in byte_symbols_in_vocab_order() {
+            add(format!("{c}</w>"));
+        }
+        let mut ranks = HashMap::new();
+        for (rank, line) in text.lines().skip(1).take(MERGES).enumerate() {
+            if let Some((a, b)) = line.split_once(' ') {
+                ranks.insert((a.to_owned(), b.to_owned()), rank);
+                add(format!("{a}{b}"));
+            }
+        }
+        add("<|startoftext|>".to_owned());
+        add("<|endoftext|>".to_owned());
+        let pattern = Regex::new(
+            r"(?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
+        )
+        .expect("CLIP's pre-tokenising pattern compiles");
+        ClipTokenizer {
+            ranks,
+            vocab,
+            byte_symbols,
+            pattern,
+        }
+    }
+
+    /// The ids of `text`, without start and end tokens (what ComfyUI takes of each word).
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        let mut ids = Vec::new();
+        for (piece, special) in split_specials(text) {
+            if let Some(id) = special {
+                ids.push(id);
+                continue;
+            }
+            let normalised = normalise(piece);
+            for m in self.pattern.find_iter(&normalised) {
+                let symbols: String = m
+                    .as_str()
+                    .bytes()
+                    .map(|b| self.byte_symbols[usize::from(b)])
+                    .collect();
+                for token in self.bpe(&symbols) {
+                    // Every BPE result is in the vocabulary it was built from.
+                    if let Some(&id) = self.vocab.get(&token) {
+                        ids.push(id);
+                    }
+                }
+            }
+        }
+        ids
+    }
+
+    /// Byte-pair merging of one pre-token: the lowest-ranked adjacent pair first, until none is
+    /// in the merges; the last symbol carries `</w>`.
+    fn bpe(&self, token: &str) -> Vec<String> {
+        let chars: Vec<char> = token.chars().collect();
+        let Some((last, head)) = chars.split_last() else {
+            return Vec::new();
+        };
+        let mut word: Vec<String> = head.iter().map(char::to_string).collect();
+        word.push(format!("{last}</w>"));
+        while word.len() > 1 {
+            let best = word
+                .windows(2)
+                .filter_map(|p| self.ranks.get(&(p[0].clone(), p[1].clone())))
+                .min()
+                .copied();
+            let Some(best) = best else { break };
+            let mut merged = Vec::with_capacity(word.len());
+            let mut i = 0;
+            while i < word.len() {
+                if i + 1 < word.len()
+                    && self.ranks.get(&(word[i].clone(), word[i + 1].clone())) == Some(&best)
+                {
+                    merged.push(format!("{}{}", word[i], word[i + 1]));
+                    i += 2;
+                } else {
+                    merged.push(word[i].clone());
+                    i += 1;
+                }
+            }
+            word = merged;
+        }
+        word
+    }
+}
+
+/// The text between special tokens, and the special tokens themselves, in order.
+fn split_specials(text: &str) -> Vec<(&str, Option<u32>)> {
+    const SPECIALS: [(&str, u32); 2] = [("<|startoftext|>", START), ("<|endoftext|>", END)];
+    let mut out = Vec::new();
+    let mut rest = text;
+    loop {
+        let next = SPECIALS
+            .iter()
+            .filter_map(|(s, id)| rest.find(s).map(|at| (at, *s, *id)))
+            .min_by_key(|(at, ..)| *at);
+        match next {
+            Some((at, s, id)) => {
+                if at > 0 {
+                    out.push((&rest[..at], None));
+                }
+                out.push((s, Some(id)));
+                rest = &rest[at + s.len()..];
+            }
+            None => {
+                if !rest.is_empty() {
+                    out.push((rest, None));
+                }
+                return out;
+            }
+        }
+    }
+}
+
+/// transformers' `BasicTokenizer` with `strip_accents=False, do_split_on_punc=False`.
+fn normalise(text: &str) -> String {
+    let mut cleaned = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c == '\0' || c == '\u{fffd}' || is_control(c) {
+            continue;
+        }
+        if is_whitespace(c) {
+            cleaned.push(' ');
+        } else if is_cjk(c) {
+            cleaned.push(' ');
+            cleaned.push(c);
+            cleaned.push(' ');
+        } else {
+            cleaned.push(c);
+        }
+    }
+    let nfc: String = cleaned.nfc().collect();
+    nfc.split_whitespace()
+        .map(str::to_lowercase)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// BERT's `_is_whitespace`: space, tab, newline, carriage return, or a space separator (Zs).
+fn is_whitespace(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r') || is_space_separator(c)
+}
+
+fn is_space_separator(c: char) -> bool {
+    static ZS: OnceLock<Regex> = OnceLock::new();
+    let zs = ZS.get_or_init(|| Regex::new(r"^\p{Zs}$").expect("Zs class"));
+    let mut buf = [0u8; 4];
+    zs.is_match(c.encode_utf8(&mut buf))
+}
+
+/// BERT's `_is_control`: any "Other" category (Cc, Cf, Cs, Co, Cn) except tab, newline, CR.
+fn is_control(c: char) -> bool {
+    static OTHER: OnceLock<Regex> = OnceLock::new();
+    if matches!(c, '\t' | '\n' | '\r') {
+        return false;
+    }
+    let other = OTHER.get_or_init(|| Regex::new(r"^\p{C}$").expect("C class"));
+    let mut buf = [0u8; 4];
+    other.is_match(c.encode_utf8(&mut buf))
+}
+
+/// BERT's `_is_chinese_char` ranges.
+fn is_cjk(c: char) -> bool {
+    matches!(u32::from(c),
+        0x4E00..=0x9FFF
+        | 0x3400..=0x4DBF
+        | 0x20000..=0x2A6DF
+        | 0x2A700..=0x2B73F
+        | 0x2B740..=0x2B81F
+        | 0x2B820..=0x2CEAF
+        | 0xF900..=0xFAFF
+        | 0x2F800..=0x2FA1F)
+}
+
+/// The byte values in GPT-2's table order: the printable ranges first, then the rest.
+fn byte_order() -> Vec<u8> {
+    let mut bytes: Vec<u8> = (b'!'..=b'~')
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let printable = bytes.clone();
+    bytes.extend((0..=255u8).filter(|b| !printable.contains(b)));
+    bytes
+}
+
+/// GPT-2's `bytes_to_unicode`: printable bytes map to themselves, the others to 256 + n.
+fn bytes_to_unicode() -> [char; 256] {
+    let mut table = ['\0'; 256];
+    let mut n = 0;
+    for b in byte_order() {
+        let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+        table[usize::from(b)] = if printable {
+            char::from(b)
+        } else {
+            n += 1;
+            char::from_u32(255 + n).unwrap_or('\0')
+        };
+    }
+    table
+}
+
+/// The byte symbols in vocabulary order (the table's order).
+fn byte_symbols_in_vocab_order() -> Vec<char> {
+    let table = bytes_to_unicode();
+    byte_order()
+        .into_iter()
+        .map(|b| table[usize::from(b)])
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vocabulary_is_rebuilt_whole() {
+        let t = ClipTokenizer::get();
+        assert_eq!(t.vocab.len(), 49408);
+        assert_eq!(t.vocab["<|startoftext|>"], START);
+        assert_eq!(t.vocab["<|endoftext|>"], END);
+        assert_eq!(t.vocab["!"], 0);
+        assert_eq!(t.vocab["!</w>"], 256);
+        assert_eq!(t.ranks.len(), MERGES);
+    }
+
+    /// Ids ComfyUI's tokenizer gives (generation.md §4.2, §4.1: real ComfyUI runs).
+    #[test]
+    fn prompts_give_comfyuis_ids() {
+        let t = ClipTokenizer::get();
+        assert_eq!(t.encode("text, watermark"), [4160, 267, 2505, 2110]);
+        assert_eq!(
+            t.encode("beautiful scenery nature glass bottle landscape, , purple galaxy bottle,"),
+            [
+                1215, 16025, 2625, 3313, 5392, 5727, 267, 267, 5496, 6545, 5392, 267
+            ]
+        );
+        assert_eq!(t.encode("a "), [320]);
+        assert_eq!(t.encode("red"), [736]);
+        assert_eq!(t.encode(" cat, "), [2368, 267]);
+        assert_eq!(t.encode("blue"), [1746]);
+        // The escaped segment ` \(x\) [y]` reaches the tokenizer unescaped.
+        assert_eq!(t.encode(" (x) [y]"), [263, 343, 264, 314, 344, 316]);
+    }
+
+    #[test]
+    fn special_tokens_typed_in_the_text_are_kept() {
+        let t = ClipTokenizer::get();
+        let ids = t.encode("a<|endoftext|>cat");
+        assert_eq!(ids, [320, END, 2368]);
+        assert_eq!(t.encode(""), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn normalisation_follows_berts_fallback() {
+        // NBSP is a space separator; BEL is a control character and goes.
+        assert_eq!(normalise("A\tB\u{a0}C\u{7}D"), "a b cd");
+        assert_eq!(normalise("东京 Tower"), "东 京 tower");
+        // NFC: e + combining acute becomes é.
+        assert_eq!(normalise("Cafe\u{301}"), "café");
+        assert_eq!(normalise("  x  "), "x");
+    }
+}
