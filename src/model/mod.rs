@@ -9,6 +9,7 @@ pub mod layouts;
 pub mod lora;
 pub mod report;
 pub mod samples;
+pub mod save_layout;
 
 pub use arch::{Architecture, Detection, Prediction, Variant};
 pub use checkpoint::Checkpoint;

@@ -120,7 +120,7 @@ impl Planner<'_> {
             whole: crate::model::lora::key_map(&unet_keys, &clip_keys, levels),
             parts,
         };
-        let file = &self.sources[lora].file;
+        let file = &self.sources[lora].checkpoint.file;
         let alpha_of = |base: &str| {
             file.get(&format!("{base}.alpha"))
                 .and_then(|a| file.read_f32(a))

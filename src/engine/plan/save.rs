@@ -6,11 +6,14 @@ use std::sync::Arc;
 use crate::format::DType;
 use crate::format::pyjson;
 use crate::format::safetensors::TensorSpec;
-use crate::model::arch::{Architecture, Prediction, Variant};
-use crate::model::components::{Component, SaveFate, keys_added_on_save, save_fate};
+use crate::model::arch::{Architecture, Prediction};
+use crate::model::components::Component;
+use crate::model::save_layout::{
+    CLIP_SAVE_GROUPS, SaveFate, clip_save_key, keys_added_on_save, modelspec_architecture,
+    save_fate, vae_save_prefix,
+};
 use crate::nodes::Operation;
 
-use super::super::source::{clip_save_key, vae_save_prefix};
 use super::ir::{Expr, Leaf, PlannedFile, PlannedTensor, Recipe, SaveKind};
 use super::{EngineError, NodeValue, Planner, SamplingOverride, Weights, node_err};
 
@@ -162,16 +165,8 @@ impl Planner<'_> {
         out: &mut Vec<PlannedTensor>,
     ) -> bool {
         let src = Arc::clone(&self.sources[model.source]);
-        let d = &src.detection;
-        let spec = match d.architecture {
-            Architecture::Sdxl if d.variant == Some(Variant::InstructPix2Pix) => {
-                Some("stable-diffusion-xl-v1-edit")
-            }
-            Architecture::Sdxl => Some("stable-diffusion-xl-v1-base"),
-            Architecture::SdxlRefiner => Some("stable-diffusion-xl-v1-refiner"),
-            Architecture::Sd3 => Some("stable-diffusion-v3-medium"),
-            _ => None,
-        };
+        let d = &src.checkpoint.detection;
+        let spec = modelspec_architecture(d);
         if let Some(a) = spec {
             meta.push(("modelspec.architecture".into(), a.into()));
             meta.push(("modelspec.sai_model_spec".into(), "1.0.0".into()));
@@ -201,7 +196,7 @@ impl Planner<'_> {
             Some(SamplingOverride::ContinuousEdm { .. }) => {}
             _ if d.prediction == Prediction::EdmV => {
                 for name in ["edm_vpred.sigma_max", "edm_vpred.sigma_min"] {
-                    if let Some(t) = src.file.get(name) {
+                    if let Some(t) = src.checkpoint.file.get(name) {
                         out.push(PlannedTensor {
                             spec: TensorSpec::new(name, t.dtype, &t.shape),
                             recipe: Recipe::Copy(Leaf {
@@ -255,23 +250,10 @@ impl Planner<'_> {
         clip: &Weights,
         prefix: &str,
     ) -> Result<Vec<PlannedFile>, EngineError> {
-        const GROUPS: [&str; 11] = [
-            "clip_l.",
-            "clip_g.",
-            "clip_h.",
-            "t5xxl.",
-            "pile_t5xl.",
-            "mt5xl.",
-            "umt5xxl.",
-            "t5base.",
-            "gemma2_2b.",
-            "llama.",
-            "hydit_clip.",
-        ];
         let keys = self.sources[clip.source].keys(Component::Clip).to_vec();
         let mut groups: Vec<(String, Vec<PlannedTensor>)> = Vec::new();
         for key in keys {
-            let group = GROUPS
+            let group = CLIP_SAVE_GROUPS
                 .iter()
                 .find(|g| key.starts_with(*g))
                 .copied()
@@ -298,10 +280,10 @@ impl Planner<'_> {
             self.warn(id, None, "CLIPSave writes OpenCLIP text encoders (clip_g/clip_h) in their checkpoint layout; ComfyUI converts them to Hugging Face names".into());
         }
         let order = |g: &str| {
-            GROUPS
+            CLIP_SAVE_GROUPS
                 .iter()
                 .position(|x| x.trim_end_matches('.') == g)
-                .unwrap_or(GROUPS.len())
+                .unwrap_or(CLIP_SAVE_GROUPS.len())
         };
         groups.sort_by_key(|(g, _)| order(g));
         let mut metadata = Vec::new();
