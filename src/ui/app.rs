@@ -13,9 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::TryRecvError;
-use serde::{Deserialize, Serialize};
 
-use crate::engine::Precision;
 use crate::engine::worker::{Job, JobId, Worker};
 use crate::graph::edit::{Given, node_from_schema};
 use crate::graph::examples;
@@ -35,71 +33,11 @@ use super::files::{
 use super::jobs::{JobNews, JobView, worker_died};
 use super::menu::{MenuState, Status, ViewToggles, menu_bar_ui, shortcuts, status_bar_ui};
 use super::panels::{outputs_ui, queue_ui};
+use super::settings::{Persisted, Settings};
 use super::windows::{
-    ImportProgress, Modals, drop_overlay_ui, log_ui, modals_ui, sample_banner_ui, toasts_ui,
+    ImportProgress, LogEntry, Modals, drop_overlay_ui, log_ui, modals_ui, sample_banner_ui,
+    toasts_ui,
 };
-
-/// Settings that persist between runs.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Settings {
-    pub base_dir: PathBuf,
-    pub models_dir: Option<PathBuf>,
-    pub output_dir: Option<PathBuf>,
-    pub extra_model_paths: Option<PathBuf>,
-    pub precision: Precision,
-    pub dark: bool,
-    pub recent: Vec<PathBuf>,
-}
-
-impl Settings {
-    pub fn new(base_dir: PathBuf) -> Settings {
-        Settings {
-            base_dir,
-            models_dir: None,
-            output_dir: None,
-            extra_model_paths: None,
-            precision: Precision::Keep,
-            dark: true,
-            recent: Vec::new(),
-        }
-    }
-
-    /// The model folders these settings describe ([`ModelFolders::from_config`], the same
-    /// function and order as the command line), and what went wrong reading extra paths files.
-    pub fn folders(&self) -> (ModelFolders, Option<String>) {
-        let (folders, problems) = ModelFolders::from_config(
-            &self.base_dir,
-            self.models_dir.as_deref(),
-            self.output_dir.as_deref(),
-            self.extra_model_paths.as_slice(),
-        );
-        let problem = (!problems.is_empty()).then(|| {
-            problems
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        });
-        (folders, problem)
-    }
-}
-
-/// What is saved between runs (eframe persistence).
-#[derive(Serialize, Deserialize)]
-pub struct Persisted {
-    pub settings: Settings,
-    /// The workflow on the canvas, as ComfyUI workflow JSON.
-    pub workflow: String,
-    pub workflow_path: Option<PathBuf>,
-}
-
-/// A log line (also shown briefly as a toast).
-#[derive(Clone, Debug)]
-pub struct LogEntry {
-    pub at: Instant,
-    pub error: bool,
-    pub text: String,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SideTab {

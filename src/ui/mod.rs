@@ -8,6 +8,7 @@
 //! - [`menu`], [`panels`], [`windows`]: `*_ui` functions that draw what they are given and
 //!   return [`command::Command`]s.
 //! - [`files`]: file reads, folder scans, imports and native dialogs, off the UI thread.
+//! - [`settings`]: what persists between runs.
 //!
 //! Threads: the UI thread draws and applies commands; the engine's `amalgam-worker` runs merges;
 //! `amalgam-files` reads, scans and imports; each wakes the UI with `request_repaint` when it has
@@ -21,11 +22,13 @@ pub mod files;
 pub mod jobs;
 pub mod menu;
 pub mod panels;
+pub mod settings;
 pub mod windows;
 
 use std::path::PathBuf;
 
-use app::{AmalgamApp, Persisted, Settings};
+use app::AmalgamApp;
+use settings::{Persisted, Settings};
 
 /// Key under which eframe stores the app's state.
 const STORAGE_KEY: &str = "amalgam";

@@ -3,16 +3,24 @@
 //! takes the data it shows and returns what the user asked for.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use egui::{Align2, Color32, RichText};
 
 use crate::model::report::human_bytes;
 
-use super::app::{LogEntry, Settings};
 use super::command::Command;
 use super::files::FolderPurpose;
 use super::menu::precision_ui;
+use super::settings::Settings;
+
+/// A log line (also shown briefly as a toast).
+#[derive(Clone, Debug)]
+pub struct LogEntry {
+    pub at: Instant,
+    pub error: bool,
+    pub text: String,
+}
 
 /// An import the file thread is running: bytes copied so far of the whole file.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use crate::util::*;
 use amalgam::graph::Mode;
-use amalgam::ui::app::{AmalgamApp, Settings, SideTab};
+use amalgam::ui::app::{AmalgamApp, SideTab};
 use amalgam::ui::files::{DialogRequest, Dialogs};
 use amalgam::ui::jobs::JobState;
+use amalgam::ui::settings::Settings;
 use egui::{Event, Key, Modifiers, PointerButton, Pos2, RawInput, Rect, Vec2};
 
 /// Dialog answers fixed by the test.

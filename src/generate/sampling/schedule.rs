@@ -304,20 +304,47 @@ impl ModelSampling {
     }
 }
 
-/// torch's CPU `linspace` in f32: from `start` for the first half, from `end` for the second.
-pub fn linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
+/// The float types `linspace` is computed in.
+trait Real: Copy + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self> {
+    fn mul(self, other: Self) -> Self;
+    fn div(self, other: Self) -> Self;
+    fn of(n: usize) -> Self;
+}
+
+macro_rules! real {
+    ($t:ty) => {
+        impl Real for $t {
+            fn mul(self, other: $t) -> $t {
+                self * other
+            }
+            fn div(self, other: $t) -> $t {
+                self / other
+            }
+            fn of(n: usize) -> $t {
+                n as $t
+            }
+        }
+    };
+}
+
+real!(f32);
+real!(f64);
+
+/// torch's CPU `linspace`: `start + step·i` for the first half, `end − step·(steps − 1 − i)`
+/// for the second, each product rounded before the sum, in the type's own precision.
+fn linspace<T: Real>(start: T, end: T, steps: usize) -> Vec<T> {
     match steps {
         0 => Vec::new(),
         1 => vec![start],
         _ => {
-            let step = (end - start) / (steps - 1) as f32;
+            let step = (end - start).div(T::of(steps - 1));
             let half = steps / 2;
             (0..steps)
                 .map(|i| {
                     if i < half {
-                        start + step * i as f32
+                        start + step.mul(T::of(i))
                     } else {
-                        end - step * (steps - i - 1) as f32
+                        end - step.mul(T::of(steps - i - 1))
                     }
                 })
                 .collect()
@@ -325,25 +352,14 @@ pub fn linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
     }
 }
 
-/// [`linspace_f32`] in f64.
+/// [`linspace`] in f32 (torch's default dtype).
+pub fn linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
+    linspace(start, end, steps)
+}
+
+/// [`linspace`] in f64.
 pub fn linspace_f64(start: f64, end: f64, steps: usize) -> Vec<f64> {
-    match steps {
-        0 => Vec::new(),
-        1 => vec![start],
-        _ => {
-            let step = (end - start) / (steps - 1) as f64;
-            let half = steps / 2;
-            (0..steps)
-                .map(|i| {
-                    if i < half {
-                        start + step * i as f64
-                    } else {
-                        end - step * (steps - i - 1) as f64
-                    }
-                })
-                .collect()
-        }
-    }
+    linspace(start, end, steps)
 }
 
 #[cfg(test)]
