@@ -96,16 +96,16 @@ fn write_one(
     // if another writer takes the name first.
     let mut attempt = 0;
     let mut pending = loop {
-        let name = next_output_name(&file.prefix, &plan.output_dir).map_err(|source| {
+        let name = next_output_name(&file.prefix, &plan.output_dir).map_err(|error| {
             EngineError::Naming {
                 node: node.clone(),
-                error: source,
+                error,
             }
         })?;
         let inside = |folder: &Path| {
-            check_inside_output(folder, &plan.output_dir).map_err(|source| EngineError::Naming {
+            check_inside_output(folder, &plan.output_dir).map_err(|error| EngineError::Naming {
                 node: node.clone(),
-                error: source,
+                error,
             })
         };
         // Before creating anything (a symlinked subfolder would create folders elsewhere) and
@@ -144,11 +144,8 @@ fn write_one(
         match PendingFile::create(&path, &specs, &metadata) {
             Ok(p) => break p,
             Err(WriteError::Exists { .. }) if attempt < 100 => attempt += 1,
-            Err(source) => {
-                return Err(EngineError::Write {
-                    node,
-                    error: source,
-                });
+            Err(error) => {
+                return Err(EngineError::Write { node, error });
             }
         }
     };
@@ -179,9 +176,9 @@ fn write_one(
         },
     )?;
     let path = pending.final_path().to_owned();
-    let bytes = pending.finish().map_err(|source| EngineError::Write {
+    let bytes = pending.finish().map_err(|error| EngineError::Write {
         node: node.clone(),
-        error: source,
+        error,
     })?;
     // ComfyUI merges NaN and infinity silently; they reach the output, so say where they are.
     for (source, keys) in non_finite {
@@ -360,9 +357,9 @@ fn write_tensors(
                         flagged.push(s);
                     }
                 }
-                pending.write(&buf).map_err(|source| EngineError::Write {
+                pending.write(&buf).map_err(|error| EngineError::Write {
                     node: node.clone(),
-                    error: source,
+                    error,
                 })?;
                 let _ = pool_tx.try_send(buf);
                 let t = tasks[next_write];

@@ -473,9 +473,9 @@ impl PendingFile {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        let io_err = |source| WriteError::Io {
+        let io_err = |error| WriteError::Io {
             path: final_path.to_owned(),
-            error: source,
+            error,
         };
         let mut builder = tempfile::Builder::new();
         builder.prefix(TEMP_PREFIX).suffix(".tmp");
@@ -510,9 +510,9 @@ impl PendingFile {
                 written,
             });
         }
-        self.out.write_all(bytes).map_err(|source| WriteError::Io {
+        self.out.write_all(bytes).map_err(|error| WriteError::Io {
             path: self.final_path.clone(),
-            error: source,
+            error,
         })?;
         self.data_written = written;
         let end = self.header_len + written;
@@ -529,9 +529,9 @@ impl PendingFile {
     fn start_writeback(&mut self, end: u64) -> Result<(), WriteError> {
         #[cfg(target_os = "linux")]
         {
-            self.out.flush().map_err(|source| WriteError::Io {
+            self.out.flush().map_err(|error| WriteError::Io {
                 path: self.final_path.clone(),
-                error: source,
+                error,
             })?;
             let len = std::num::NonZeroU64::new(end - self.flushed_to);
             // Advice is best effort: a filesystem that ignores it only loses the overlap.
@@ -560,9 +560,9 @@ impl PendingFile {
             });
         }
         let path = self.final_path.clone();
-        let io_err = |source| WriteError::Io {
+        let io_err = |error| WriteError::Io {
             path: path.clone(),
-            error: source,
+            error,
         };
         let file = self.out.into_inner().map_err(|e| io_err(e.into_error()))?;
         file.sync_all().map_err(io_err)?;

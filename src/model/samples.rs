@@ -86,9 +86,9 @@ pub fn write_samples(
     scale: Scale,
     family: Option<&str>,
 ) -> Result<Vec<SampleOutcome>, WriteError> {
-    std::fs::create_dir_all(dir).map_err(|source| WriteError::Io {
+    std::fs::create_dir_all(dir).map_err(|error| WriteError::Io {
         path: dir.to_owned(),
-        error: source,
+        error,
     })?;
     let mut out = Vec::new();
     for s in sample_checkpoints(scale) {
@@ -178,9 +178,9 @@ pub fn write_sample_extras(loras: &Path, vae: &Path) -> Result<Vec<SampleOutcome
         (loras, "sample-lora-sd15.safetensors", sample_lora(), 5),
         (vae, "sample-vae.safetensors", vae_specs, 6),
     ] {
-        std::fs::create_dir_all(dir).map_err(|source| WriteError::Io {
+        std::fs::create_dir_all(dir).map_err(|error| WriteError::Io {
             path: dir.to_owned(),
-            error: source,
+            error,
         })?;
         let path = dir.join(file);
         if path.exists() {

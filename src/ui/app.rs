@@ -28,7 +28,8 @@ use super::canvas::{Canvas, CanvasEdit};
 use super::command::Command;
 use super::document::DocumentState;
 use super::files::{
-    DialogRequest, Dialogs, FileThread, FolderPurpose, ImportError, OutputEntry, Reply, Request,
+    DialogRequest, DialogSlot, Dialogs, FileThread, FolderPurpose, ImportError, OutputEntry, Reply,
+    Request,
 };
 use super::jobs::{JobNews, JobView, worker_died};
 use super::menu::{MenuState, Status, ViewToggles, menu_bar_ui, shortcuts, status_bar_ui};
@@ -81,8 +82,7 @@ pub struct AmalgamApp {
     files: FileThread,
     pub outputs: Vec<OutputEntry>,
     pub log: Vec<LogEntry>,
-    dialogs: Box<dyn Dialogs>,
-    pending_dialog: Option<(DialogRequest, crossbeam_channel::Receiver<Option<PathBuf>>)>,
+    dialogs: DialogSlot,
     scans: Scans,
     pub side_tab: SideTab,
     show_log: bool,
@@ -133,8 +133,7 @@ impl AmalgamApp {
             files,
             outputs: Vec::new(),
             log: Vec::new(),
-            dialogs,
-            pending_dialog: None,
+            dialogs: DialogSlot::new(dialogs),
             scans: Scans::default(),
             side_tab: SideTab::Queue,
             show_log: false,
@@ -647,20 +646,13 @@ impl AmalgamApp {
     }
 
     fn ask(&mut self, request: DialogRequest) {
-        if self.pending_dialog.is_none() {
-            let rx = self.dialogs.ask(&request);
-            self.pending_dialog = Some((request, rx));
-        }
+        self.dialogs.ask(request);
     }
 
     fn poll_dialog(&mut self) {
-        let Some((request, rx)) = &self.pending_dialog else {
+        let Some((request, path)) = self.dialogs.poll() else {
             return;
         };
-        let Ok(answer) = rx.try_recv() else { return };
-        let request = request.clone();
-        self.pending_dialog = None;
-        let Some(path) = answer else { return };
         match request {
             DialogRequest::OpenWorkflow => self.open_path(path),
             DialogRequest::SaveWorkflow { .. } => self.save_to(path),

@@ -341,6 +341,43 @@ pub trait Dialogs {
     fn ask(&self, request: &DialogRequest) -> Receiver<Option<PathBuf>>;
 }
 
+/// Dialogs one at a time: a question asked while another is open is dropped (a second Ctrl+O
+/// while the file chooser is up), and an answer is taken once.
+pub struct DialogSlot {
+    dialogs: Box<dyn Dialogs>,
+    open: Option<(DialogRequest, Receiver<Option<PathBuf>>)>,
+}
+
+impl DialogSlot {
+    pub fn new(dialogs: Box<dyn Dialogs>) -> DialogSlot {
+        DialogSlot {
+            dialogs,
+            open: None,
+        }
+    }
+
+    /// Opens a dialog for `request` unless one is open.
+    pub fn ask(&mut self, request: DialogRequest) {
+        if self.open.is_none() {
+            let answer = self.dialogs.ask(&request);
+            self.open = Some((request, answer));
+        }
+    }
+
+    /// The open dialog's request and the path chosen, once answered; a cancelled dialog (or
+    /// one whose thread died) closes without an answer.
+    pub fn poll(&mut self) -> Option<(DialogRequest, PathBuf)> {
+        let (_, answer) = self.open.as_ref()?;
+        let answer = match answer.try_recv() {
+            Ok(answer) => answer,
+            Err(crossbeam_channel::TryRecvError::Empty) => return None,
+            Err(crossbeam_channel::TryRecvError::Disconnected) => None,
+        };
+        let (request, _) = self.open.take()?;
+        answer.map(|path| (request, path))
+    }
+}
+
 /// Real dialogs via `rfd`, each on its own thread.
 pub struct NativeDialogs;
 
@@ -453,6 +490,83 @@ mod tests {
         });
         assert_eq!(result, Err(ImportError::Cancelled));
         assert!(listing(&folder).is_empty(), "{:?}", listing(&folder));
+    }
+
+    /// Answers every question with the next of `answers` (None: cancelled), on time.
+    struct Scripted(std::cell::RefCell<Vec<Option<PathBuf>>>);
+
+    impl Dialogs for Scripted {
+        fn ask(&self, _: &DialogRequest) -> Receiver<Option<PathBuf>> {
+            let (tx, rx) = bounded(1);
+            let _ = tx.send(self.0.borrow_mut().remove(0));
+            rx
+        }
+    }
+
+    #[test]
+    fn one_dialog_at_a_time_and_each_answer_once() {
+        let answers = vec![Some(PathBuf::from("a.json")), None];
+        let mut slot = DialogSlot::new(Box::new(Scripted(std::cell::RefCell::new(answers))));
+        slot.ask(DialogRequest::OpenWorkflow);
+        // Asked again while open: dropped (the script would otherwise be consumed).
+        slot.ask(DialogRequest::OpenExtraPaths);
+        assert_eq!(
+            slot.poll(),
+            Some((DialogRequest::OpenWorkflow, PathBuf::from("a.json")))
+        );
+        assert_eq!(slot.poll(), None, "taken once");
+        slot.ask(DialogRequest::OpenExtraPaths);
+        assert_eq!(slot.poll(), None, "cancelled");
+        assert!(slot.open.is_none(), "a cancelled dialog closes");
+    }
+
+    #[test]
+    fn the_output_scan_lists_newest_first_and_reads_each_file_once() {
+        use crate::format::DType;
+        use crate::format::safetensors::{TensorSpec, write_file};
+        let dir = tempfile::tempdir().expect("tmp");
+        let sub = dir.path().join("checkpoints");
+        std::fs::create_dir_all(&sub).expect("mkdir");
+        let spec = [TensorSpec::new("x", DType::F32, &[1])];
+        let write = |path: &Path, meta: Vec<(String, String)>| {
+            write_file(path, &spec, &meta, [&[0u8; 4][..]]).expect("write");
+        };
+        let old = sub.join("old.safetensors");
+        write(&old, vec![("workflow".into(), "{}".into())]);
+        let past = SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .and_then(|f| f.set_modified(past))
+            .expect("backdate");
+        write(&dir.path().join("new.safetensors"), Vec::new());
+        std::fs::write(dir.path().join("broken.safetensors"), b"not a checkpoint").expect("write");
+        std::fs::write(dir.path().join(".hidden.safetensors"), b"x").expect("write");
+        std::fs::write(dir.path().join("notes.txt"), b"x").expect("write");
+        let mut known = HashMap::new();
+        let first = scan_outputs(dir.path(), &mut known);
+        let names: Vec<&str> = first.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names.last(),
+            Some(&"checkpoints/old.safetensors"),
+            "{names:?}"
+        );
+        assert_eq!(names.len(), 3, "{names:?}");
+        let old_entry = first.last().expect("old");
+        assert!(old_entry.has_workflow);
+        let broken = first
+            .iter()
+            .find(|e| e.name == "broken.safetensors")
+            .expect("listed");
+        assert_eq!(broken.architecture, "?");
+        assert!(
+            broken.report.contains("broken.safetensors"),
+            "{}",
+            broken.report
+        );
+        // A second scan serves unchanged files from the cache, even if their bytes changed
+        // without their size or time changing — the cache is keyed on (size, mtime).
+        assert_eq!(scan_outputs(dir.path(), &mut known), first);
     }
 
     #[cfg(unix)]
