@@ -274,7 +274,8 @@ impl AmalgamApp {
                     editor_id,
                     pos,
                 } => {
-                    self.document.before_edit(&format!("create {class_type}"));
+                    // Every new node is its own undo step.
+                    self.document.before_change("create");
                     let id = self.document.doc.next_node_id();
                     if let Some(schema) = Registry::builtin().get(class_type) {
                         let node = node_from_schema(schema, id, pos, |_| Given::Default);

@@ -7,6 +7,9 @@
 //! properly aligned buffers, so no alignment is ever assumed of the file), and each chunk is
 //! evaluated in small tiles whose f32 values stay in the L1 cache: converting, scaling, adding
 //! and rounding a tile happen back to back instead of as passes over megabytes.
+//!
+//! Leaf bytes come through [`LeafBytes`]: the plan's opened files in a job, in-memory buffers in
+//! the unit tests (`tests.rs`), so every step kind is tested without files.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -9,7 +9,7 @@
 //! (`s ≠ 0` and the shapes match — a mismatch is reported and only the multiply applies, the
 //! quirk the inpaint add-difference recipe relies on). Evaluation then needs no decisions.
 //!
-//! One job per file: [`ir`] is the kernel's contract; this file interprets nodes; `patch`
+//! One job per file: `ir` is the kernel's contract; this file interprets nodes; `patch`
 //! turns patch chains into expressions; `lora` and `adapters` read LoRA files; `save` lays out
 //! what each save node writes.
 
