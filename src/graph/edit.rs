@@ -225,21 +225,33 @@ mod tests {
             .find(|i| i.name == "ratio")
             .expect("slot");
         assert_eq!(ratio.widget_name(), Some("ratio"));
-        let seeded = registry.all().find(|s| {
-            s.inputs.iter().any(|i| {
-                matches!(
-                    i.kind,
-                    InputKind::Int {
-                        control_after_generate: true,
-                        ..
-                    }
-                )
-            })
-        });
-        if let Some(schema) = seeded {
-            let node = node_from_schema(schema, 8, [0.0, 0.0], |_| Given::Default);
-            assert!(node.widget_values().contains(&json!("fixed")));
-        }
+        // No registered node has a seed yet, so the test declares one: its value is followed
+        // by the `control_after_generate` widget, "fixed", and a given seed is kept.
+        let seeded = NodeSchema {
+            class_type: "Seeded",
+            display_name: "Seeded",
+            category: "test",
+            description: "",
+            inputs: vec![crate::nodes::InputSpec {
+                name: "seed".into(),
+                kind: InputKind::Int {
+                    default: 0,
+                    min: 0,
+                    max: i64::MAX,
+                    step: 1,
+                    control_after_generate: true,
+                },
+                required: true,
+            }],
+            outputs: vec![],
+            output_node: false,
+            operation: crate::nodes::Operation::Virtual,
+        };
+        let node = node_from_schema(&seeded, 8, [0.0, 0.0], |_| Given::Default);
+        assert_eq!(node.widget_values(), [json!(0), json!("fixed")]);
+        let given = json!(156680208700286_u64);
+        let node = node_from_schema(&seeded, 9, [0.0, 0.0], |_| Given::Value(&given));
+        assert_eq!(node.widget_values(), [given.clone(), json!("fixed")]);
     }
 
     #[test]

@@ -564,9 +564,27 @@ mod tests {
             "{}",
             broken.report
         );
-        // A second scan serves unchanged files from the cache, even if their bytes changed
-        // without their size or time changing — the cache is keyed on (size, mtime).
+        // The cache is keyed on (size, mtime): a file rewritten with other bytes of the same size
+        // and its old time is not read again (its workflow is still reported)…
+        let len = std::fs::metadata(&old).expect("meta").len() as usize;
+        let rewrite = |bytes: &[u8], time| {
+            std::fs::write(&old, bytes).expect("rewrite");
+            std::fs::File::options()
+                .write(true)
+                .open(&old)
+                .and_then(|f| f.set_modified(time))
+                .expect("backdate");
+        };
+        rewrite(&vec![b'x'; len], past);
         assert_eq!(scan_outputs(dir.path(), &mut known), first);
+        // …and one whose size changed is read again.
+        rewrite(b"short", past);
+        let again = scan_outputs(dir.path(), &mut known);
+        let old_again = again
+            .iter()
+            .find(|e| e.name == "checkpoints/old.safetensors")
+            .expect("still listed");
+        assert!(!old_again.has_workflow && old_again.architecture == "?");
     }
 
     #[cfg(unix)]
