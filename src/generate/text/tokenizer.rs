@@ -21,12 +21,20 @@ const MERGES: usize = 49152 - 256 - 2;
 
 static MERGES_GZ: &[u8] = include_bytes!("../../../assets/clip/merges.txt.gz");
 
-/// The tokenizer's tables, built once per process.
+/// The tokenizer's tables, built once per process. BPE runs on vocabulary ids: every symbol a
+/// merge joins, and every result, is a vocabulary entry, and the rebuilt vocabulary has no
+/// duplicates (49,408 distinct entries), so ids stand for the strings one to one.
 pub struct ClipTokenizer {
-    ranks: HashMap<(String, String), usize>,
-    vocab: HashMap<String, u32>,
-    byte_symbols: [char; 256],
+    /// `(left, right)` → `(rank, joined)`.
+    merges: HashMap<(u32, u32), (usize, u32)>,
+    /// The id of each byte's symbol, and of the same symbol ending a word (`</w>`).
+    byte_ids: [u32; 256],
+    byte_end_ids: [u32; 256],
     pattern: Regex,
+    /// BERT's `_is_control` (any "Other" category except tab, newline, CR) and U+FFFD.
+    dropped: Regex,
+    /// BERT's `_is_whitespace`: tab, newline, CR and space separators (Zs).
+    whitespace: Regex,
 }
 
 impl ClipTokenizer {
@@ -42,36 +50,51 @@ impl ClipTokenizer {
         flate2::read::GzDecoder::new(MERGES_GZ)
             .read_to_string(&mut text)
             .expect("assets/clip/merges.txt.gz is valid gzip text");
-        let byte_symbols = bytes_to_unicode();
+        let table = bytes_to_unicode();
+        let order = byte_order();
+        // Vocabulary order: the byte symbols, the same with `</w>`, then each merge's result.
         let mut vocab: HashMap<String, u32> = HashMap::new();
-        let mut add = |token: String| {
-            let id = vocab.len() as u32;
-            vocab.entry(token).or_insert(id);
-        };
-        for c in byte_symbols_in_vocab_order() {
-            add(c.to_string());
+        let symbols = order
+            .iter()
+            .map(|&b| table[usize::from(b)].to_string())
+            .chain(
+                order
+                    .iter()
+                    .map(|&b| format!("{}</w>", table[usize::from(b)])),
+            );
+        for (id, symbol) in symbols.enumerate() {
+            vocab.insert(symbol, id as u32);
         }
-        for c in byte_symbols_in_vocab_order() {
-            add(format!("{c}</w>"));
+        let mut byte_ids = [0u32; 256];
+        let mut byte_end_ids = [0u32; 256];
+        for b in 0..=255u8 {
+            let c = table[usize::from(b)];
+            byte_ids[usize::from(b)] = vocab[&c.to_string()];
+            byte_end_ids[usize::from(b)] = vocab[&format!("{c}</w>")];
         }
-        let mut ranks = HashMap::new();
+        let mut merges = HashMap::new();
         for (rank, line) in text.lines().skip(1).take(MERGES).enumerate() {
-            if let Some((a, b)) = line.split_once(' ') {
-                ranks.insert((a.to_owned(), b.to_owned()), rank);
-                add(format!("{a}{b}"));
+            let Some((a, b)) = line.split_once(' ') else {
+                continue;
+            };
+            let joined = vocab.len() as u32;
+            // Both halves are earlier symbols: bytes or the results of earlier merges.
+            if let (Some(&left), Some(&right)) = (vocab.get(a), vocab.get(b)) {
+                merges.insert((left, right), (rank, joined));
             }
+            vocab.insert(format!("{a}{b}"), joined);
         }
-        add("<|startoftext|>".to_owned());
-        add("<|endoftext|>".to_owned());
-        let pattern = Regex::new(
-            r"(?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
-        )
-        .expect("CLIP's pre-tokenising pattern compiles");
+        let compile =
+            |pattern: &str| Regex::new(pattern).expect("the tokenizer's patterns compile");
         ClipTokenizer {
-            ranks,
-            vocab,
-            byte_symbols,
-            pattern,
+            merges,
+            byte_ids,
+            byte_end_ids,
+            pattern: compile(
+                r"(?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
+            ),
+            dropped: compile(r"[\p{C}&&[^\t\n\r]]|\x{FFFD}"),
+            whitespace: compile(r"[\t\n\r\p{Zs}]"),
         }
     }
 
@@ -83,56 +106,70 @@ impl ClipTokenizer {
                 ids.push(id);
                 continue;
             }
-            let normalised = normalise(piece);
+            let normalised = self.normalise(piece);
             for m in self.pattern.find_iter(&normalised) {
-                let symbols: String = m
-                    .as_str()
-                    .bytes()
-                    .map(|b| self.byte_symbols[usize::from(b)])
-                    .collect();
-                for token in self.bpe(&symbols) {
-                    // Every BPE result is in the vocabulary it was built from.
-                    if let Some(&id) = self.vocab.get(&token) {
-                        ids.push(id);
-                    }
-                }
+                ids.extend(self.bpe(m.as_str().as_bytes()));
             }
         }
         ids
     }
 
-    /// Byte-pair merging of one pre-token: the lowest-ranked adjacent pair first, until none is
-    /// in the merges; the last symbol carries `</w>`.
-    fn bpe(&self, token: &str) -> Vec<String> {
-        let chars: Vec<char> = token.chars().collect();
-        let Some((last, head)) = chars.split_last() else {
+    /// Byte-pair merging of one pre-token: the lowest-ranked adjacent pair first, every
+    /// occurrence of it left to right, until no pair is a merge; the last symbol ends the word.
+    fn bpe(&self, token: &[u8]) -> Vec<u32> {
+        let Some((&last, head)) = token.split_last() else {
             return Vec::new();
         };
-        let mut word: Vec<String> = head.iter().map(char::to_string).collect();
-        word.push(format!("{last}</w>"));
+        let mut word: Vec<u32> = head
+            .iter()
+            .map(|&b| self.byte_ids[usize::from(b)])
+            .collect();
+        word.push(self.byte_end_ids[usize::from(last)]);
         while word.len() > 1 {
             let best = word
                 .windows(2)
-                .filter_map(|p| self.ranks.get(&(p[0].clone(), p[1].clone())))
-                .min()
-                .copied();
-            let Some(best) = best else { break };
+                .filter_map(|p| self.merges.get(&(p[0], p[1])).map(|m| ((p[0], p[1]), *m)))
+                .min_by_key(|(_, (rank, _))| *rank);
+            let Some((pair, (_, joined))) = best else {
+                break;
+            };
             let mut merged = Vec::with_capacity(word.len());
             let mut i = 0;
             while i < word.len() {
-                if i + 1 < word.len()
-                    && self.ranks.get(&(word[i].clone(), word[i + 1].clone())) == Some(&best)
-                {
-                    merged.push(format!("{}{}", word[i], word[i + 1]));
+                if i + 1 < word.len() && (word[i], word[i + 1]) == pair {
+                    merged.push(joined);
                     i += 2;
                 } else {
-                    merged.push(word[i].clone());
+                    merged.push(word[i]);
                     i += 1;
                 }
             }
             word = merged;
         }
         word
+    }
+
+    /// transformers' `BasicTokenizer` with `strip_accents=False, do_split_on_punc=False`: drop
+    /// NUL, U+FFFD and control characters, map whitespace to spaces, space out CJK ideographs,
+    /// NFC, split on whitespace and lower-case each piece.
+    fn normalise(&self, text: &str) -> String {
+        let kept = self.dropped.replace_all(text, "");
+        let spaced = self.whitespace.replace_all(&kept, " ");
+        let mut cleaned = String::with_capacity(spaced.len());
+        for c in spaced.chars() {
+            if is_cjk(c) {
+                cleaned.push(' ');
+                cleaned.push(c);
+                cleaned.push(' ');
+            } else {
+                cleaned.push(c);
+            }
+        }
+        let nfc: String = cleaned.nfc().collect();
+        nfc.split_whitespace()
+            .map(str::to_lowercase)
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
@@ -162,53 +199,6 @@ fn split_specials(text: &str) -> Vec<(&str, Option<u32>)> {
             }
         }
     }
-}
-
-/// transformers' `BasicTokenizer` with `strip_accents=False, do_split_on_punc=False`.
-fn normalise(text: &str) -> String {
-    let mut cleaned = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c == '\0' || c == '\u{fffd}' || is_control(c) {
-            continue;
-        }
-        if is_whitespace(c) {
-            cleaned.push(' ');
-        } else if is_cjk(c) {
-            cleaned.push(' ');
-            cleaned.push(c);
-            cleaned.push(' ');
-        } else {
-            cleaned.push(c);
-        }
-    }
-    let nfc: String = cleaned.nfc().collect();
-    nfc.split_whitespace()
-        .map(str::to_lowercase)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// BERT's `_is_whitespace`: space, tab, newline, carriage return, or a space separator (Zs).
-fn is_whitespace(c: char) -> bool {
-    matches!(c, ' ' | '\t' | '\n' | '\r') || is_space_separator(c)
-}
-
-fn is_space_separator(c: char) -> bool {
-    static ZS: OnceLock<Regex> = OnceLock::new();
-    let zs = ZS.get_or_init(|| Regex::new(r"^\p{Zs}$").expect("Zs class"));
-    let mut buf = [0u8; 4];
-    zs.is_match(c.encode_utf8(&mut buf))
-}
-
-/// BERT's `_is_control`: any "Other" category (Cc, Cf, Cs, Co, Cn) except tab, newline, CR.
-fn is_control(c: char) -> bool {
-    static OTHER: OnceLock<Regex> = OnceLock::new();
-    if matches!(c, '\t' | '\n' | '\r') {
-        return false;
-    }
-    let other = OTHER.get_or_init(|| Regex::new(r"^\p{C}$").expect("C class"));
-    let mut buf = [0u8; 4];
-    other.is_match(c.encode_utf8(&mut buf))
 }
 
 /// BERT's `_is_chinese_char` ranges.
@@ -251,15 +241,6 @@ fn bytes_to_unicode() -> [char; 256] {
     table
 }
 
-/// The byte symbols in vocabulary order (the table's order).
-fn byte_symbols_in_vocab_order() -> Vec<char> {
-    let table = bytes_to_unicode();
-    byte_order()
-        .into_iter()
-        .map(|b| table[usize::from(b)])
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,12 +248,17 @@ mod tests {
     #[test]
     fn the_vocabulary_is_rebuilt_whole() {
         let t = ClipTokenizer::get();
-        assert_eq!(t.vocab.len(), 49408);
-        assert_eq!(t.vocab["<|startoftext|>"], START);
-        assert_eq!(t.vocab["<|endoftext|>"], END);
-        assert_eq!(t.vocab["!"], 0);
-        assert_eq!(t.vocab["!</w>"], 256);
-        assert_eq!(t.ranks.len(), MERGES);
+        assert_eq!(t.byte_ids[usize::from(b'!')], 0);
+        assert_eq!(t.byte_end_ids[usize::from(b'!')], 256);
+        assert_eq!(
+            t.merges.len(),
+            MERGES,
+            "every merge joins two known symbols"
+        );
+        // The merges' results fill ids 512 .. START, right below the special tokens.
+        let joined: Vec<u32> = t.merges.values().map(|&(_, id)| id).collect();
+        assert_eq!(joined.iter().min(), Some(&512));
+        assert_eq!(joined.iter().max(), Some(&(START - 1)));
     }
 
     /// Ids ComfyUI's tokenizer gives (generation.md §4.2, §4.1: real ComfyUI runs).
@@ -304,6 +290,7 @@ mod tests {
 
     #[test]
     fn normalisation_follows_berts_fallback() {
+        let normalise = |text| ClipTokenizer::get().normalise(text);
         // NBSP is a space separator; BEL is a control character and goes.
         assert_eq!(normalise("A\tB\u{a0}C\u{7}D"), "a b cd");
         assert_eq!(normalise("东京 Tower"), "东 京 tower");
