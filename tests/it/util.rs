@@ -369,10 +369,9 @@ pub fn run_api(
         cache,
         &mut |_| {},
     );
-    let warnings = report.warnings.clone();
-    match report.into_result() {
-        Ok(files) => (files, warnings, v.prompt),
-        Err(e) => panic!("job failed: {e}"),
+    match report.outcome {
+        amalgam::engine::Outcome::Finished { .. } => (report.outputs, report.warnings, v.prompt),
+        outcome => panic!("job failed: {outcome:?}"),
     }
 }
 

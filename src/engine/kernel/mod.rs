@@ -58,7 +58,7 @@ impl LeafBytes for Vec<Arc<Source>> {
     }
 }
 
-/// In-memory sources, one byte buffer each (tests and fuzzing).
+/// In-memory sources, one byte buffer each (the kernel's unit tests).
 impl LeafBytes for Vec<Vec<u8>> {
     fn read_at(&self, source: usize, offset: u64, buf: &mut [u8]) -> Result<(), KernelError> {
         let bytes = usize::try_from(offset)

@@ -93,6 +93,8 @@ pub fn sample<D: Denoiser>(
     // dpmpp_2m's previous estimate; lms's last derivatives, newest last.
     let mut old_denoised: Option<Vec<f32>> = None;
     let mut derivatives: Vec<Vec<f32>> = Vec::new();
+    // lms integrates over the schedule in f64 (numpy's copy of it in ComfyUI).
+    let wide: Vec<f64> = sigmas.iter().map(|&s| f64::from(s)).collect();
     for i in 0..total {
         let (sigma, next) = (sigmas[i], sigmas[i + 1]);
         let denoised = denoiser.denoise(&x, sigma)?;
@@ -158,7 +160,6 @@ pub fn sample<D: Denoiser>(
                     denoised.clone()
                 } else {
                     let order = (i + 1).min(4);
-                    let wide: Vec<f64> = sigmas.iter().map(|&s| f64::from(s)).collect();
                     // Python's `sum` starts from the integer 0: `0 + c·d` turns -0 into +0.
                     let mut sum = vec![0.0f32; x.len()];
                     for (j, d) in derivatives.iter().rev().enumerate() {
