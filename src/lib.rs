@@ -29,6 +29,19 @@
 //! binary adds context with `anyhow` and prints them once. Nothing a file or a user supplies is
 //! unwrapped.
 
+/// `From<cause>` for an error enum, wrapping the cause in one variant: what thiserror's `#[from]`
+/// does, without also exposing the cause as `source()`. Amalgam's messages print their cause, and
+/// a cause is either printed or exposed, never both (so `{:#}` shows it once).
+macro_rules! from_printed_cause {
+    ($($error:ident :: $variant:ident ($cause:ty)),+ $(,)?) => {
+        $(impl From<$cause> for $error {
+            fn from(cause: $cause) -> Self {
+                $error::$variant(cause)
+            }
+        })+
+    };
+}
+
 pub mod engine;
 pub mod format;
 #[cfg(feature = "fuzzing")]
@@ -68,6 +81,31 @@ mod tests {
             } else if path.extension().is_some_and(|e| e == "rs") {
                 out.push(path);
             }
+        }
+    }
+
+    /// Errors print their cause and do not expose it again as `source()`, so the binary's `{:#}`
+    /// shows each cause once (the rule `from_printed_cause!` keeps for converted causes).
+    #[test]
+    fn errors_print_their_cause_and_do_not_expose_it() {
+        use std::error::Error;
+        let io = || std::io::Error::other("disk on fire");
+        let read = crate::format::ReadError {
+            path: "a.safetensors".into(),
+            kind: io().into(),
+        };
+        let write = crate::engine::EngineError::Write {
+            node: "4".into(),
+            error: crate::format::safetensors::WriteError::Io {
+                path: "out/x.safetensors".into(),
+                error: io(),
+            },
+        };
+        let load: crate::graph::load::LoadErrorKind = io().into();
+        let errors: [&dyn Error; 3] = [&read, &write, &load];
+        for e in errors {
+            assert!(e.to_string().contains("disk on fire"), "{e}");
+            assert!(e.source().is_none(), "{e} also exposes its cause");
         }
     }
 

@@ -94,23 +94,11 @@ pub enum ReadErrorKind {
     DuplicateName(String),
 }
 
-// `From` by hand rather than `#[from]`, which would also expose the cause as `source()`: the
-// message already prints it, and a cause is either printed or exposed, never both.
-impl From<io::Error> for ReadErrorKind {
-    fn from(e: io::Error) -> Self {
-        ReadErrorKind::Io(e)
-    }
-}
-impl From<safetensors::HeaderError> for ReadErrorKind {
-    fn from(e: safetensors::HeaderError) -> Self {
-        ReadErrorKind::Safetensors(e)
-    }
-}
-impl From<pickle::PickleError> for ReadErrorKind {
-    fn from(e: pickle::PickleError) -> Self {
-        ReadErrorKind::Pickle(e)
-    }
-}
+from_printed_cause!(
+    ReadErrorKind::Io(io::Error),
+    ReadErrorKind::Safetensors(safetensors::HeaderError),
+    ReadErrorKind::Pickle(pickle::PickleError),
+);
 
 /// An open, memory-mapped checkpoint file and its tensor table.
 pub struct TensorFile {

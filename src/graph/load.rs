@@ -82,28 +82,12 @@ pub enum LoadErrorKind {
     UnknownFormat,
 }
 
-// `From` by hand rather than `#[from]`, which would also expose the cause as `source()`: the
-// message already prints it, and a cause is either printed or exposed, never both.
-impl From<std::io::Error> for LoadErrorKind {
-    fn from(e: std::io::Error) -> Self {
-        LoadErrorKind::Io(e)
-    }
-}
-impl From<PngError> for LoadErrorKind {
-    fn from(e: PngError) -> Self {
-        LoadErrorKind::Png(e)
-    }
-}
-impl From<DocumentError> for LoadErrorKind {
-    fn from(e: DocumentError) -> Self {
-        LoadErrorKind::Document(e)
-    }
-}
-impl From<PromptError> for LoadErrorKind {
-    fn from(e: PromptError) -> Self {
-        LoadErrorKind::Prompt(e)
-    }
-}
+from_printed_cause!(
+    LoadErrorKind::Io(std::io::Error),
+    LoadErrorKind::Png(PngError),
+    LoadErrorKind::Document(DocumentError),
+    LoadErrorKind::Prompt(PromptError),
+);
 
 /// Reads a workflow from a file of any supported kind.
 pub fn load_file(path: &Path) -> Result<Loaded, LoadError> {
