@@ -353,8 +353,7 @@ fn vae_loader_model_save_and_vae_save() {
     let mut specs = Vec::new();
     amalgam::model::layouts::vae(&mut specs, "", 8, DType::F32);
     specs.push(spec("loss.logvar", DType::F32, &[]));
-    let vae_dir = base.path().join("models/vae");
-    std::fs::create_dir_all(&vae_dir).expect("mkdir");
+    let vae_dir = base.models("vae");
     let vae_path = vae_dir.join("kl-f8-anime2.safetensors");
     write_safetensors(&vae_path, &specs, 41, &HashMap::new(), &[]);
     let prompt = json!({
@@ -649,12 +648,10 @@ fn run_unvalidated(base: &ModelTree, prompt: Prompt) -> Option<String> {
 fn shared_basic_png_runs_end_to_end_through_the_cli() {
     let base = ModelTree::new();
     let sd = Layout::sd15(Scale::Sample);
-    let ck = base.path().join("models/checkpoints");
-    std::fs::create_dir_all(&ck).expect("mkdir");
+    let ck = base.models("checkpoints");
     write_ckpt(&ck.join("v1-5-pruned-emaonly.ckpt"), &sd.tensors(), 100);
     let cardos = base.checkpoint("cardosAnime_v10.safetensors", &sd, 101);
-    let vae_dir = base.path().join("models/vae");
-    std::fs::create_dir_all(&vae_dir).expect("mkdir");
+    let vae_dir = base.models("vae");
     let mut vae_specs = Vec::new();
     amalgam::model::layouts::vae(&mut vae_specs, "", 8, DType::F32);
     write_ckpt(&vae_dir.join("kl-f8-anime2.ckpt"), &vae_specs, 102);
@@ -782,8 +779,7 @@ fn bench_quick_runs_every_scenario() {
 #[test]
 fn large_tensors_span_chunks_and_tiles_exactly() {
     let base = ModelTree::new();
-    let dir = base.path().join("models/checkpoints");
-    std::fs::create_dir_all(&dir).expect("mkdir");
+    let dir = base.models("checkpoints");
     let n = 2_500_003; // > 2 chunks of 1 Mi elements, not a multiple of 4096
     let specs = |dtype| {
         vec![
@@ -843,15 +839,14 @@ fn large_tensors_span_chunks_and_tiles_exactly() {
     );
 }
 
-/// A LoRA in kohya and PEFT naming, baked after a merge: each patched key equals the merge
-/// plus `f32(strength · alpha / rank) · (up @ down)` (a sequential f32 sum over the rank),
-/// rounded once; keys that match nothing are reported.
+/// ComfyUI's CosXL example graph: Subtract → Add → ModelMergeSDXL → ModelSamplingContinuousEDM
+/// → CheckpointSave writes the EDM markers (and, as ComfyUI, no predict_key for an EDM base);
+/// `amalgam inspect` then reports EDM v-prediction. ModelSamplingDiscrete decides `ztsnr`.
 #[test]
 fn sampling_nodes_write_comfyuis_prediction_markers() {
     let base = ModelTree::new();
     let xl = Layout::sdxl(Scale::Sample);
-    let dir = base.path().join("models/checkpoints");
-    std::fs::create_dir_all(&dir).expect("mkdir");
+    let dir = base.models("checkpoints");
     let scalar = |n: &str| spec(n, DType::F32, &[]);
     write_layout(
         &dir.join("cosxl.safetensors"),
@@ -937,15 +932,12 @@ fn sampling_nodes_write_comfyuis_prediction_markers() {
     }
 }
 
-/// `amalgam samples` also writes a LoRA for the SD1.5 samples and a standalone VAE; the LoRA
-/// matches every key it names (no "lora key not loaded"), baked through the CLI.
 #[test]
 fn nan_and_infinity_in_inputs_are_reported_by_file_and_key() {
     let base = ModelTree::new();
     let layout = Layout::sd15(Scale::Sample);
     let specs = layout.tensors();
-    let ck = base.path().join("models/checkpoints");
-    std::fs::create_dir_all(&ck).expect("mkdir");
+    let ck = base.models("checkpoints");
     let unet_key = "model.diffusion_model.input_blocks.1.0.in_layers.2.weight";
     let vae_key = "first_stage_model.decoder.conv_out.bias";
     let spec_of = |k: &str| {

@@ -14,6 +14,9 @@ use serde_json::json;
 
 use crate::util::*;
 
+/// A LoRA in kohya and PEFT naming, baked after a merge: each patched key equals the merge
+/// plus `f32(strength · alpha / rank) · (up @ down)` (a sequential f32 sum over the rank),
+/// rounded once; keys that match nothing are reported.
 #[test]
 fn lora_after_a_merge_is_exact_and_unmatched_keys_are_reported() {
     let base = ModelTree::new();
@@ -96,8 +99,7 @@ fn lora_after_a_merge_is_exact_and_unmatched_keys_are_reported() {
             overrides.insert(format!("{name}.alpha"), al.to_le_bytes().to_vec());
         }
     }
-    let lora_dir = base.path().join("models/loras");
-    std::fs::create_dir_all(&lora_dir).expect("mkdir");
+    let lora_dir = base.models("loras");
     let lora_path = lora_dir.join("style.safetensors");
     write_safetensors(&lora_path, &specs, 112, &overrides, &[]);
 
@@ -161,12 +163,10 @@ fn lora_after_a_merge_is_exact_and_unmatched_keys_are_reported() {
 fn shared_lora_png_runs_end_to_end() {
     let base = ModelTree::new();
     let sd = Layout::sd15(Scale::Sample);
-    let ck = base.path().join("models/checkpoints");
-    std::fs::create_dir_all(&ck).expect("mkdir");
+    let ck = base.models("checkpoints");
     write_ckpt(&ck.join("v1-5-pruned-emaonly.ckpt"), &sd.tensors(), 120);
     base.checkpoint("cardosAnime_v10.safetensors", &sd, 121);
-    let loras = base.path().join("models/loras");
-    std::fs::create_dir_all(&loras).expect("mkdir");
+    let loras = base.models("loras");
     let name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q";
     let specs = [
         spec(&format!("{name}.lora_up.weight"), DType::F16, &[16, 4]),
@@ -179,8 +179,7 @@ fn shared_lora_png_runs_end_to_end() {
         &HashMap::new(),
         &[],
     );
-    let vae_dir = base.path().join("models/vae");
-    std::fs::create_dir_all(&vae_dir).expect("mkdir");
+    let vae_dir = base.models("vae");
     let mut vae_specs = Vec::new();
     amalgam::model::layouts::vae(&mut vae_specs, "", 8, DType::F32);
     write_ckpt(&vae_dir.join("kl-f8-anime2.ckpt"), &vae_specs, 123);
@@ -204,9 +203,8 @@ fn shared_lora_png_runs_end_to_end() {
     );
 }
 
-/// ComfyUI's CosXL example graph: Subtract → Add → ModelMergeSDXL → ModelSamplingContinuousEDM
-/// → CheckpointSave writes the EDM markers (and, as ComfyUI, no predict_key for an EDM base);
-/// `amalgam inspect` then reports EDM v-prediction. ModelSamplingDiscrete decides `ztsnr`.
+/// `amalgam samples` also writes a LoRA for the SD1.5 samples and a standalone VAE; the LoRA
+/// matches every key it names (no "lora key not loaded"), baked through the CLI.
 #[test]
 fn sample_lora_and_vae_bake_into_a_sample_checkpoint() {
     let base = ModelTree::new();
@@ -450,8 +448,7 @@ fn dora_decomposes_as_comfyui_after_a_merge_and_alone() {
         spec(&format!("{conv_out}.lora_down.weight"), f16, &[4, 16, 3, 3]),
         spec(&format!("{conv_out}.dora_scale"), f16, &[16, 1, 1, 1]),
     ]);
-    let loras = base.path().join("models/loras");
-    std::fs::create_dir_all(&loras).expect("mkdir");
+    let loras = base.models("loras");
     let path = loras.join("dora.safetensors");
     let alpha = 3.0f32;
     write_safetensors(
@@ -570,8 +567,7 @@ fn dora_decomposes_as_comfyui_after_a_merge_and_alone() {
 #[test]
 fn dora_norms_span_chunks() {
     let base = ModelTree::new();
-    let dir = base.path().join("models/checkpoints");
-    std::fs::create_dir_all(&dir).expect("mkdir");
+    let dir = base.models("checkpoints");
     let (rows, cols) = (1100, 1000); // 1.1 Mi elements
     let (co, ci) = (700, 500); // 3.15 Mi elements
     let linear = "model.diffusion_model.input_blocks.1.1.proj_in.weight";
@@ -885,8 +881,7 @@ fn bake_model_only_lora_at(
     strength: f64,
     precision: Precision,
 ) -> (PathBuf, Vec<SavedFile>, Vec<Warning>) {
-    let loras = base.path().join("models/loras");
-    std::fs::create_dir_all(&loras).expect("mkdir");
+    let loras = base.models("loras");
     let path = loras.join(format!("{name}.safetensors"));
     write_safetensors(
         &path,
@@ -937,8 +932,7 @@ fn check_part_loras(
     HashMap<String, RefTensor>,
 ) {
     let base = ModelTree::new();
-    let ck = base.path().join("models/checkpoints");
-    std::fs::create_dir_all(&ck).expect("mkdir");
+    let ck = base.models("checkpoints");
     let f16 = DType::F16;
     let p = "model.diffusion_model.";
     let specs: Vec<TensorSpec> = weights
