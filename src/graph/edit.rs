@@ -232,17 +232,7 @@ mod tests {
             display_name: "Seeded",
             category: "test",
             description: "",
-            inputs: vec![crate::nodes::InputSpec {
-                name: "seed".into(),
-                kind: InputKind::Int {
-                    default: 0,
-                    min: 0,
-                    max: i64::MAX,
-                    step: 1,
-                    control_after_generate: true,
-                },
-                required: true,
-            }],
+            inputs: vec![crate::nodes::seed("seed")],
             outputs: vec![],
             output_node: false,
             operation: crate::nodes::Operation::Virtual,

@@ -218,6 +218,23 @@ pub(crate) fn link(name: &str, type_name: &'static str) -> InputSpec {
     }
 }
 
+/// A seed widget: an INT with ComfyUI's extra `control_after_generate` widget after it. Only
+/// tests declare seeded nodes until the image nodes (KSampler) are registered.
+#[cfg(test)]
+pub(crate) fn seed(name: &str) -> InputSpec {
+    InputSpec {
+        name: name.to_owned(),
+        kind: InputKind::Int {
+            default: 0,
+            min: 0,
+            max: i64::MAX,
+            step: 1,
+            control_after_generate: true,
+        },
+        required: true,
+    }
+}
+
 pub(crate) fn float(name: &str, default: f64, min: f64, max: f64, step: f64) -> InputSpec {
     InputSpec {
         name: name.to_owned(),
@@ -388,17 +405,7 @@ mod tests {
             description: "",
             inputs: vec![
                 link("model", types::MODEL),
-                InputSpec {
-                    name: "seed".into(),
-                    kind: InputKind::Int {
-                        default: 0,
-                        min: 0,
-                        max: i64::MAX,
-                        step: 1,
-                        control_after_generate: true,
-                    },
-                    required: true,
-                },
+                seed("seed"),
                 InputSpec {
                     name: "steps".into(),
                     kind: InputKind::Int {
