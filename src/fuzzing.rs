@@ -335,6 +335,7 @@ fn lora_run(data: &[u8]) -> (usize, Vec<String>) {
         workflow: None,
         folders: folders.clone(),
         precision: Precision::Keep,
+        first_image_only: true,
     };
     let mut messages: Vec<String> = v.errors.iter().map(|e| format!("{e:?}")).collect();
     let report = run_blocking(

@@ -17,6 +17,7 @@
 
 pub mod cache;
 pub mod execute;
+pub mod images;
 pub mod kernel;
 pub mod naming;
 pub mod plan;
@@ -169,6 +170,8 @@ pub enum Event {
         node: String,
     },
     Progress(Progress),
+    /// A sampler step finished.
+    Step(images::StepProgress),
     Warning(Warning),
     Finished {
         outputs: Vec<SavedFile>,

@@ -81,6 +81,16 @@ impl OutputName {
     pub fn file_name(&self) -> String {
         format!("{}_{:05}_.safetensors", self.filename, self.counter)
     }
+
+    /// Image `index` of a batch saved by SaveImage: `%batch_num%` in the name replaced by the
+    /// index, the counter advanced by it, `.png`.
+    pub fn image_file_name(&self, index: usize) -> String {
+        format!(
+            "{}_{:05}_.png",
+            self.filename.replace("%batch_num%", &index.to_string()),
+            self.counter + index as i64
+        )
+    }
     pub fn path(&self) -> PathBuf {
         self.folder.join(self.file_name())
     }
@@ -88,13 +98,18 @@ impl OutputName {
 
 /// Substitutes ComfyUI's `%…%` tokens (local time; width and height are 0 for models).
 pub fn substitute(prefix: &str) -> String {
+    substitute_sized(prefix, 0, 0)
+}
+
+/// [`substitute`] with an image's width and height.
+fn substitute_sized(prefix: &str, width: usize, height: usize) -> String {
     if !prefix.contains('%') {
         return prefix.to_owned();
     }
     let now = Local::now();
     prefix
-        .replace("%width%", "0")
-        .replace("%height%", "0")
+        .replace("%width%", &width.to_string())
+        .replace("%height%", &height.to_string())
         .replace("%year%", &now.year().to_string())
         .replace("%month%", &format!("{:02}", now.month()))
         .replace("%day%", &format!("{:02}", now.day()))
@@ -138,7 +153,21 @@ fn split(prefix: &str, output_dir: &Path) -> Result<(Vec<String>, String), Namin
 
 /// The next free name for `prefix` below `output_dir` (the folder is created if needed).
 pub fn next_output_name(prefix: &str, output_dir: &Path) -> Result<OutputName, NamingError> {
-    let (sub, filename) = split(&substitute(prefix), output_dir)?;
+    next_name(&substitute(prefix), output_dir)
+}
+
+/// The next free name for a batch of images of `width × height` (`get_save_image_path`).
+pub fn next_image_name(
+    prefix: &str,
+    output_dir: &Path,
+    width: usize,
+    height: usize,
+) -> Result<OutputName, NamingError> {
+    next_name(&substitute_sized(prefix, width, height), output_dir)
+}
+
+fn next_name(prefix: &str, output_dir: &Path) -> Result<OutputName, NamingError> {
+    let (sub, filename) = split(prefix, output_dir)?;
     let mut folder = output_dir.to_owned();
     for s in &sub {
         folder.push(s);

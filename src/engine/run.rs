@@ -64,7 +64,8 @@ pub fn run_blocking(
             Event::Started { .. }
             | Event::NodeStarted { .. }
             | Event::NodeFinished { .. }
-            | Event::Progress(_) => {}
+            | Event::Progress(_)
+            | Event::Step(_) => {}
         }
     });
     report

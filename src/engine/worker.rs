@@ -21,6 +21,7 @@ use crate::model::ModelFolders;
 
 use super::cache::{RunCache, signature};
 use super::execute::execute;
+use super::images::run_images;
 use super::plan::build;
 use super::{EngineError, Event, Precision, SavedFile};
 
@@ -38,6 +39,8 @@ pub struct Job {
     pub workflow: Option<Value>,
     pub folders: ModelFolders,
     pub precision: Precision,
+    /// Sample only the first image of each latent batch (the same image 0 as a whole batch).
+    pub first_image_only: bool,
 }
 
 type Wake = Box<dyn Fn() + Send>;
@@ -224,7 +227,10 @@ pub fn run_job(job: &Job, cancel: &AtomicBool, cache: &mut RunCache, emit: &mut 
     for w in &plan.warnings {
         emit(Event::Warning(w.clone()));
     }
-    let result = execute(&plan, cancel, emit);
+    let result = execute(&plan, cancel, emit).and_then(|mut saved| {
+        saved.extend(run_images(&plan, job.first_image_only, cancel, emit)?);
+        Ok(saved)
+    });
     match result {
         Ok(saved) => {
             for (id, sig) in signatures {

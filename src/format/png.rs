@@ -155,6 +155,36 @@ pub fn find_text<'a>(chunks: &'a [(String, String)], keyword: &str) -> Option<&'
         .map(|(_, v)| v.as_str())
 }
 
+/// An 8-bit RGB image as a PNG with `tEXt` chunks before the image data, as ComfyUI's SaveImage
+/// writes it (PIL: `compress_level` 4, or 1 for previews). The texts must be Latin-1; the JSON
+/// ComfyUI writes is ASCII.
+pub fn encode_rgb8(
+    width: u32,
+    height: u32,
+    rgb: &[u8],
+    texts: &[(String, String)],
+    fast: bool,
+) -> Result<Vec<u8>, png::EncodingError> {
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, width, height);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.set_compression(if fast {
+            png::Compression::Fastest
+        } else {
+            png::Compression::Balanced
+        });
+        for (k, v) in texts {
+            enc.add_text_chunk(k.clone(), v.clone())?;
+        }
+        let mut w = enc.write_header()?;
+        w.write_image_data(rgb)?;
+        w.finish()?;
+    }
+    Ok(out)
+}
+
 /// Kinds of text chunk, for writing.
 #[cfg(any(test, feature = "testing"))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

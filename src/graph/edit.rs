@@ -225,23 +225,14 @@ mod tests {
             .find(|i| i.name == "ratio")
             .expect("slot");
         assert_eq!(ratio.widget_name(), Some("ratio"));
-        // No registered node has a seed yet, so the test declares one: its value is followed
-        // by the `control_after_generate` widget, "fixed", and a given seed is kept.
-        let seeded = NodeSchema {
-            class_type: "Seeded",
-            display_name: "Seeded",
-            category: "test",
-            description: "",
-            inputs: vec![crate::nodes::seed("seed")],
-            outputs: vec![],
-            output_node: false,
-            operation: crate::nodes::Operation::Virtual,
-        };
-        let node = node_from_schema(&seeded, 8, [0.0, 0.0], |_| Given::Default);
-        assert_eq!(node.widget_values(), [json!(0), json!("fixed")]);
+        // KSampler's seed is followed by the `control_after_generate` widget, "fixed", and a
+        // given seed is kept.
+        let seeded = Registry::builtin().get("KSampler").expect("KSampler");
+        let node = node_from_schema(seeded, 8, [0.0, 0.0], |_| Given::Default);
+        assert_eq!(&node.widget_values()[..2], [json!(0), json!("fixed")]);
         let given = json!(156680208700286_u64);
-        let node = node_from_schema(&seeded, 9, [0.0, 0.0], |_| Given::Value(&given));
-        assert_eq!(node.widget_values(), [given.clone(), json!("fixed")]);
+        let node = node_from_schema(seeded, 9, [0.0, 0.0], |_| Given::Value(&given));
+        assert_eq!(&node.widget_values()[..2], [given.clone(), json!("fixed")]);
     }
 
     #[test]

@@ -115,8 +115,13 @@ pub fn load_file(path: &Path) -> Result<Loaded, LoadError> {
         }
         n
     };
-    // A checkpoint is mapped, not read: only its header is touched, whatever its size.
-    if n == 9 && head[8] == b'{' {
+    // A checkpoint is mapped, not read: only its header is touched, whatever its size. Its
+    // first 8 bytes are the header length, which must fit in the file: JSON indented by one
+    // space also has `{` at byte 8, but its first 8 bytes read as an absurd length.
+    let header_len = u64::from_le_bytes([
+        head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7],
+    ]);
+    if n == 9 && head[8] == b'{' && header_len <= meta.len().saturating_sub(8) {
         return load_checkpoint(path).map_err(err);
     }
     if meta.len() > MAX_WORKFLOW_FILE_BYTES {

@@ -98,6 +98,11 @@ impl ModelFolders {
         &self.output_dir
     }
 
+    /// ComfyUI's temporary folder (`<base>/temp`), where PreviewImage writes.
+    pub fn temp_dir(&self) -> PathBuf {
+        self.base_dir.join("temp")
+    }
+
     /// The folders searched for `kind`, in order.
     pub fn folders(&self, kind: &str) -> &[PathBuf] {
         self.kinds

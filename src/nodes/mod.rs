@@ -12,6 +12,7 @@
 
 mod blocks;
 mod frontend;
+mod image;
 mod loaders;
 mod merge;
 mod sampling;
@@ -21,6 +22,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 pub use blocks::block_prefixes;
+pub use image::{CONDITIONING, IMAGE, LATENT, MAX_RESOLUTION, SAMPLER_NAMES, SCHEDULER_NAMES};
 
 /// Value types that flow along links (ComfyUI's type names).
 pub mod types {
@@ -158,6 +160,22 @@ pub enum Operation {
     SaveModel,
     SaveClip,
     SaveVae,
+    /// CLIPTextEncode.
+    TextEncode,
+    /// CLIPSetLastLayer.
+    SetClipLayer,
+    EmptyLatent,
+    RepeatLatent,
+    /// KSampler, or KSamplerAdvanced with its noise and step controls.
+    Sample {
+        advanced: bool,
+    },
+    VaeDecode,
+    VaeEncode,
+    /// SaveImage (`output/`), or PreviewImage (`temp/`).
+    SaveImage {
+        temp: bool,
+    },
     /// Registered for completeness, but it needs inputs Amalgam cannot produce.
     Unsupported(&'static str),
     /// Frontend-only: never in a prompt (Note, MarkdownNote, Reroute, PrimitiveNode).
@@ -218,23 +236,6 @@ pub(crate) fn link(name: &str, type_name: &'static str) -> InputSpec {
     }
 }
 
-/// A seed widget: an INT with ComfyUI's extra `control_after_generate` widget after it. Only
-/// tests declare seeded nodes until the image nodes (KSampler) are registered.
-#[cfg(test)]
-pub(crate) fn seed(name: &str) -> InputSpec {
-    InputSpec {
-        name: name.to_owned(),
-        kind: InputKind::Int {
-            default: 0,
-            min: 0,
-            max: i64::MAX,
-            step: 1,
-            control_after_generate: true,
-        },
-        required: true,
-    }
-}
-
 pub(crate) fn float(name: &str, default: f64, min: f64, max: f64, step: f64) -> InputSpec {
     InputSpec {
         name: name.to_owned(),
@@ -269,6 +270,7 @@ impl Registry {
             all.extend(blocks::schemas());
             all.extend(sampling::schemas());
             all.extend(save::schemas());
+            all.extend(image::schemas());
             all.extend(frontend::schemas());
             let order = all.iter().map(|s| s.class_type).collect();
             let by_class = all.into_iter().map(|s| (s.class_type, s)).collect();
@@ -345,8 +347,8 @@ mod tests {
         ] {
             assert!(r.get(class).is_some(), "{class}");
         }
-        assert!(r.get("KSampler").is_none());
-        assert_eq!(r.all().count(), 37);
+        assert!(r.get("LoadImage").is_none());
+        assert_eq!(r.all().count(), 47);
     }
 
     #[test]
@@ -397,38 +399,24 @@ mod tests {
 
     #[test]
     fn control_after_generate_takes_an_extra_widget_slot() {
-        // KSampler-like: seed (INT + control), steps (INT), cfg (FLOAT) → positions 0, 2, 3.
-        let schema = NodeSchema {
-            class_type: "Test",
-            display_name: "Test",
-            category: "test",
-            description: "",
-            inputs: vec![
-                link("model", types::MODEL),
-                seed("seed"),
-                InputSpec {
-                    name: "steps".into(),
-                    kind: InputKind::Int {
-                        default: 20,
-                        min: 1,
-                        max: 10_000,
-                        step: 1,
-                        control_after_generate: false,
-                    },
-                    required: true,
-                },
-                float("cfg", 8.0, 0.0, 100.0, 0.1),
-            ],
-            outputs: vec![],
-            output_node: false,
-            operation: Operation::Virtual,
-        };
+        // KSampler: seed (INT + control), steps, cfg, sampler, scheduler, denoise.
+        let schema = Registry::builtin().get("KSampler").expect("KSampler");
         let slots: Vec<(usize, &str)> = schema
             .widget_slots()
             .into_iter()
             .map(|(p, i)| (p, i.name.as_str()))
             .collect();
-        assert_eq!(slots, [(0, "seed"), (2, "steps"), (3, "cfg")]);
+        assert_eq!(
+            slots,
+            [
+                (0, "seed"),
+                (2, "steps"),
+                (3, "cfg"),
+                (4, "sampler_name"),
+                (5, "scheduler"),
+                (6, "denoise")
+            ]
+        );
     }
 
     #[test]

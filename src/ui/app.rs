@@ -366,6 +366,7 @@ impl AmalgamApp {
             workflow: Some(self.document.doc.to_json()),
             folders: self.folders.clone(),
             precision: self.settings.precision,
+            first_image_only: self.settings.first_image_only,
         });
         self.jobs.push(JobView::new(id, label));
         self.side_tab = SideTab::Queue;
@@ -721,6 +722,7 @@ impl AmalgamApp {
                 show_log: &mut self.show_log,
                 dark: &mut self.settings.dark,
                 precision: &mut self.settings.precision,
+                first_image_only: &mut self.settings.first_image_only,
             };
             commands.extend(menu_bar_ui(ui, &state, &mut view));
         });

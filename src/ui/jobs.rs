@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use crate::engine::images::StepProgress;
 use crate::engine::worker::JobId;
 use crate::engine::{Event, Progress, SavedFile};
 
@@ -15,6 +16,8 @@ pub struct JobView {
     pub state: JobState,
     pub current_node: Option<String>,
     pub progress: Option<Progress>,
+    /// The latest sampler step (with its preview), while a sampler runs.
+    pub step: Option<StepProgress>,
     pub queued_at: Instant,
     pub started: Option<Instant>,
     pub seconds: Option<f64>,
@@ -65,6 +68,7 @@ impl JobView {
             state: JobState::Queued,
             current_node: None,
             progress: None,
+            step: None,
             queued_at: Instant::now(),
             started: None,
             seconds: None,
@@ -88,6 +92,10 @@ impl JobView {
             Event::NodeFinished { .. } => None,
             Event::Progress(p) => {
                 self.progress = Some(p);
+                None
+            }
+            Event::Step(s) => {
+                self.step = Some(s);
                 None
             }
             Event::Warning(w) => {

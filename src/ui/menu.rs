@@ -24,6 +24,7 @@ pub struct ViewToggles<'a> {
     pub show_log: &'a mut bool,
     pub dark: &'a mut bool,
     pub precision: &'a mut Precision,
+    pub first_image_only: &'a mut bool,
 }
 
 pub fn menu_bar_ui(ui: &mut egui::Ui, state: &MenuState, view: &mut ViewToggles) -> Vec<Command> {
@@ -95,6 +96,11 @@ pub fn menu_bar_ui(ui: &mut egui::Ui, state: &MenuState, view: &mut ViewToggles)
             {
                 chosen.push(Command::Queue);
             }
+            ui.checkbox(view.first_image_only, "first image only")
+                .on_hover_text(
+                    "Sample only image 0 of each batch: the same image as a full batch gives, \
+                     in a fraction of the time on a CPU",
+                );
             egui::ComboBox::from_id_salt("precision")
                 .selected_text(format!("precision: {}", view.precision.as_str()))
                 .show_ui(ui, |ui| precision_ui(ui, view.precision));

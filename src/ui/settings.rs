@@ -16,6 +16,9 @@ pub struct Settings {
     pub output_dir: Option<PathBuf>,
     pub extra_model_paths: Option<PathBuf>,
     pub precision: Precision,
+    /// Sample only image 0 of each batch (on by default: a CPU takes minutes per image).
+    #[serde(default = "on")]
+    pub first_image_only: bool,
     pub dark: bool,
     pub recent: Vec<PathBuf>,
 }
@@ -28,6 +31,7 @@ impl Settings {
             output_dir: None,
             extra_model_paths: None,
             precision: Precision::Keep,
+            first_image_only: true,
             dark: true,
             recent: Vec::new(),
         }
@@ -51,6 +55,10 @@ impl Settings {
         });
         (folders, problem)
     }
+}
+
+fn on() -> bool {
+    true
 }
 
 /// What is saved between runs (eframe persistence).

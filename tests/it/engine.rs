@@ -628,6 +628,7 @@ fn unvalidated_job(base: &ModelTree, prompt: Prompt, node: &str) -> Job {
         workflow: None,
         folders: base.folders(),
         precision: Precision::Keep,
+        first_image_only: false,
     }
 }
 

@@ -299,6 +299,7 @@ pub fn run_prompt(
         workflow: None,
         folders: folders.clone(),
         precision: amalgam::engine::Precision::Keep,
+        first_image_only: false,
     };
     amalgam::engine::run_blocking(
         &job,
@@ -362,6 +363,7 @@ pub fn run_api(
         workflow: None,
         folders: tree.folders(),
         precision,
+        first_image_only: false,
     };
     let report = amalgam::engine::run_blocking(
         &job,

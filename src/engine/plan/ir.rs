@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::format::DType;
 use crate::format::safetensors::TensorSpec;
+use crate::model::arch::{Architecture, Prediction};
 
 use super::super::Warning;
 use super::super::source::Source;
@@ -297,13 +298,109 @@ impl PlannedFile {
     }
 }
 
+/// Which network a set of weights is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Network {
+    Unet,
+    Clip,
+    Vae,
+}
+
+/// How a MODEL samples: the noise levels and what its network predicts (from the checkpoint's
+/// markers, or a ModelSampling node).
+#[derive(Clone, Debug, PartialEq)]
+pub enum SamplingKind {
+    Discrete {
+        prediction: Prediction,
+        zsnr: bool,
+    },
+    ContinuousEdm {
+        prediction: Prediction,
+        sigma_min: f64,
+        sigma_max: f64,
+    },
+}
+
+/// One model's weights for the image nodes: every tensor's recipe under its component-local
+/// key, evaluated by the kernel (f32 for UNet and VAE; CLIP rounded to f16 as ComfyUI stores
+/// it) before the network is built.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedWeights {
+    pub network: Network,
+    pub architecture: Architecture,
+    pub tensors: Vec<(String, Recipe, Vec<usize>)>,
+}
+
+/// An input of an image step: the output of an earlier step.
+pub type StepRef = usize;
+
+/// What an image step does. Models are indices into [`Plan::weights`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum ImageOp {
+    TextEncode {
+        clip: usize,
+        text: String,
+        stop_at_clip_layer: Option<i64>,
+    },
+    EmptyLatent {
+        width: usize,
+        height: usize,
+        batch: usize,
+    },
+    RepeatLatent {
+        samples: StepRef,
+        amount: usize,
+    },
+    Sample {
+        model: usize,
+        sampling: SamplingKind,
+        positive: StepRef,
+        negative: StepRef,
+        latent: StepRef,
+        seed: u64,
+        steps: usize,
+        cfg: f64,
+        sampler: String,
+        scheduler: String,
+        denoise: f64,
+    },
+    Decode {
+        vae: usize,
+        samples: StepRef,
+    },
+    Encode {
+        vae: usize,
+        pixels: StepRef,
+    },
+    Save {
+        images: StepRef,
+        prefix: String,
+        temp: bool,
+    },
+}
+
+/// One image node, in an order where every input comes before its use.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageStep {
+    pub node: String,
+    pub class_type: String,
+    pub op: ImageOp,
+}
+
 /// Everything a job will write.
 #[derive(Debug)]
 pub struct Plan {
     pub sources: Vec<Arc<Source>>,
     pub files: Vec<PlannedFile>,
+    /// Models the image steps use.
+    pub weights: Vec<PlannedWeights>,
+    pub image_steps: Vec<ImageStep>,
+    /// The PNG text chunks a SaveImage writes (`prompt`, then `workflow`), as ComfyUI's JSON.
+    pub image_metadata: Vec<(String, String)>,
     pub warnings: Vec<Warning>,
     pub output_dir: PathBuf,
+    /// Where PreviewImage writes (ComfyUI's `temp/`).
+    pub temp_dir: PathBuf,
 }
 
 impl Plan {

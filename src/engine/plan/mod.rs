@@ -14,6 +14,7 @@
 //! what each save node writes.
 
 mod adapters;
+mod images;
 mod ir;
 mod lora;
 mod patch;
@@ -59,12 +60,16 @@ struct Weights {
     component: Component,
     patches: Vec<Arc<Patch>>,
     sampling: Option<SamplingOverride>,
+    /// CLIPSetLastLayer's `stop_at_clip_layer`, for a CLIP value.
+    clip_layer: Option<i64>,
 }
 
 #[derive(Clone, Debug)]
 enum NodeValue {
     Weights(Weights),
     Vae(usize),
+    /// The output of an image step (CONDITIONING, LATENT or IMAGE).
+    Step(usize),
 }
 
 struct Planner<'a> {
@@ -77,6 +82,9 @@ struct Planner<'a> {
     values: HashMap<String, Vec<NodeValue>>,
     warnings: Vec<Warning>,
     workflow: Option<&'a Value>,
+    weights: Vec<PlannedWeights>,
+    weights_index: HashMap<images::WeightsKey, usize>,
+    image_steps: Vec<ImageStep>,
 }
 
 /// Builds the plan for the given output nodes of a validated prompt. `workflow` is the UI
@@ -98,16 +106,34 @@ pub fn build(
         values: HashMap::new(),
         warnings: Vec::new(),
         workflow,
+        weights: Vec::new(),
+        weights_index: HashMap::new(),
+        image_steps: Vec::new(),
     };
     let mut files = Vec::new();
     for id in outputs {
-        files.extend(p.save_node(id)?);
+        let (_, schema) = p.node(id)?;
+        match schema.operation {
+            Operation::SaveImage { temp } => p.image_output(id, temp)?,
+            _ => files.extend(p.save_node(id)?),
+        }
+    }
+    let mut image_metadata = Vec::new();
+    if !p.image_steps.is_empty() {
+        image_metadata.push(("prompt".to_owned(), pyjson::dumps(&prompt.to_json())));
+        if let Some(w) = workflow {
+            image_metadata.push(("workflow".to_owned(), pyjson::dumps(w)));
+        }
     }
     Ok(Plan {
         sources: p.sources,
         files,
+        weights: p.weights,
+        image_steps: p.image_steps,
+        image_metadata,
         warnings: p.warnings,
         output_dir: folders.output_dir().to_owned(),
+        temp_dir: folders.temp_dir(),
     })
 }
 
@@ -190,10 +216,10 @@ impl Planner<'_> {
     fn weights(&mut self, id: &str, name: &str) -> Result<Weights, EngineError> {
         match self.input(id, name)? {
             NodeValue::Weights(w) => Ok(w),
-            NodeValue::Vae(_) => Err(node_err(
+            NodeValue::Vae(_) | NodeValue::Step(_) => Err(node_err(
                 id,
                 "",
-                format!("input {name:?} is a VAE, not a MODEL or CLIP"),
+                format!("input {name:?} is not a MODEL or CLIP"),
             )),
         }
     }
@@ -260,6 +286,7 @@ impl Planner<'_> {
                         component,
                         patches: Vec::new(),
                         sampling: None,
+                        clip_layer: None,
                     })
                 };
                 vec![w(Component::Model), w(Component::Clip), NodeValue::Vae(s)]
@@ -339,7 +366,15 @@ impl Planner<'_> {
             Operation::LoadLora { clip: with_clip } => {
                 self.load_lora(id, &class_type, with_clip)?
             }
+            Operation::TextEncode
+            | Operation::SetClipLayer
+            | Operation::EmptyLatent
+            | Operation::RepeatLatent
+            | Operation::Sample { .. }
+            | Operation::VaeDecode
+            | Operation::VaeEncode => self.image_node(id, &class_type, &op)?,
             Operation::SaveCheckpoint
+            | Operation::SaveImage { .. }
             | Operation::SaveModel
             | Operation::SaveClip
             | Operation::SaveVae

@@ -97,7 +97,7 @@ impl Planner<'_> {
     }
 
     /// The lazy expression of `key` in `w`, with the mismatch warnings it implies.
-    fn expr(&mut self, w: &Weights, key: &str) -> Option<(Expr, Vec<usize>)> {
+    pub(super) fn expr(&mut self, w: &Weights, key: &str) -> Option<(Expr, Vec<usize>)> {
         let (leaf, shape) = self.leaf(w.source, w.component, key)?;
         let mut steps = Vec::new();
         for p in &w.patches {

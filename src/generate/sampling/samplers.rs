@@ -76,20 +76,42 @@ pub struct StepReport<'a> {
     pub denoised: &'a [f32],
 }
 
+/// The ancestral sampler's per-step noise: a generator seeded with `seed` draws `drawn` values
+/// per step (the whole batch's latent, as ComfyUI's `randn(x.size())`), of which the latent being
+/// sampled takes `keep` — all of them, or one image's when only part of the batch is sampled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepNoise {
+    pub seed: u64,
+    pub drawn: usize,
+    pub keep: std::ops::Range<usize>,
+}
+
+impl StepNoise {
+    /// Noise for a latent of `len` values sampled whole.
+    pub fn whole(seed: u64, len: usize) -> StepNoise {
+        StepNoise {
+            seed,
+            drawn: len,
+            keep: 0..len,
+        }
+    }
+}
+
 /// Runs `sampler` from latent `x` (already noised for `sigmas[0]`) down the schedule.
-/// `seed` seeds the ancestral sampler's per-step noise. `on_step` may stop the run by
+/// `step_noise` is the ancestral sampler's per-step noise. `on_step` may stop the run by
 /// returning `false` (cancel); then `Ok(None)` is returned.
 pub fn sample<D: Denoiser>(
     sampler: Sampler,
     denoiser: &mut D,
     x: Vec<f32>,
     sigmas: &[f32],
-    seed: u64,
+    step_noise: &StepNoise,
     on_step: &mut dyn FnMut(StepReport) -> bool,
 ) -> Result<Option<Vec<f32>>, D::Error> {
     let mut x = x;
     let total = sigmas.len().saturating_sub(1);
-    let mut noise = (sampler == Sampler::EulerAncestral).then(|| CpuGenerator::manual_seed(seed));
+    let mut noise =
+        (sampler == Sampler::EulerAncestral).then(|| CpuGenerator::manual_seed(step_noise.seed));
     // dpmpp_2m's previous estimate; lms's last derivatives, newest last.
     let mut old_denoised: Option<Vec<f32>> = None;
     let mut derivatives: Vec<Vec<f32>> = Vec::new();
@@ -115,7 +137,12 @@ pub fn sample<D: Denoiser>(
                 } else {
                     let d = to_d(&x, sigma, &denoised);
                     let stepped = axpy(&x, &d, down - sigma);
-                    let fresh = noise.as_mut().map_or_else(Vec::new, |g| g.randn(x.len()));
+                    let fresh = noise.as_mut().map_or_else(Vec::new, |g| {
+                        let mut all = g.randn(step_noise.drawn);
+                        all.truncate(step_noise.keep.end);
+                        all.drain(..step_noise.keep.start);
+                        all
+                    });
                     // `… + noise · s_noise · σ_up`: s_noise is 1.
                     stepped
                         .iter()

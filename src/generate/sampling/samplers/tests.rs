@@ -27,7 +27,14 @@ fn toy(scale: f32) -> Toy {
 }
 
 fn run(sampler: Sampler, toy: &mut Toy, x: &[f32], sigmas: &[f32]) -> Vec<f32> {
-    let Ok(out) = sample(sampler, toy, x.to_vec(), sigmas, 5, &mut |_| true);
+    let Ok(out) = sample(
+        sampler,
+        toy,
+        x.to_vec(),
+        sigmas,
+        &StepNoise::whole(5, x.len()),
+        &mut |_| true,
+    );
     out.expect("nothing cancels")
 }
 
@@ -155,10 +162,17 @@ fn a_cancelled_run_stops_after_the_step_and_names_are_known() {
     let sigmas = schedule(8);
     let mut steps = Vec::new();
     let mut t = toy(0.9);
-    let out = sample(Sampler::Euler, &mut t, latent(), &sigmas, 0, &mut |r| {
-        steps.push((r.step, r.total, r.denoised.len()));
-        r.step < 2
-    });
+    let out = sample(
+        Sampler::Euler,
+        &mut t,
+        latent(),
+        &sigmas,
+        &StepNoise::whole(0, 64),
+        &mut |r| {
+            steps.push((r.step, r.total, r.denoised.len()));
+            r.step < 2
+        },
+    );
     assert!(matches!(out, Ok(None)));
     assert_eq!(steps, [(0, 8, 64), (1, 8, 64), (2, 8, 64)]);
     for name in SAMPLERS {

@@ -1,0 +1,567 @@
+//! Running a plan's image steps: each model's weights evaluated once by the kernel (the exact
+//! merge expressions, so a merge never has to be saved to be looked at), the networks built on
+//! them, the steps run in order, and SaveImage's PNGs written like checkpoints are — to a
+//! temporary file renamed into place, never over an existing file, never outside the folder.
+//!
+//! Progress: a [`Event::Step`] per sampler step, with seconds per step and a small latent
+//! preview of image 0. Cancel is checked between steps (and before each step's UNet calls), and
+//! a cancelled job writes no image.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use half::f16;
+
+use crate::format::DType;
+use crate::format::png::encode_rgb8;
+use crate::generate::GenError;
+use crate::generate::conditioning::{Conditioning, TextEncoders};
+use crate::generate::image::{Images as Pixels, decode, encode, preview_rgb8};
+use crate::generate::ksampler::{Diffusion, Images, Latent, LatentFormat, Settings, ksample};
+use crate::generate::nn::WeightMap;
+use crate::generate::nn::unet::{Heads, Unet};
+use crate::generate::nn::vae::{Decoder, Encoder};
+use crate::generate::sampling::guider::Prediction as Predicts;
+use crate::generate::sampling::samplers::Sampler;
+use crate::generate::sampling::schedule::{ModelSampling, Scheduler};
+use crate::model::arch::{Architecture, Prediction};
+
+use super::kernel::{self, Scratch};
+use super::naming::{check_inside_output, next_image_name};
+use super::plan::{ImageOp, Network, Plan, PlannedWeights, Recipe, SamplingKind};
+use super::{EngineError, Event, SavedFile};
+
+/// A small RGB picture of a sampler's current estimate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Preview {
+    pub width: usize,
+    pub height: usize,
+    pub rgb: Vec<u8>,
+}
+
+/// One finished sampler step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepProgress {
+    pub node: String,
+    /// Steps done (1-based) and in all.
+    pub step: usize,
+    pub total: usize,
+    pub seconds_per_step: f64,
+    pub preview: Option<Preview>,
+}
+
+impl StepProgress {
+    /// Seconds until the sampler is done, at the pace so far.
+    pub fn eta_seconds(&self) -> f64 {
+        self.seconds_per_step * (self.total.saturating_sub(self.step)) as f64
+    }
+}
+
+/// A value flowing between image steps.
+#[derive(Clone, Debug)]
+enum Value {
+    Conditioning(Conditioning),
+    Latent(Latent),
+    Images(Pixels),
+}
+
+/// A network built on its weights.
+enum Built {
+    Unet(Unet),
+    Text(TextEncoders),
+    Vae {
+        decoder: Option<Decoder>,
+        encoder: Option<Encoder>,
+        weights: WeightMap,
+    },
+}
+
+/// Runs the image steps of `plan`; returns the images written.
+pub fn run_images(
+    plan: &Plan,
+    first_image_only: bool,
+    cancel: &AtomicBool,
+    emit: &mut dyn FnMut(Event),
+) -> Result<Vec<SavedFile>, EngineError> {
+    let mut built: Vec<Option<Built>> = (0..plan.weights.len()).map(|_| None).collect();
+    let mut values: Vec<Option<Value>> = Vec::with_capacity(plan.image_steps.len());
+    let mut saved = Vec::new();
+    let images = if first_image_only {
+        Images::First
+    } else {
+        Images::All
+    };
+    for step in &plan.image_steps {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(EngineError::Cancelled);
+        }
+        emit(Event::NodeStarted {
+            node: step.node.clone(),
+            class_type: step.class_type.clone(),
+        });
+        let fail = |message: String| EngineError::Node {
+            node: step.node.clone(),
+            class_type: step.class_type.clone(),
+            message,
+        };
+        let gen_err = |e: GenError| fail(e.to_string());
+        let input = |r: usize| {
+            values
+                .get(r)
+                .and_then(Option::as_ref)
+                .ok_or_else(|| fail(format!("input step {r} has no value")))
+        };
+        let value = match &step.op {
+            ImageOp::TextEncode {
+                clip,
+                text,
+                stop_at_clip_layer,
+            } => {
+                let Built::Text(t) = network(plan, &mut built, *clip, &step.node)? else {
+                    return Err(fail("the CLIP input is not a text encoder".into()));
+                };
+                Some(Value::Conditioning(
+                    t.encode(text, *stop_at_clip_layer).map_err(gen_err)?,
+                ))
+            }
+            ImageOp::EmptyLatent {
+                width,
+                height,
+                batch,
+            } => {
+                let shape = (*batch, 4, height / 8, width / 8);
+                let zeros = Tensor::zeros(shape, candle_core::DType::F32, &Device::Cpu)
+                    .map_err(|e| fail(e.to_string()))?;
+                Some(Value::Latent(Latent::new(zeros)))
+            }
+            ImageOp::RepeatLatent { samples, amount } => {
+                let Value::Latent(l) = input(*samples)? else {
+                    return Err(fail("input \"samples\" is not a LATENT".into()));
+                };
+                let parts = vec![l.samples.clone(); *amount];
+                let samples = Tensor::cat(&parts, 0).map_err(|e| fail(e.to_string()))?;
+                let batch_index = l.batch_index.as_ref().map(|bi| {
+                    let offset = bi.iter().max().map_or(0, |m| m + 1);
+                    (0..*amount)
+                        .flat_map(|k| bi.iter().map(move |i| i + k * offset))
+                        .collect()
+                });
+                Some(Value::Latent(Latent {
+                    samples,
+                    batch_index,
+                }))
+            }
+            ImageOp::Sample {
+                model,
+                sampling,
+                positive,
+                negative,
+                latent,
+                seed,
+                steps,
+                cfg,
+                sampler,
+                scheduler,
+                denoise,
+            } => {
+                let (Value::Conditioning(pos), Value::Conditioning(neg), Value::Latent(lat)) = (
+                    input(*positive)?.clone(),
+                    input(*negative)?.clone(),
+                    input(*latent)?.clone(),
+                ) else {
+                    return Err(fail(
+                        "positive/negative must be CONDITIONING and latent_image a LATENT".into(),
+                    ));
+                };
+                let arch = plan.weights[*model].architecture;
+                let Built::Unet(unet) = network(plan, &mut built, *model, &step.node)? else {
+                    return Err(fail("the MODEL input is not a UNet".into()));
+                };
+                let settings = Settings {
+                    seed: *seed,
+                    steps: *steps,
+                    cfg: *cfg,
+                    sampler: Sampler::from_name(sampler)
+                        .ok_or_else(|| fail(format!("sampler {sampler:?} is not supported")))?,
+                    scheduler: Scheduler::from_name(scheduler)
+                        .ok_or_else(|| fail(format!("scheduler {scheduler:?} is not supported")))?,
+                    denoise: *denoise,
+                };
+                let diffusion = Diffusion {
+                    unet: unet.clone(),
+                    sampling: model_sampling(sampling),
+                    prediction: predicts(sampling),
+                    latent_format: latent_format(arch),
+                };
+                let (_, _, h, w) = lat.samples.dims4().map_err(|e| fail(e.to_string()))?;
+                let started = Instant::now();
+                let node = step.node.clone();
+                let mut nan_warned = false;
+                let result = ksample(&diffusion, &pos, &neg, &lat, &settings, images, &mut |s| {
+                    if !nan_warned && s.denoised.iter().any(|v| !v.is_finite()) {
+                        nan_warned = true;
+                        emit(Event::Warning(super::Warning {
+                            node: Some(node.clone()),
+                            key: None,
+                            message: format!(
+                                "the latent holds NaN or infinite values at step {}",
+                                s.step + 1
+                            ),
+                        }));
+                    }
+                    emit(Event::Step(StepProgress {
+                        node: node.clone(),
+                        step: s.step + 1,
+                        total: s.total,
+                        seconds_per_step: started.elapsed().as_secs_f64() / (s.step + 1) as f64,
+                        preview: Some(Preview {
+                            width: w,
+                            height: h,
+                            rgb: preview_rgb8(s.denoised, h, w, diffusion.latent_format),
+                        }),
+                    }));
+                    !cancel.load(Ordering::Relaxed)
+                })
+                .map_err(gen_err)?;
+                match result {
+                    Some(l) => Some(Value::Latent(l)),
+                    None => return Err(EngineError::Cancelled),
+                }
+            }
+            ImageOp::Decode { vae, samples } => {
+                let Value::Latent(l) = input(*samples)?.clone() else {
+                    return Err(fail("input \"samples\" is not a LATENT".into()));
+                };
+                let VaePart::Decoder(d) = vae_part(plan, &mut built, *vae, &step.node, true)?
+                else {
+                    return Err(fail("the VAE has no decoder".into()));
+                };
+                Some(Value::Images(decode(&d, &l).map_err(gen_err)?))
+            }
+            ImageOp::Encode { vae, pixels } => {
+                let Value::Images(p) = input(*pixels)?.clone() else {
+                    return Err(fail("input \"pixels\" is not an IMAGE".into()));
+                };
+                let VaePart::Encoder(e) = vae_part(plan, &mut built, *vae, &step.node, false)?
+                else {
+                    return Err(fail("the VAE has no encoder".into()));
+                };
+                Some(Value::Latent(encode(&e, &p).map_err(gen_err)?))
+            }
+            ImageOp::Save {
+                images,
+                prefix,
+                temp,
+            } => {
+                let Value::Images(p) = input(*images)? else {
+                    return Err(fail("input \"images\" is not an IMAGE".into()));
+                };
+                saved.extend(save_images(plan, &step.node, p, prefix, *temp, cancel)?);
+                None
+            }
+        };
+        values.push(value);
+        emit(Event::NodeFinished {
+            node: step.node.clone(),
+        });
+    }
+    Ok(saved)
+}
+
+enum VaePart {
+    Decoder(Decoder),
+    Encoder(Encoder),
+}
+
+/// The decoder or encoder half of a VAE, built on first use.
+fn vae_part(
+    plan: &Plan,
+    built: &mut [Option<Built>],
+    index: usize,
+    node: &str,
+    decoder: bool,
+) -> Result<VaePart, EngineError> {
+    let err = |message: String| EngineError::Node {
+        node: node.to_owned(),
+        class_type: String::new(),
+        message,
+    };
+    let Built::Vae {
+        decoder: d,
+        encoder: e,
+        weights,
+    } = network(plan, built, index, node)?
+    else {
+        return Err(err("the VAE input is not a VAE".into()));
+    };
+    let unusable = |e: crate::generate::nn::NnError| err(format!("the VAE cannot be used: {e}"));
+    if decoder {
+        if d.is_none() {
+            *d = Some(Decoder::load(weights).map_err(unusable)?);
+        }
+        d.clone()
+            .map(VaePart::Decoder)
+            .ok_or_else(|| err("no decoder".into()))
+    } else {
+        if e.is_none() {
+            *e = Some(Encoder::load(weights).map_err(unusable)?);
+        }
+        e.clone()
+            .map(VaePart::Encoder)
+            .ok_or_else(|| err("no encoder".into()))
+    }
+}
+
+/// The network of `plan.weights[index]`, evaluated and built on first use.
+fn network<'b>(
+    plan: &Plan,
+    built: &'b mut [Option<Built>],
+    index: usize,
+    node: &str,
+) -> Result<&'b mut Built, EngineError> {
+    if built[index].is_none() {
+        let w = &plan.weights[index];
+        let map = materialize(plan, w, node)?;
+        let err = |e: String| EngineError::Node {
+            node: node.to_owned(),
+            class_type: String::new(),
+            message: e,
+        };
+        let b = match w.network {
+            Network::Unet => {
+                let heads = match w.architecture {
+                    Architecture::Sd1 => Heads::Count(8),
+                    _ => Heads::Width(64),
+                };
+                Built::Unet(
+                    Unet::load(&map, heads)
+                        .map_err(|e| err(format!("the model cannot be used: {e}")))?,
+                )
+            }
+            Network::Clip => Built::Text(
+                TextEncoders::load(&map)
+                    .map_err(|e| err(format!("the CLIP cannot be used: {e}")))?,
+            ),
+            Network::Vae => Built::Vae {
+                decoder: None,
+                encoder: None,
+                weights: map,
+            },
+        };
+        built[index] = Some(b);
+    }
+    built[index].as_mut().ok_or_else(|| EngineError::Node {
+        node: node.to_owned(),
+        class_type: String::new(),
+        message: "model not built".into(),
+    })
+}
+
+/// Evaluates every tensor of `w` with the kernel into f32 candle tensors.
+fn materialize(plan: &Plan, w: &PlannedWeights, node: &str) -> Result<WeightMap, EngineError> {
+    let threads = super::execute::thread_count().max(1);
+    let chunks: Vec<&[(String, Recipe, Vec<usize>)]> = {
+        let per = w.tensors.len().div_ceil(threads).max(1);
+        w.tensors.chunks(per).collect()
+    };
+    let results: Vec<Result<Vec<(String, Tensor)>, EngineError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .iter()
+            .map(|chunk| {
+                scope.spawn(move || {
+                    let mut scratch = Scratch::default();
+                    let mut out = Vec::with_capacity(chunk.len());
+                    for (key, recipe, shape) in *chunk {
+                        out.push((
+                            key.clone(),
+                            tensor_of(plan, recipe, shape, &mut scratch).map_err(|message| {
+                                EngineError::Compute {
+                                    node: node.to_owned(),
+                                    key: key.clone(),
+                                    message,
+                                }
+                            })?,
+                        ));
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(EngineError::Node {
+                        node: node.to_owned(),
+                        class_type: String::new(),
+                        message: "a weight-evaluation thread panicked".into(),
+                    })
+                })
+            })
+            .collect()
+    });
+    let mut map = WeightMap::new();
+    for r in results {
+        for (k, t) in r? {
+            map.insert(k, t);
+        }
+    }
+    Ok(map)
+}
+
+fn tensor_of(
+    plan: &Plan,
+    recipe: &Recipe,
+    shape: &[usize],
+    scratch: &mut Scratch,
+) -> Result<Tensor, String> {
+    let numel: usize = shape.iter().product();
+    let prepared = kernel::prepare(recipe, numel, &plan.sources).map_err(|e| e.to_string())?;
+    let recipe = prepared.as_ref().unwrap_or(recipe);
+    let dtype = match recipe {
+        Recipe::Copy(leaf) => leaf.dtype,
+        Recipe::Compute { out, .. } => *out,
+        Recipe::Bytes(_) => return Err("fixed bytes are not a weight".into()),
+    };
+    let mut bytes = Vec::with_capacity(numel * dtype.size_bytes());
+    kernel::produce(recipe, 0, numel, &plan.sources, scratch, &mut bytes)
+        .map_err(|e| e.to_string())?;
+    let values: Vec<f32> = match dtype {
+        DType::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        DType::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        DType::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        other => return Err(format!("a {other} weight cannot be used by a network")),
+    };
+    Tensor::from_vec(values, shape, &Device::Cpu).map_err(|e| e.to_string())
+}
+
+fn model_sampling(kind: &SamplingKind) -> ModelSampling {
+    match kind {
+        SamplingKind::Discrete { zsnr, .. } => ModelSampling::discrete_with(*zsnr),
+        SamplingKind::ContinuousEdm {
+            sigma_min,
+            sigma_max,
+            ..
+        } => ModelSampling::continuous_edm(*sigma_min, *sigma_max),
+    }
+}
+
+fn predicts(kind: &SamplingKind) -> Predicts {
+    let p = match kind {
+        SamplingKind::Discrete { prediction, .. }
+        | SamplingKind::ContinuousEdm { prediction, .. } => *prediction,
+    };
+    match p {
+        Prediction::V | Prediction::EdmV => Predicts::V,
+        Prediction::Edm => Predicts::Edm,
+        _ => Predicts::Eps,
+    }
+}
+
+fn latent_format(arch: Architecture) -> LatentFormat {
+    match arch {
+        Architecture::Sdxl | Architecture::SdxlRefiner => LatentFormat::Sdxl,
+        _ => LatentFormat::Sd15,
+    }
+}
+
+/// SaveImage / PreviewImage: one PNG per image, with the prompt and workflow (SaveImage only).
+fn save_images(
+    plan: &Plan,
+    node: &str,
+    images: &Pixels,
+    prefix: &str,
+    temp: bool,
+    cancel: &AtomicBool,
+) -> Result<Vec<SavedFile>, EngineError> {
+    let naming = |error| EngineError::Naming {
+        node: node.to_owned(),
+        error,
+    };
+    let io = |path: &Path, error: std::io::Error| EngineError::Node {
+        node: node.to_owned(),
+        class_type: String::new(),
+        message: format!("cannot write {}: {error}", path.display()),
+    };
+    let (dir, prefix) = if temp {
+        (
+            plan.temp_dir.clone(),
+            format!("{prefix}_temp_{}", random_letters()),
+        )
+    } else {
+        (plan.output_dir.clone(), prefix.to_owned())
+    };
+    let name = next_image_name(&prefix, &dir, images.width, images.height).map_err(naming)?;
+    check_inside_output(&name.folder, &dir).map_err(naming)?;
+    std::fs::create_dir_all(&name.folder).map_err(|e| io(&name.folder, e))?;
+    check_inside_output(&name.folder, &dir).map_err(naming)?;
+    let texts = if temp {
+        Vec::new()
+    } else {
+        plan.image_metadata.clone()
+    };
+    let mut saved = Vec::new();
+    for i in 0..images.count {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(EngineError::Cancelled);
+        }
+        let rgb = images.to_rgb8(i);
+        let png = encode_rgb8(
+            images.width as u32,
+            images.height as u32,
+            &rgb,
+            &texts,
+            temp,
+        )
+        .map_err(|e| EngineError::Node {
+            node: node.to_owned(),
+            class_type: String::new(),
+            message: format!("cannot encode the PNG: {e}"),
+        })?;
+        let path: PathBuf = name.folder.join(name.image_file_name(i));
+        let mut file = tempfile::Builder::new()
+            .prefix(".amalgam-")
+            .suffix(".png.partial")
+            .tempfile_in(&name.folder)
+            .map_err(|e| io(&name.folder, e))?;
+        std::io::Write::write_all(&mut file, &png).map_err(|e| io(&path, e))?;
+        file.as_file().sync_all().map_err(|e| io(&path, e))?;
+        file.persist_noclobber(&path)
+            .map_err(|e| io(&path, e.error))?;
+        saved.push(SavedFile {
+            node: node.to_owned(),
+            path,
+            bytes: png.len() as u64,
+            cached: false,
+        });
+    }
+    Ok(saved)
+}
+
+/// Five letters for a preview's name, from ComfyUI's alphabet (sic: "…stupvxyz").
+fn random_letters() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstupvxyz";
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id());
+    (0..5)
+        .map(|_| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ALPHABET[((seed >> 33) % ALPHABET.len() as u64) as usize] as char
+        })
+        .collect()
+}

@@ -1,0 +1,280 @@
+//! KSampler (`comfy/sample.py`, `comfy/samplers.py`; generation.md §5–§6): the noise for the
+//! latent's batch, the model's schedule, `process_latent_in` (× the latent scale factor), the
+//! initial noised latent, the sampler with classifier-free guidance around the UNet, and
+//! `process_latent_out` (÷ the factor).
+//!
+//! Each image of a batch is independent of the others in ComfyUI's arithmetic, so
+//! [`Images::First`] samples image 0 alone and gets ComfyUI's image 0: its noise is cut from the
+//! noise of the whole batch, and so is each step's ancestral noise.
+
+use candle_core::{Device, Tensor};
+
+use super::GenError;
+use super::conditioning::Conditioning;
+use super::nn::ops::timestep_embedding;
+use super::nn::unet::{Unet, UnetInput};
+use super::sampling::guider::{
+    Guided, Network, Prediction, Side, initial_latent, starts_at_full_noise,
+};
+use super::sampling::rng::prepare_noise;
+use super::sampling::samplers::{Sampler, StepNoise, StepReport, sample};
+use super::sampling::schedule::{ModelSampling, Scheduler};
+
+/// The latent space a model works in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LatentFormat {
+    /// SD1.x and SD2.x (`SD15`): scale 0.18215.
+    Sd15,
+    /// SDXL: scale 0.13025.
+    Sdxl,
+}
+
+impl LatentFormat {
+    pub fn scale_factor(self) -> f32 {
+        match self {
+            LatentFormat::Sd15 => 0.18215,
+            LatentFormat::Sdxl => 0.13025,
+        }
+    }
+
+    /// `latent_rgb_factors` (per latent channel: R, G, B) and the bias.
+    pub fn rgb_factors(self) -> ([[f32; 3]; 4], [f32; 3]) {
+        match self {
+            LatentFormat::Sd15 => (
+                [
+                    [0.3512, 0.2297, 0.3227],
+                    [0.3250, 0.4974, 0.2350],
+                    [-0.2829, 0.1762, 0.2721],
+                    [-0.2120, -0.2616, -0.7177],
+                ],
+                [0.0; 3],
+            ),
+            LatentFormat::Sdxl => (
+                [
+                    [0.3651, 0.4232, 0.4341],
+                    [-0.2533, -0.0042, 0.1068],
+                    [0.1076, 0.1111, -0.0362],
+                    [-0.3165, -0.2492, -0.2188],
+                ],
+                [0.1084, -0.0175, -0.0011],
+            ),
+        }
+    }
+}
+
+/// A MODEL ready to sample: the network, its noise levels and what it predicts.
+#[derive(Clone, Debug)]
+pub struct Diffusion {
+    pub unet: Unet,
+    pub sampling: ModelSampling,
+    pub prediction: Prediction,
+    pub latent_format: LatentFormat,
+}
+
+/// A LATENT: `samples` `[B, 4, h, w]` in VAE space, and the `batch_index` a batch node set.
+#[derive(Clone, Debug)]
+pub struct Latent {
+    pub samples: Tensor,
+    pub batch_index: Option<Vec<usize>>,
+}
+
+impl Latent {
+    pub fn new(samples: Tensor) -> Latent {
+        Latent {
+            samples,
+            batch_index: None,
+        }
+    }
+}
+
+/// KSampler's widgets.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub seed: u64,
+    pub steps: usize,
+    pub cfg: f64,
+    pub sampler: Sampler,
+    pub scheduler: Scheduler,
+    pub denoise: f64,
+}
+
+/// Which images of the batch to sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Images {
+    All,
+    /// Image 0 only — the same values as in the whole batch.
+    First,
+}
+
+/// What the sampler reports after each step.
+pub struct Step<'a> {
+    pub step: usize,
+    pub total: usize,
+    /// The denoised estimate of the first image being sampled, `[4·h·w]`, in scaled space.
+    pub denoised: &'a [f32],
+}
+
+/// Runs KSampler. Returns `None` when `on_step` asked to stop.
+pub fn ksample(
+    model: &Diffusion,
+    positive: &Conditioning,
+    negative: &Conditioning,
+    latent: &Latent,
+    settings: &Settings,
+    images: Images,
+    on_step: &mut dyn FnMut(Step) -> bool,
+) -> Result<Option<Latent>, GenError> {
+    let (b, c, h, w) = latent.samples.dims4()?;
+    let expected = model.unet.in_channels();
+    if c != expected {
+        return Err(GenError::Input(format!(
+            "the latent has {c} channels but the model takes {expected}{}",
+            if expected == 9 {
+                " (an inpainting model needs VAEEncodeForInpaint's mask; not supported yet)"
+            } else {
+                ""
+            }
+        )));
+    }
+    let sigmas = model.sampling.schedule(
+        settings.scheduler,
+        settings.steps,
+        settings.denoise,
+        settings.sampler.discards_penultimate_sigma(),
+    );
+    let per_image = c * h * w;
+    let count = match images {
+        Images::All => b,
+        Images::First => b.min(1),
+    };
+    let latent_values: Vec<f32> = latent.samples.flatten_all()?.to_vec1()?;
+    let keep = 0..count * per_image;
+    if sigmas.is_empty() {
+        let samples =
+            Tensor::from_vec(latent_values[keep].to_vec(), (count, c, h, w), &Device::Cpu)?;
+        return Ok(Some(Latent::new(samples)));
+    }
+    let noise = prepare_noise(settings.seed, per_image, b, latent.batch_index.as_deref());
+    let scale = model.latent_format.scale_factor();
+    let scaled: Vec<f32> = latent_values[keep.clone()]
+        .iter()
+        .map(|v| v * scale)
+        .collect();
+    let full = starts_at_full_noise(model.sampling.sigma_max(), sigmas[0]);
+    let x = initial_latent(&noise[keep.clone()], &scaled, sigmas[0], full);
+    let network = UnetNetwork::new(model, positive, negative, (count, c, h, w))?;
+    let mut guided = Guided {
+        network,
+        sampling: &model.sampling,
+        prediction: model.prediction,
+        cfg: settings.cfg,
+    };
+    let step_noise = StepNoise {
+        seed: settings.seed,
+        drawn: noise.len(),
+        keep,
+    };
+    let out = sample(
+        settings.sampler,
+        &mut guided,
+        x,
+        &sigmas,
+        &step_noise,
+        &mut |r: StepReport| {
+            on_step(Step {
+                step: r.step,
+                total: r.total,
+                denoised: &r.denoised[..per_image.min(r.denoised.len())],
+            })
+        },
+    )?;
+    let Some(out) = out else { return Ok(None) };
+    let unscaled: Vec<f32> = out.iter().map(|v| v / scale).collect();
+    let samples = Tensor::from_vec(unscaled, (count, c, h, w), &Device::Cpu)?;
+    Ok(Some(Latent::new(samples)))
+}
+
+/// The UNet as the guider's [`Network`]: one side's conditioning repeated to the batch, and
+/// SDXL's `y` built from the pooled output and the image size.
+struct UnetNetwork<'a> {
+    unet: &'a Unet,
+    shape: (usize, usize, usize, usize),
+    positive: (Tensor, Option<Tensor>),
+    negative: (Tensor, Option<Tensor>),
+}
+
+impl<'a> UnetNetwork<'a> {
+    fn new(
+        model: &'a Diffusion,
+        positive: &Conditioning,
+        negative: &Conditioning,
+        shape: (usize, usize, usize, usize),
+    ) -> Result<UnetNetwork<'a>, GenError> {
+        let side = |c: &Conditioning, name: &str| -> Result<(Tensor, Option<Tensor>), GenError> {
+            let ctx = repeat(&c.cond, shape.0)?;
+            let y = match model.unet.adm_channels() {
+                None => None,
+                Some(adm) => {
+                    let pooled = c.pooled.as_ref().ok_or_else(|| {
+                        GenError::Input(format!(
+                            "the {name} conditioning has no pooled output, which this SDXL model needs"
+                        ))
+                    })?;
+                    let y = sdxl_y(pooled, shape.2 * 8, shape.3 * 8)?;
+                    if y.dim(1)? != adm {
+                        return Err(GenError::Input(format!(
+                            "the {name} conditioning gives {} values of `y`, the model takes {adm}",
+                            y.dim(1)?
+                        )));
+                    }
+                    Some(repeat(&y, shape.0)?)
+                }
+            };
+            Ok((ctx, y))
+        };
+        Ok(UnetNetwork {
+            unet: &model.unet,
+            shape,
+            positive: side(positive, "positive")?,
+            negative: side(negative, "negative")?,
+        })
+    }
+}
+
+impl Network for UnetNetwork<'_> {
+    type Error = GenError;
+
+    fn forward(&mut self, xc: &[f32], timestep: f32, side: Side) -> Result<Vec<f32>, GenError> {
+        let (ctx, y) = match side {
+            Side::Positive => &self.positive,
+            Side::Negative => &self.negative,
+        };
+        let x = Tensor::from_vec(xc.to_vec(), self.shape, &Device::Cpu)?;
+        let out = self.unet.forward(&UnetInput {
+            x: &x,
+            timesteps: &vec![timestep; self.shape.0],
+            context: ctx,
+            y: y.as_ref(),
+        })?;
+        Ok(out.flatten_all()?.to_vec1()?)
+    }
+}
+
+fn repeat(t: &Tensor, n: usize) -> Result<Tensor, GenError> {
+    if t.dim(0)? == n {
+        return Ok(t.clone());
+    }
+    let first = t.narrow(0, 0, 1)?;
+    Ok(Tensor::cat(&vec![first; n], 0)?)
+}
+
+/// SDXL's `y`: the pooled text, then the 256-wide embeddings of height, width, crop top, crop
+/// left, target height and target width (`SDXL.encode_adm`).
+pub fn sdxl_y(pooled: &Tensor, width: usize, height: usize) -> Result<Tensor, GenError> {
+    let mut values: Vec<f32> = pooled.flatten_all()?.to_vec1()?;
+    for v in [height, width, 0, 0, height, width] {
+        values.extend(timestep_embedding(&[v as f32], 256));
+    }
+    let n = values.len();
+    Ok(Tensor::from_vec(values, (1, n), &Device::Cpu)?)
+}
