@@ -72,8 +72,8 @@ enum Built {
     Unet(Unet),
     Text(TextEncoders),
     Vae {
-        decoder: Option<Decoder>,
-        encoder: Option<Encoder>,
+        decoder: Option<Box<Decoder>>,
+        encoder: Option<Box<Encoder>>,
         weights: WeightMap,
     },
 }
@@ -271,8 +271,8 @@ pub fn run_images(
 }
 
 enum VaePart {
-    Decoder(Decoder),
-    Encoder(Encoder),
+    Decoder(Box<Decoder>),
+    Encoder(Box<Encoder>),
 }
 
 /// The decoder or encoder half of a VAE, built on first use.
@@ -299,14 +299,14 @@ fn vae_part(
     let unusable = |e: crate::generate::nn::NnError| err(format!("the VAE cannot be used: {e}"));
     if decoder {
         if d.is_none() {
-            *d = Some(Decoder::load(weights).map_err(unusable)?);
+            *d = Some(Box::new(Decoder::load(weights).map_err(unusable)?));
         }
         d.clone()
             .map(VaePart::Decoder)
             .ok_or_else(|| err("no decoder".into()))
     } else {
         if e.is_none() {
-            *e = Some(Encoder::load(weights).map_err(unusable)?);
+            *e = Some(Box::new(Encoder::load(weights).map_err(unusable)?));
         }
         e.clone()
             .map(VaePart::Encoder)

@@ -6,7 +6,9 @@
 //! SD1.5 has 686 UNet + 197 CLIP + 248 VAE = 1,131 tensors (2.13 GB in fp16), SDXL 1,680 + 587 +
 //! 248 = 2,515 (6.94 GB). Reduced widths keep every key and the cross-attention context dim, so
 //! detection, block-merge prefixes and key mapping behave exactly as on real files while the data
-//! stays a few megabytes. Used by `amalgam samples`, the tests and the benchmark.
+//! stays a few megabytes. [`Scale::Small`] is the smallest the image nodes run on: UNet and VAE
+//! widths that are multiples of GroupNorm's 32 groups, and text encoders as wide as the UNet's
+//! context with CLIP's whole vocabulary, but only 2 layers with a narrow MLP (~86 MB for SD1.5). Used by `amalgam samples`, the tests and the benchmark.
 //!
 //! [`fill_tensor`] produces each tensor's bytes from a seed and the tensor name alone, so any one
 //! tensor of a generated checkpoint can be recomputed independently, and a multi-gigabyte file
@@ -41,6 +43,8 @@ pub enum TextEncoder {
         prefix: String,
         width: usize,
         layers: usize,
+        /// The MLP's hidden width (4 × width in real encoders).
+        mlp: usize,
         vocab: usize,
         position_ids: bool,
     },
@@ -49,6 +53,8 @@ pub enum TextEncoder {
         prefix: String,
         width: usize,
         layers: usize,
+        /// The MLP's hidden width (4 × width in real encoders).
+        mlp: usize,
         vocab: usize,
     },
 }
@@ -68,17 +74,29 @@ pub struct Layout {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scale {
     Full,
+    /// Runnable by the image nodes: 32-wide UNet and VAE, the whole CLIP vocabulary.
+    Small,
+    /// The smallest structure-true widths (merge tests): too narrow to run.
     Sample,
+}
+
+impl Scale {
+    fn pick(self, full: usize, small: usize, sample: usize) -> usize {
+        match self {
+            Scale::Full => full,
+            Scale::Small => small,
+            Scale::Sample => sample,
+        }
+    }
 }
 
 impl Layout {
     /// Stable Diffusion 1.5.
     pub fn sd15(scale: Scale) -> Layout {
-        let full = scale == Scale::Full;
         Layout {
             architecture: Architecture::Sd1,
             unet: UnetConfig {
-                model_channels: if full { 320 } else { 16 },
+                model_channels: scale.pick(320, 32, 16),
                 channel_mult: vec![1, 2, 4, 4],
                 num_res_blocks: 2,
                 transformer_depth: vec![1, 1, 1, 0],
@@ -90,23 +108,23 @@ impl Layout {
             },
             text: vec![TextEncoder::HfClip {
                 prefix: "cond_stage_model.transformer.text_model.".into(),
-                width: if full { 768 } else { 32 },
-                layers: 12,
-                vocab: if full { 49408 } else { 256 },
+                width: scale.pick(768, 768, 32),
+                layers: scale.pick(12, 2, 12),
+                mlp: scale.pick(3072, 64, 128),
+                vocab: scale.pick(49408, 49408, 256),
                 position_ids: true,
             }],
-            vae_channels: if full { 128 } else { 8 },
+            vae_channels: scale.pick(128, 32, 8),
             dtype: DType::F16,
         }
     }
 
     /// Stable Diffusion XL 1.0 base.
     pub fn sdxl(scale: Scale) -> Layout {
-        let full = scale == Scale::Full;
         Layout {
             architecture: Architecture::Sdxl,
             unet: UnetConfig {
-                model_channels: if full { 320 } else { 8 },
+                model_channels: scale.pick(320, 32, 8),
                 channel_mult: vec![1, 2, 4],
                 num_res_blocks: 2,
                 transformer_depth: vec![0, 2, 10],
@@ -119,19 +137,21 @@ impl Layout {
             text: vec![
                 TextEncoder::HfClip {
                     prefix: "conditioner.embedders.0.transformer.text_model.".into(),
-                    width: if full { 768 } else { 32 },
-                    layers: 12,
-                    vocab: if full { 49408 } else { 256 },
+                    width: scale.pick(768, 768, 32),
+                    layers: scale.pick(12, 2, 12),
+                    mlp: scale.pick(3072, 64, 128),
+                    vocab: scale.pick(49408, 49408, 256),
                     position_ids: true,
                 },
                 TextEncoder::OpenClip {
                     prefix: "conditioner.embedders.1.model.".into(),
-                    width: if full { 1280 } else { 32 },
-                    layers: 32,
-                    vocab: if full { 49408 } else { 256 },
+                    width: scale.pick(1280, 1280, 32),
+                    layers: scale.pick(32, 2, 32),
+                    mlp: scale.pick(5120, 64, 128),
+                    vocab: scale.pick(49408, 49408, 256),
                 },
             ],
-            vae_channels: if full { 128 } else { 8 },
+            vae_channels: scale.pick(128, 32, 8),
             dtype: DType::F16,
         }
     }
@@ -272,6 +292,7 @@ fn text_encoder(out: &mut Vec<TensorSpec>, te: &TextEncoder, dtype: DType) {
             prefix: p,
             width: w,
             layers,
+            mlp,
             vocab,
             position_ids,
         } => {
@@ -294,8 +315,8 @@ fn text_encoder(out: &mut Vec<TensorSpec>, te: &TextEncoder, dtype: DType) {
                     s.wb(&format!("{b}.self_attn.{proj}"), &[w, w]);
                 }
                 s.wb(&format!("{b}.layer_norm1"), &[w]);
-                s.wb(&format!("{b}.mlp.fc1"), &[4 * w, w]);
-                s.wb(&format!("{b}.mlp.fc2"), &[w, 4 * w]);
+                s.wb(&format!("{b}.mlp.fc1"), &[*mlp, w]);
+                s.wb(&format!("{b}.mlp.fc2"), &[w, *mlp]);
                 s.wb(&format!("{b}.layer_norm2"), &[w]);
             }
             s.wb(&format!("{p}final_layer_norm"), &[w]);
@@ -304,6 +325,7 @@ fn text_encoder(out: &mut Vec<TensorSpec>, te: &TextEncoder, dtype: DType) {
             prefix: p,
             width: w,
             layers,
+            mlp,
             vocab,
         } => {
             let w = *w;
@@ -316,8 +338,8 @@ fn text_encoder(out: &mut Vec<TensorSpec>, te: &TextEncoder, dtype: DType) {
                 s.t(format!("{b}.attn.in_proj_bias"), &[3 * w]);
                 s.wb(&format!("{b}.attn.out_proj"), &[w, w]);
                 s.wb(&format!("{b}.ln_2"), &[w]);
-                s.wb(&format!("{b}.mlp.c_fc"), &[4 * w, w]);
-                s.wb(&format!("{b}.mlp.c_proj"), &[w, 4 * w]);
+                s.wb(&format!("{b}.mlp.c_fc"), &[*mlp, w]);
+                s.wb(&format!("{b}.mlp.c_proj"), &[w, *mlp]);
             }
             s.wb(&format!("{p}ln_final"), &[w]);
             s.t(format!("{p}text_projection"), &[w, w]);

@@ -648,19 +648,21 @@ fn run_unvalidated(base: &ModelTree, prompt: Prompt) -> Option<String> {
 #[test]
 fn shared_basic_png_runs_end_to_end_through_the_cli() {
     let base = ModelTree::new();
-    let sd = Layout::sd15(Scale::Sample);
+    // Models wide enough for the image half to run on them.
+    let sd = Layout::sd15(Scale::Small);
     let ck = base.models("checkpoints");
     write_ckpt(&ck.join("v1-5-pruned-emaonly.ckpt"), &sd.tensors(), 100);
     let cardos = base.checkpoint("cardosAnime_v10.safetensors", &sd, 101);
     let vae_dir = base.models("vae");
     let mut vae_specs = Vec::new();
-    amalgam::model::layouts::vae(&mut vae_specs, "", 8, DType::F32);
+    amalgam::model::layouts::vae(&mut vae_specs, "", 32, DType::F32);
     write_ckpt(&vae_dir.join("kl-f8-anime2.ckpt"), &vae_specs, 102);
 
     let png =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/workflows/model_merging_basic.png");
     let mut doc = amalgam::graph::load::load_file(&png).expect("png").document;
     doc.node_mut(14).expect("save").mode = amalgam::graph::Mode::Always;
+    shrink_image_half(&mut doc, 2);
     let wf = base.path().join("basic-unmuted.json");
     let j = run_json(base.path(), "run", "basic-unmuted.json", &doc.to_json());
     let path = PathBuf::from(j["outputs"][0]["path"].as_str().expect("path"));
@@ -696,7 +698,8 @@ fn shared_basic_png_runs_end_to_end_through_the_cli() {
         };
         assert!(t.bytes == expected, "{name}");
     }
-    assert_eq!(got.len(), 1130);
+    // Every tensor of the layout but CLIP-L's position_ids, which ComfyUI's save drops for SD1.
+    assert_eq!(got.len(), sd.tensors().len() - 1);
     // The file carries the workflow (unmuted) and the prompt; it re-opens as a workflow.
     let embedded: Value = serde_json::from_str(&meta["workflow"]).expect("workflow json");
     assert_eq!(embedded, doc.to_json());
@@ -708,30 +711,46 @@ fn shared_basic_png_runs_end_to_end_through_the_cli() {
     let reopened = amalgam::graph::load::load_file(&path).expect("reopen");
     assert_eq!(reopened.document.nodes.len(), 11);
 
+    // The image half ran too: SaveImage (#9) wrote the batch of 4 as ComfyUI names them, each
+    // with the prompt and the workflow, and each PNG re-opens as the workflow.
+    let images: Vec<&Value> = j["outputs"]
+        .as_array()
+        .expect("outputs")
+        .iter()
+        .filter(|o| o["node"] == "9")
+        .collect();
+    assert_eq!(images.len(), 4, "{j}");
+    for (i, o) in images.iter().enumerate() {
+        let p = PathBuf::from(o["path"].as_str().expect("path"));
+        assert_eq!(
+            p,
+            base.path()
+                .join(format!("output/ComfyUI_{:05}_.png", i + 1))
+        );
+        let (w, h, texts) = png_info(&p);
+        assert_eq!((w, h), (64, 64));
+        let keys: Vec<&str> = texts.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["prompt", "workflow"]);
+        let workflow: Value = serde_json::from_str(&texts[1].1).expect("workflow json");
+        assert_eq!(workflow, doc.to_json());
+        let from_png = amalgam::graph::load::load_file(&p).expect("png reopens");
+        assert_eq!(from_png.document.to_json(), doc.to_json());
+    }
+
     // Running it again in a new process writes the next file (the cache lives in one process).
     let again = run(&["--base-dir", path_str(base.path()), "run", path_str(&wf)]);
     assert!(again.status.success());
+    let listed = stdout(&again);
+    let lines: Vec<String> = listed.lines().map(str::to_owned).collect();
+    let shown = |rel: &str| base.path().join(rel).display().to_string();
     assert_eq!(
-        stdout(&again).trim(),
-        base.path()
-            .join("output/checkpoints/ComfyUI_00002_.safetensors")
-            .display()
-            .to_string()
+        lines.first(),
+        Some(&shown("output/checkpoints/ComfyUI_00002_.safetensors"))
     );
-
-    // The still-muted PNG itself: nothing to run, a clear error, exit non-zero, no file.
-    let muted = run(&["--base-dir", path_str(base.path()), "run", path_str(&png)]);
-    assert!(!muted.status.success());
-    assert!(
-        stderr(&muted).contains("Prompt has no outputs [prompt_no_outputs]"),
-        "{}",
-        stderr(&muted)
-    );
-    assert!(
-        !base
-            .path()
-            .join("output/checkpoints/ComfyUI_00003_.safetensors")
-            .exists()
+    assert_eq!(
+        lines.get(1),
+        Some(&shown("output/ComfyUI_00005_.png")),
+        "{listed}"
     );
 }
 

@@ -72,6 +72,7 @@ fn open_clip(prefix: &str) -> TextEncoder {
         prefix: prefix.into(),
         width: 16,
         layers: 2,
+        mlp: 64,
         vocab: 32,
     }
 }

@@ -428,3 +428,33 @@ pub fn run_json(
     assert!(out.status.success(), "{}", stderr(&out));
     serde_json::from_slice(&out.stdout).expect("json")
 }
+
+/// Shrinks the image half of an example workflow so a test runs it in seconds: the empty latent
+/// becomes 64×64 (batch kept) and each KSampler takes `steps` steps. Nothing else changes.
+pub fn shrink_image_half(doc: &mut amalgam::graph::Document, steps: i64) {
+    for node in &mut doc.nodes {
+        let Some(serde_json::Value::Array(values)) = node.widgets_values.as_mut() else {
+            continue;
+        };
+        match node.type_.as_str() {
+            "EmptyLatentImage" => {
+                values[0] = serde_json::json!(64);
+                values[1] = serde_json::json!(64);
+            }
+            // seed, control_after_generate, steps, …
+            "KSampler" => values[2] = serde_json::json!(steps),
+            _ => {}
+        }
+    }
+}
+
+/// Width, height and text chunks of a PNG file.
+pub fn png_info(path: &Path) -> (u32, u32, Vec<(String, String)>) {
+    let bytes = std::fs::read(path).expect("read png");
+    let decoder = png::Decoder::new(std::io::Cursor::new(&bytes));
+    let reader = decoder.read_info().expect("png header");
+    let info = reader.info();
+    let (w, h) = (info.width, info.height);
+    let texts = amalgam::format::png::text_chunks(&bytes).expect("text chunks");
+    (w, h, texts)
+}

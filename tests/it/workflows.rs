@@ -92,23 +92,28 @@ fn shared_pngs_load_losslessly_with_their_nodes_links_and_values() {
 }
 
 #[test]
-fn shared_pngs_validate_with_exactly_prompt_no_outputs_until_unmuted() {
+fn shared_pngs_validate_their_image_half_and_the_save_once_unmuted() {
     for file in ["model_merging_basic.png", "model_merging_lora.png"] {
         let base = tempdir();
         let folders = ModelFolders::new(base.path(), None, None);
         let mut doc = load_file(&shared(file)).expect("loads").document;
+        // The save is muted; SaveImage runs, and the models it needs are missing.
         let v = check(&doc, &folders);
-        assert_eq!(error_types(&v), ["prompt_no_outputs"], "{file}");
         assert!(!v.ok());
+        assert!(
+            error_types(&v).iter().all(|t| *t == "value_not_in_list"),
+            "{file}: {:?}",
+            v.errors
+        );
         assert!(
             v.skipped
                 .iter()
                 .any(|s| s.class_type == "CheckpointSave" && s.reason == SkipReason::Muted)
         );
         assert!(
+            !v.skipped.iter().any(|s| s.reason == SkipReason::Unknown),
+            "every node of the example is registered: {:?}",
             v.skipped
-                .iter()
-                .any(|s| s.class_type == "KSampler" && s.reason == SkipReason::Unknown)
         );
 
         // Unmute the save: now the missing model files are the only problem.
@@ -145,11 +150,15 @@ fn shared_pngs_validate_with_exactly_prompt_no_outputs_until_unmuted() {
         }
         let v = check(&doc, &folders);
         assert!(v.errors.is_empty(), "{file}: {:?}", v.errors);
-        assert_eq!(v.outputs, std::slice::from_ref(&save_id));
-        // Unknown preview nodes are skipped, never an error: nothing the save needs is unknown.
-        assert!(v.skipped.iter().all(
-            |s| s.reason != SkipReason::Unreachable || s.class_type != "CheckpointLoaderSimple"
-        ));
+        assert!(v.outputs.contains(&save_id), "{:?}", v.outputs);
+        let image = doc
+            .nodes
+            .iter()
+            .find(|n| n.type_ == "SaveImage")
+            .expect("SaveImage")
+            .id
+            .to_string();
+        assert!(v.outputs.contains(&image), "{:?}", v.outputs);
         let save_node = v.prompt.get(&save_id).expect("save in prompt");
         assert_eq!(
             save_node.input("filename_prefix"),
@@ -172,8 +181,9 @@ fn cli_validate_reports_json_and_exit_codes() {
     assert!(!out.status.success(), "nothing can run: exit non-zero");
     let j: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(j["ok"], false);
-    assert_eq!(j["errors"][0]["type"], "prompt_no_outputs");
-    assert_eq!(j["errors"][0]["node"], Value::Null);
+    // The image half runs now; its models are missing.
+    assert_eq!(j["errors"][0]["type"], "value_not_in_list");
+    assert_eq!(j["errors"][0]["node"], "4");
     let skipped: Vec<(&str, &str)> = j["skipped"]
         .as_array()
         .expect("skipped")
@@ -185,9 +195,7 @@ fn cli_validate_reports_json_and_exit_codes() {
             )
         })
         .collect();
-    assert!(skipped.contains(&("14", "muted")));
-    assert!(skipped.contains(&("3", "unknown")));
-    assert!(skipped.contains(&("17", "unreachable")));
+    assert_eq!(skipped, [("14", "muted")]);
 
     // Unmute, point the loaders at existing files, save as JSON: valid, exit 0.
     let mut doc = load_file(&png).expect("load").document;
@@ -215,7 +223,7 @@ fn cli_validate_reports_json_and_exit_codes() {
     assert!(out.status.success(), "{}", stderr(&out));
     let j: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(j["ok"], true);
-    assert_eq!(j["outputs"], json!(["14"]));
+    assert_eq!(j["outputs"], json!(["9", "14"]));
     assert_eq!(j["errors"], json!([]));
     assert_eq!(j["source"], "workflow-json");
     let text = stdout(&run(&[
@@ -224,7 +232,7 @@ fn cli_validate_reports_json_and_exit_codes() {
         "validate",
         path_str(&json_path),
     ]));
-    assert!(text.contains("ready: output node(s) #14"), "{text}");
+    assert!(text.contains("ready: output node(s) #9, #14"), "{text}");
 }
 
 /// A workflow with everything a real one can hold: unknown nodes, groups, notes, reroutes, a

@@ -295,7 +295,7 @@ mod tests {
     fn attention_matches_the_definition() {
         let (b, n, m, heads, d) = (2, 5, 3, 2, 4);
         let gen_ = |len: usize, k: f32| -> Vec<f32> {
-            (0..len).map(|i| ((i as f32 * 0.37 + k).sin())).collect()
+            (0..len).map(|i| (i as f32 * 0.37 + k).sin()).collect()
         };
         let qv = gen_(b * n * heads * d, 0.1);
         let kv = gen_(b * m * heads * d, 0.7);
