@@ -11,10 +11,12 @@ use super::{Result, WeightMap};
 /// The largest attention score block computed at once (per batch item, all heads).
 pub const ATTENTION_CHUNK_BYTES: usize = 256 << 20;
 
-/// `y = x Wᵀ + b` over the last dimension; the weight is kept transposed.
+/// `y = x Wᵀ + b` over the last dimension. The weight is kept as stored and multiplied through a
+/// transposed view (the matmul reads it with swapped strides), so a model's weights are never
+/// held twice.
 #[derive(Clone, Debug)]
 pub struct Linear {
-    weight_t: Tensor,
+    weight: Tensor,
     bias: Option<Tensor>,
 }
 
@@ -43,24 +45,24 @@ impl Linear {
 
     pub fn new(weight: &Tensor, bias: Option<Tensor>) -> Result<Linear> {
         Ok(Linear {
-            weight_t: weight.t()?.contiguous()?,
+            weight: weight.contiguous()?,
             bias,
         })
     }
 
     pub fn out_features(&self) -> usize {
-        self.weight_t.dims()[1]
+        self.weight.dims()[0]
     }
 
     pub fn in_features(&self) -> usize {
-        self.weight_t.dims()[0]
+        self.weight.dims()[1]
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let inner = dims[dims.len() - 1];
         let rows = x.elem_count() / inner.max(1);
-        let y = x.reshape((rows, inner))?.matmul(&self.weight_t)?;
+        let y = x.reshape((rows, inner))?.matmul(&self.weight.t()?)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
