@@ -119,7 +119,9 @@ pub fn run_images(
                 text,
                 stop_at_clip_layer,
             } => {
-                let Built::Text(t) = network(plan, &mut built, *clip, &step.node)? else {
+                let Built::Text(t) =
+                    network(plan, &mut built, *clip, (&step.node, &step.class_type))?
+                else {
                     return Err(fail("the CLIP input is not a text encoder".into()));
                 };
                 Some(Value::Conditioning(
@@ -176,7 +178,9 @@ pub fn run_images(
                     ));
                 };
                 let arch = plan.weights[*model].architecture;
-                let Built::Unet(unet) = network(plan, &mut built, *model, &step.node)? else {
+                let Built::Unet(unet) =
+                    network(plan, &mut built, *model, (&step.node, &step.class_type))?
+                else {
                     return Err(fail("the MODEL input is not a UNet".into()));
                 };
                 let settings = Settings {
@@ -234,7 +238,8 @@ pub fn run_images(
                 let Value::Latent(l) = input(*samples)?.clone() else {
                     return Err(fail("input \"samples\" is not a LATENT".into()));
                 };
-                let VaePart::Decoder(d) = vae_part(plan, &mut built, *vae, &step.node, true)?
+                let VaePart::Decoder(d) =
+                    vae_part(plan, &mut built, *vae, (&step.node, &step.class_type), true)?
                 else {
                     return Err(fail("the VAE has no decoder".into()));
                 };
@@ -244,7 +249,13 @@ pub fn run_images(
                 let Value::Images(p) = input(*pixels)?.clone() else {
                     return Err(fail("input \"pixels\" is not an IMAGE".into()));
                 };
-                let VaePart::Encoder(e) = vae_part(plan, &mut built, *vae, &step.node, false)?
+                let VaePart::Encoder(e) = vae_part(
+                    plan,
+                    &mut built,
+                    *vae,
+                    (&step.node, &step.class_type),
+                    false,
+                )?
                 else {
                     return Err(fail("the VAE has no encoder".into()));
                 };
@@ -280,19 +291,19 @@ fn vae_part(
     plan: &Plan,
     built: &mut [Option<Built>],
     index: usize,
-    node: &str,
+    (node, class_type): (&str, &str),
     decoder: bool,
 ) -> Result<VaePart, EngineError> {
     let err = |message: String| EngineError::Node {
         node: node.to_owned(),
-        class_type: String::new(),
+        class_type: class_type.to_owned(),
         message,
     };
     let Built::Vae {
         decoder: d,
         encoder: e,
         weights,
-    } = network(plan, built, index, node)?
+    } = network(plan, built, index, (node, class_type))?
     else {
         return Err(err("the VAE input is not a VAE".into()));
     };
@@ -319,14 +330,14 @@ fn network<'b>(
     plan: &Plan,
     built: &'b mut [Option<Built>],
     index: usize,
-    node: &str,
+    (node, class_type): (&str, &str),
 ) -> Result<&'b mut Built, EngineError> {
     if built[index].is_none() {
         let w = &plan.weights[index];
         let map = materialize(plan, w, node)?;
         let err = |e: String| EngineError::Node {
             node: node.to_owned(),
-            class_type: String::new(),
+            class_type: class_type.to_owned(),
             message: e,
         };
         let b = match w.network {
@@ -354,9 +365,20 @@ fn network<'b>(
     }
     built[index].as_mut().ok_or_else(|| EngineError::Node {
         node: node.to_owned(),
-        class_type: String::new(),
+        class_type: class_type.to_owned(),
         message: "model not built".into(),
     })
+}
+
+/// The weights of `plan.weights[index]`, evaluated: what a network of the plan is built on
+/// (for tools and tests that look at one stage).
+pub fn load_weights(plan: &Plan, index: usize) -> Result<WeightMap, EngineError> {
+    let w = plan.weights.get(index).ok_or_else(|| EngineError::Node {
+        node: String::new(),
+        class_type: String::new(),
+        message: format!("the plan has no weights #{index}"),
+    })?;
+    materialize(plan, w, "")
 }
 
 /// Evaluates every tensor of `w` with the kernel into f32 candle tensors.

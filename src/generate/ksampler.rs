@@ -249,14 +249,30 @@ impl Network for UnetNetwork<'_> {
             Side::Positive => &self.positive,
             Side::Negative => &self.negative,
         };
-        let x = Tensor::from_vec(xc.to_vec(), self.shape, &Device::Cpu)?;
-        let out = self.unet.forward(&UnetInput {
-            x: &x,
-            timesteps: &vec![timestep; self.shape.0],
-            context: ctx,
-            y: y.as_ref(),
-        })?;
-        Ok(out.flatten_all()?.to_vec1()?)
+        // One image at a time: the kernels' blocking then never depends on the batch size, so
+        // image 0 alone is bit for bit image 0 of the batch (and activations stay per image).
+        let (b, c, h, w) = self.shape;
+        let per_image = c * h * w;
+        let mut out = Vec::with_capacity(xc.len());
+        for i in 0..b {
+            let x = Tensor::from_vec(
+                xc[i * per_image..(i + 1) * per_image].to_vec(),
+                (1, c, h, w),
+                &Device::Cpu,
+            )?;
+            let y = match y {
+                Some(y) => Some(y.narrow(0, i, 1)?),
+                None => None,
+            };
+            let o = self.unet.forward(&UnetInput {
+                x: &x,
+                timesteps: &[timestep],
+                context: &ctx.narrow(0, i, 1)?,
+                y: y.as_ref(),
+            })?;
+            out.extend(o.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok(out)
     }
 }
 

@@ -9,6 +9,7 @@ mod util;
 mod corrupt;
 mod engine;
 mod fuzz_regressions;
+mod generate;
 mod gui;
 mod inspect;
 mod lora;

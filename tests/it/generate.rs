@@ -1,0 +1,355 @@
+//! The image half of a workflow, end to end: text encoding, sampling, decoding and SaveImage
+//! on real checkpoint files — against reference vectors from real ComfyUI on a full-size model,
+//! and on small models for the properties (first image only, merges used unsaved, errors,
+//! cancel, previews).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde_json::{Value, json};
+
+use amalgam::engine::cache::RunCache;
+use amalgam::engine::plan::Network;
+use amalgam::engine::worker::Job;
+use amalgam::engine::{Event, Outcome, Precision, run_blocking};
+use amalgam::generate::conditioning::TextEncoders;
+use amalgam::model::layouts::{Layout, Scale};
+
+use crate::util::*;
+
+/// A text-to-image prompt: loader "1", prompts "2"/"3", latent "4", KSampler "5", decode "6",
+/// SaveImage "7".
+fn txt2img(ckpt: &str, size: (u32, u32, u32), sampler: &str, steps: u32, seed: u64) -> Value {
+    json!({
+        "1": loader(ckpt),
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a (red:1.3) fox in the snow", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": size.0, "height": size.1, "batch_size": size.2}},
+        "5": {"class_type": "KSampler", "inputs": {"seed": seed, "steps": steps, "cfg": 7.5, "sampler_name": sampler, "scheduler": "karras", "denoise": 1.0, "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0]}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "7": {"class_type": "SaveImage", "inputs": {"filename_prefix": "gen/img", "images": ["6", 0]}},
+    })
+}
+
+/// Validates and runs `prompt` with `first_image_only`; returns the report and every event.
+fn run_images(
+    tree: &ModelTree,
+    prompt: &Value,
+    first_image_only: bool,
+    cancel_at_step: Option<usize>,
+) -> (amalgam::engine::JobReport, Vec<String>) {
+    let prompt = amalgam::graph::Prompt::from_json(prompt).expect("prompt");
+    let v = amalgam::graph::validate::validate_prompt(prompt, &tree.folders());
+    assert!(v.errors.is_empty(), "validation: {:?}", v.errors);
+    let job = Job {
+        prompt: v.prompt,
+        outputs: v.outputs,
+        workflow: None,
+        folders: tree.folders(),
+        precision: Precision::Keep,
+        first_image_only,
+    };
+    let cancel = AtomicBool::new(false);
+    let mut seen = Vec::new();
+    let report = run_blocking(&job, &cancel, &mut RunCache::default(), &mut |e| {
+        if let Event::Step(s) = e {
+            seen.push(format!("step {}/{}", s.step, s.total));
+            let preview = s.preview.as_ref().expect("a preview per step");
+            assert_eq!(preview.rgb.len(), preview.width * preview.height * 3);
+            if cancel_at_step == Some(s.step) {
+                cancel.store(true, Ordering::Relaxed);
+            }
+        }
+    });
+    (report, seen)
+}
+
+fn rgb(path: &Path) -> Vec<u8> {
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(path).expect("open png"),
+    ));
+    let mut reader = decoder.read_info().expect("png");
+    let mut buf = vec![0; reader.output_buffer_size().expect("size")];
+    let info = reader.next_frame(&mut buf).expect("frame");
+    buf.truncate(info.buffer_size());
+    buf
+}
+
+fn images(report: &amalgam::engine::JobReport) -> Vec<PathBuf> {
+    report
+        .outputs
+        .iter()
+        .filter(|o| o.path.extension().is_some_and(|e| e == "png"))
+        .map(|o| o.path.clone())
+        .collect()
+}
+
+/// Real ComfyUI (the oracle, torch 2.8 on the CPU) ran `tests/data/comfyui/sd15-euler/prompt.json`
+/// on the full-size random-weight SD1.5 that `amalgam samples --full-size` writes (seed 1). The
+/// same prompt here gives its conditioning to 1e-4 and its first image within ±1 per value.
+#[test]
+fn full_size_sd15_matches_comfyui() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/comfyui/sd15-euler");
+    let reference: Value =
+        serde_json::from_slice(&std::fs::read(data.join("reference.json")).expect("reference"))
+            .expect("json");
+    let prompt: Value =
+        serde_json::from_slice(&std::fs::read(data.join("prompt.json")).expect("prompt"))
+            .expect("json");
+    let tree = ModelTree::new();
+    tree.checkpoint("full-sd15-a.safetensors", &Layout::sd15(Scale::Full), 1);
+
+    // Conditioning: the CLIP stage alone, from the plan's own weights.
+    let p = amalgam::graph::Prompt::from_json(&prompt).expect("prompt");
+    let v = amalgam::graph::validate::validate_prompt(p, &tree.folders());
+    assert!(v.errors.is_empty(), "{:?}", v.errors);
+    let plan = amalgam::engine::plan::build(
+        &v.prompt,
+        &v.outputs,
+        None,
+        &tree.folders(),
+        Precision::Keep,
+    )
+    .expect("plan");
+    let clip = plan
+        .weights
+        .iter()
+        .position(|w| w.network == Network::Clip)
+        .expect("clip weights");
+    let weights = amalgam::engine::images::load_weights(&plan, clip).expect("weights");
+    let encoders = TextEncoders::load(&weights).expect("encoders");
+    for node in ["6", "7"] {
+        let text = prompt[node]["inputs"]["text"].as_str().expect("text");
+        let cond = encoders.encode(text, None).expect("encode").cond;
+        let got: Vec<Vec<f32>> = cond.squeeze(0).and_then(|c| c.to_vec2()).expect("values");
+        let want = &reference[format!("cond_{node}")];
+        assert_eq!(cond.dims(), [1, 77, 768]);
+        let close = |a: f64, b: f64, scale: f64| (a - b).abs() <= 1e-4 * scale.max(1.0);
+        for (row, sum) in want["row_sums"]
+            .as_array()
+            .expect("sums")
+            .iter()
+            .enumerate()
+        {
+            let s: f64 = got[row].iter().map(|v| f64::from(*v)).sum();
+            let abs: f64 = got[row].iter().map(|v| f64::from(v.abs())).sum();
+            assert!(
+                close(s, sum.as_f64().expect("f64"), abs),
+                "#{node} row {row}: {s} vs {sum}"
+            );
+        }
+        for (key, row) in [("first_row", 0), ("row_5", 5)] {
+            for (i, w) in want[key].as_array().expect("row").iter().enumerate() {
+                let w = w.as_f64().expect("f64");
+                assert!(
+                    close(f64::from(got[row][i]), w, w.abs()),
+                    "#{node} [{row}][{i}]"
+                );
+            }
+        }
+    }
+    drop(weights);
+    drop(plan);
+
+    // The whole prompt, first image only: ComfyUI's image 0.
+    let (report, steps) = run_images(&tree, &prompt, true, None);
+    assert!(
+        matches!(report.outcome, Outcome::Finished { .. }),
+        "{:?}",
+        report.outcome
+    );
+    assert_eq!(steps, ["step 1/3", "step 2/3", "step 3/3"]);
+    let ours = rgb(&images(&report)[0]);
+    let theirs = rgb(&data.join("ComfyUI_00001_.png"));
+    assert_eq!(ours.len(), theirs.len());
+    let diffs: Vec<u8> = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| a.abs_diff(*b))
+        .collect();
+    let within_one = diffs.iter().filter(|d| **d <= 1).count();
+    assert!(
+        within_one * 100 >= diffs.len() * 99,
+        "{within_one} of {} within ±1",
+        diffs.len()
+    );
+    assert!(
+        diffs.iter().all(|d| *d <= 8),
+        "max {:?}",
+        diffs.iter().max()
+    );
+}
+
+/// "First image only" gives image 0 of the whole batch exactly, for an ancestral sampler too
+/// (its per-step noise is cut from the whole batch's); the same seed gives the same images.
+#[test]
+fn first_image_only_is_image_zero_of_the_batch() {
+    let tree = ModelTree::new();
+    tree.checkpoint("small.safetensors", &Layout::sd15(Scale::Small), 5);
+    for sampler in ["euler_ancestral", "heun"] {
+        let prompt = txt2img("small.safetensors", (48, 40, 3), sampler, 3, 1234);
+        let (all, _) = run_images(&tree, &prompt, false, None);
+        let (first, _) = run_images(&tree, &prompt, true, None);
+        let (all, first) = (images(&all), images(&first));
+        assert_eq!(all.len(), 3, "{sampler}");
+        assert_eq!(first.len(), 1, "{sampler}");
+        let (a, b) = (rgb(&first[0]), rgb(&all[0]));
+        let differ = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+        let max = a.iter().zip(&b).map(|(x, y)| x.abs_diff(*y)).max();
+        assert_eq!(
+            differ, 0,
+            "{sampler}: {differ} values differ, by up to {max:?}"
+        );
+        assert!(
+            rgb(&all[0]) != rgb(&all[1]),
+            "{sampler}: batch images differ"
+        );
+        let (w, h, texts) = png_info(&all[0]);
+        assert_eq!((w, h), (48, 40));
+        assert_eq!(
+            texts.len(),
+            1,
+            "prompt only: the job came from an API prompt"
+        );
+        assert_eq!(texts[0].0, "prompt");
+    }
+}
+
+/// A merge feeds the sampler straight from the engine's expressions: ratio 1 of model B is
+/// model B's image, bit for bit; ratio 0.5 is neither.
+#[test]
+fn a_merge_is_sampled_without_being_saved() {
+    let tree = ModelTree::new();
+    tree.checkpoint("a.safetensors", &Layout::sd15(Scale::Small), 21);
+    tree.checkpoint("b.safetensors", &Layout::sd15(Scale::Small), 22);
+    let merged = |ratio: f64| {
+        let mut p = txt2img("a.safetensors", (32, 32, 1), "euler", 2, 9);
+        p["8"] = loader("b.safetensors");
+        p["9"] = json!({"class_type": "ModelMergeSimple", "inputs": {"model1": ["8", 0], "model2": ["1", 0], "ratio": ratio}});
+        p["5"]["inputs"]["model"] = json!(["9", 0]);
+        let (report, _) = run_images(&tree, &p, true, None);
+        rgb(&images(&report)[0])
+    };
+    let plain = |ckpt: &str| {
+        let mut p = txt2img("a.safetensors", (32, 32, 1), "euler", 2, 9);
+        p["8"] = loader(ckpt);
+        p["5"]["inputs"]["model"] = json!(["8", 0]);
+        let (report, _) = run_images(&tree, &p, true, None);
+        rgb(&images(&report)[0])
+    };
+    let (a, b) = (plain("a.safetensors"), plain("b.safetensors"));
+    // ComfyUI's ModelMergeSimple: ratio·model1 + (1 − ratio)·model2.
+    assert_eq!(merged(1.0), b, "ratio 1 is model1 (b) unchanged");
+    assert_eq!(merged(0.0), a, "ratio 0 is model2 (a): 0·b + 1·a");
+    let half = merged(0.5);
+    assert_ne!(half, a);
+    assert_ne!(half, b);
+}
+
+/// Cancel during sampling: the job ends cancelled, no PNG (or partial file) is left.
+#[test]
+fn cancel_mid_sampling_writes_nothing() {
+    let tree = ModelTree::new();
+    tree.checkpoint("small.safetensors", &Layout::sd15(Scale::Small), 5);
+    let prompt = txt2img("small.safetensors", (32, 32, 1), "euler", 5, 1);
+    let (report, steps) = run_images(&tree, &prompt, false, Some(2));
+    assert!(
+        matches!(report.outcome, Outcome::Cancelled),
+        "{:?}",
+        report.outcome
+    );
+    assert_eq!(steps, ["step 1/5", "step 2/5"]);
+    assert_eq!(files_under(&tree.output()), Vec::<String>::new());
+}
+
+/// PreviewImage writes to ComfyUI's temp folder, without metadata; `run --json` lists images
+/// with their node.
+#[test]
+fn preview_goes_to_temp_and_the_cli_lists_images() {
+    let tree = ModelTree::new();
+    tree.checkpoint("small.safetensors", &Layout::sd15(Scale::Small), 5);
+    let mut prompt = txt2img("small.safetensors", (32, 32, 1), "dpmpp_2m", 2, 3);
+    prompt["8"] = json!({"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}});
+    let j = run_json(tree.path(), "run", "t2i.json", &prompt);
+    let outputs = j["outputs"].as_array().expect("outputs");
+    let by_node = |n: &str| -> Vec<String> {
+        outputs
+            .iter()
+            .filter(|o| o["node"] == n)
+            .map(|o| o["path"].as_str().expect("path").to_owned())
+            .collect()
+    };
+    assert_eq!(
+        by_node("7"),
+        [tree
+            .output()
+            .join("gen/img_00001_.png")
+            .display()
+            .to_string()]
+    );
+    let preview = by_node("8");
+    assert_eq!(preview.len(), 1);
+    let preview = PathBuf::from(&preview[0]);
+    assert_eq!(preview.parent(), Some(tree.path().join("temp").as_path()));
+    let name = preview.file_name().and_then(|n| n.to_str()).expect("name");
+    assert!(
+        name.starts_with("ComfyUI_temp_") && name.ends_with("_00001_.png"),
+        "{name}"
+    );
+    let (_, _, texts) = png_info(&preview);
+    assert!(texts.is_empty(), "previews carry no metadata");
+    assert_eq!(
+        rgb(&preview),
+        rgb(&tree.output().join("gen/img_00001_.png"))
+    );
+}
+
+/// Bad image inputs: an unknown sampler is a validation error listing the supported ones, an
+/// absurd latent is refused before anything is allocated, a model Amalgam cannot sample is
+/// named.
+#[test]
+fn bad_image_inputs_are_clear_errors() {
+    let tree = ModelTree::new();
+    tree.checkpoint("small.safetensors", &Layout::sd15(Scale::Small), 5);
+    let folders = tree.folders();
+    let validate = |p: &Value| {
+        let prompt = amalgam::graph::Prompt::from_json(p).expect("prompt");
+        amalgam::graph::validate::validate_prompt(prompt, &folders)
+    };
+    let mut p = txt2img("small.safetensors", (32, 32, 1), "uni_pc", 2, 3);
+    let v = validate(&p);
+    let e = v.errors.first().expect("error");
+    assert_eq!(e.node.as_deref(), Some("5"));
+    assert!(
+        e.details.contains("uni_pc") && e.details.contains("dpmpp_2m"),
+        "{e:?}"
+    );
+
+    p = txt2img("small.safetensors", (16384, 16384, 4096), "euler", 2, 3);
+    let v = validate(&p);
+    assert!(v.errors.is_empty(), "in ComfyUI's ranges: {:?}", v.errors);
+    let err = amalgam::engine::plan::build(&v.prompt, &v.outputs, None, &folders, Precision::Keep)
+        .expect_err("too large");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("node #4") && msg.contains("too large"),
+        "{msg}"
+    );
+    assert_eq!(files_under(&tree.output()), Vec::<String>::new());
+
+    // A merge-test layout's text encoder has a 256-token vocabulary: the error names the node
+    // and the token.
+    tree.checkpoint("narrow.safetensors", &Layout::sd15(Scale::Sample), 5);
+    let p = txt2img("narrow.safetensors", (32, 32, 1), "euler", 2, 3);
+    let (report, _) = run_images(&tree, &p, true, None);
+    assert!(images(&report).is_empty());
+    let Outcome::Failed(e) = report.outcome else {
+        panic!("{:?}", report.outcome)
+    };
+    let msg = e.to_string();
+    assert!(msg.contains("node #2 (CLIPTextEncode)"), "{msg}");
+    assert!(
+        msg.contains("token id 49406") && msg.contains("vocabulary of 256"),
+        "{msg}"
+    );
+}
