@@ -167,6 +167,10 @@ pub fn run_images(
                 sampler,
                 scheduler,
                 denoise,
+                add_noise,
+                start_at_step,
+                end_at_step,
+                force_full_denoise,
             } => {
                 let (Value::Conditioning(pos), Value::Conditioning(neg), Value::Latent(lat)) = (
                     input(*positive)?.clone(),
@@ -192,6 +196,10 @@ pub fn run_images(
                     scheduler: Scheduler::from_name(scheduler)
                         .ok_or_else(|| fail(format!("scheduler {scheduler:?} is not supported")))?,
                     denoise: *denoise,
+                    add_noise: *add_noise,
+                    start_step: *start_at_step,
+                    last_step: *end_at_step,
+                    force_full_denoise: *force_full_denoise,
                 };
                 let diffusion = Diffusion {
                     unet: unet.clone(),

@@ -87,7 +87,7 @@ impl Latent {
     }
 }
 
-/// KSampler's widgets.
+/// KSampler's widgets, and KSamplerAdvanced's (`common_ksampler`'s arguments).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
     pub seed: u64,
@@ -96,6 +96,39 @@ pub struct Settings {
     pub sampler: Sampler,
     pub scheduler: Scheduler,
     pub denoise: f64,
+    /// `false` for KSamplerAdvanced's `add_noise: disable`: the initial noise is zeros.
+    pub add_noise: bool,
+    /// Start at this step of the schedule (KSamplerAdvanced).
+    pub start_step: Option<usize>,
+    /// Stop after this step (KSamplerAdvanced).
+    pub last_step: Option<usize>,
+    /// When stopping early, end at σ = 0 (`return_with_leftover_noise: disable`).
+    pub force_full_denoise: bool,
+}
+
+impl Settings {
+    /// KSampler's settings: noise added, every step of the schedule.
+    pub fn simple(
+        seed: u64,
+        steps: usize,
+        cfg: f64,
+        sampler: Sampler,
+        scheduler: Scheduler,
+        denoise: f64,
+    ) -> Settings {
+        Settings {
+            seed,
+            steps,
+            cfg,
+            sampler,
+            scheduler,
+            denoise,
+            add_noise: true,
+            start_step: None,
+            last_step: None,
+            force_full_denoise: false,
+        }
+    }
 }
 
 /// Which images of the batch to sample.
@@ -136,12 +169,32 @@ pub fn ksample(
             }
         )));
     }
-    let sigmas = model.sampling.schedule(
+    let mut sigmas = model.sampling.schedule(
         settings.scheduler,
         settings.steps,
         settings.denoise,
         settings.sampler.discards_penultimate_sigma(),
     );
+    // `KSampler.sample`: cut the schedule after `last_step` (ending at 0 when forced), then
+    // start at `start_step`; starting at or past the end returns the latent as it is.
+    let mut unchanged = sigmas.is_empty();
+    if let Some(last) = settings.last_step
+        && last + 1 < sigmas.len()
+    {
+        sigmas.truncate(last + 1);
+        if settings.force_full_denoise
+            && let Some(end) = sigmas.last_mut()
+        {
+            *end = 0.0;
+        }
+    }
+    if let Some(start) = settings.start_step {
+        if start + 1 < sigmas.len() {
+            sigmas.drain(..start);
+        } else {
+            unchanged = true;
+        }
+    }
     let per_image = c * h * w;
     let count = match images {
         Images::All => b,
@@ -149,12 +202,16 @@ pub fn ksample(
     };
     let latent_values: Vec<f32> = latent.samples.flatten_all()?.to_vec1()?;
     let keep = 0..count * per_image;
-    if sigmas.is_empty() {
+    if unchanged {
         let samples =
             Tensor::from_vec(latent_values[keep].to_vec(), (count, c, h, w), &Device::Cpu)?;
         return Ok(Some(Latent::new(samples)));
     }
-    let noise = prepare_noise(settings.seed, per_image, b, latent.batch_index.as_deref());
+    let noise = if settings.add_noise {
+        prepare_noise(settings.seed, per_image, b, latent.batch_index.as_deref())
+    } else {
+        vec![0.0; b * per_image]
+    };
     let scale = model.latent_format.scale_factor();
     let scaled: Vec<f32> = latent_values[keep.clone()]
         .iter()
@@ -220,7 +277,7 @@ impl<'a> UnetNetwork<'a> {
                             "the {name} conditioning has no pooled output, which this SDXL model needs"
                         ))
                     })?;
-                    let y = sdxl_y(pooled, shape.2 * 8, shape.3 * 8)?;
+                    let y = sdxl_y(pooled, shape.3 * 8, shape.2 * 8)?;
                     if y.dim(1)? != adm {
                         return Err(GenError::Input(format!(
                             "the {name} conditioning gives {} values of `y`, the model takes {adm}",
@@ -293,4 +350,27 @@ pub fn sdxl_y(pooled: &Tensor, width: usize, height: usize) -> Result<Tensor, Ge
     }
     let n = values.len();
     Ok(Tensor::from_vec(values, (1, n), &Device::Cpu)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `y` is the pooled text, then E(height), E(width), E(0), E(0), E(height), E(width).
+    #[test]
+    fn sdxl_y_order() {
+        let pooled = Tensor::from_vec(vec![0.5f32; 4], (1, 4), &Device::Cpu).expect("pooled");
+        let y: Vec<f32> = sdxl_y(&pooled, 96, 64)
+            .and_then(|t| Ok(t.flatten_all()?.to_vec1()?))
+            .expect("y");
+        assert_eq!(y.len(), 4 + 6 * 256);
+        let part = |i: usize| &y[4 + i * 256..4 + (i + 1) * 256];
+        let e = |v: f32| timestep_embedding(&[v], 256);
+        assert_eq!(part(0), e(64.0), "height first");
+        assert_eq!(part(1), e(96.0), "then width");
+        assert_eq!(part(2), e(0.0));
+        assert_eq!(part(3), e(0.0));
+        assert_eq!(part(4), e(64.0));
+        assert_eq!(part(5), e(96.0));
+    }
 }

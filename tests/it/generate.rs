@@ -246,6 +246,37 @@ fn a_merge_is_sampled_without_being_saved() {
     assert_ne!(half, b);
 }
 
+/// KSamplerAdvanced: 4 steps split 0→2 (leftover noise kept) and 2→end (no new noise) give
+/// KSampler's 4-step image, up to the latent's round trip through the scale factor between
+/// the two nodes; starting past the end returns the latent untouched.
+#[test]
+fn ksampler_advanced_splits_and_skips() {
+    let tree = ModelTree::new();
+    tree.checkpoint("small.safetensors", &Layout::sd15(Scale::Small), 5);
+    let whole = txt2img("small.safetensors", (32, 32, 1), "euler", 4, 77);
+    let mut split = whole.clone();
+    let advanced = |noise: &str, start: u32, end: u32, leftover: &str, latent: &str| json!({"class_type": "KSamplerAdvanced", "inputs": {"model": ["1", 0], "add_noise": noise, "noise_seed": 77, "steps": 4, "cfg": 7.5, "sampler_name": "euler", "scheduler": "karras", "positive": ["2", 0], "negative": ["3", 0], "latent_image": [latent, 0], "start_at_step": start, "end_at_step": end, "return_with_leftover_noise": leftover}});
+    split["5"] = advanced("enable", 0, 2, "enable", "4");
+    split["8"] = advanced("disable", 2, 10_000, "disable", "5");
+    split["6"]["inputs"]["samples"] = json!(["8", 0]);
+    let (a, steps) = run_images(&tree, &whole, true, None);
+    assert_eq!(steps.len(), 4);
+    let (b, steps) = run_images(&tree, &split, true, None);
+    assert_eq!(steps, ["step 1/2", "step 2/2", "step 1/2", "step 2/2"]);
+    let (a, b) = (rgb(&images(&a)[0]), rgb(&images(&b)[0]));
+    let max = a.iter().zip(&b).map(|(x, y)| x.abs_diff(*y)).max();
+    assert!(max <= Some(2), "split differs by up to {max:?}");
+
+    let mut skipped = whole.clone();
+    skipped["5"] = advanced("enable", 10, 10_000, "disable", "4");
+    let mut decoded = whole;
+    decoded["6"]["inputs"]["samples"] = json!(["4", 0]);
+    let (s, steps) = run_images(&tree, &skipped, true, None);
+    assert!(steps.is_empty());
+    let (d, _) = run_images(&tree, &decoded, true, None);
+    assert_eq!(rgb(&images(&s)[0]), rgb(&images(&d)[0]));
+}
+
 /// Cancel during sampling: the job ends cancelled, no PNG (or partial file) is left.
 #[test]
 fn cancel_mid_sampling_writes_nothing() {

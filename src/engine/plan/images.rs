@@ -148,17 +148,11 @@ impl Planner<'_> {
                     .ok_or_else(|| node_err(id, class_type, "amount must be at least 1"))?,
             },
             Operation::Sample { advanced } => {
-                if *advanced {
-                    return Err(node_err(
-                        id,
-                        class_type,
-                        "KSamplerAdvanced is not supported yet; use KSampler",
-                    ));
-                }
                 let model = self.weights(id, "model")?;
                 let sampling = self.sampling_kind(&model);
                 let model = self.planned_weights(id, &model, Network::Unet)?;
-                let seed = self.literal(id, "seed")?;
+                let seed_name = if *advanced { "noise_seed" } else { "seed" };
+                let seed = self.literal(id, seed_name)?;
                 let seed = seed
                     .as_u64()
                     .or_else(|| {
@@ -167,8 +161,29 @@ impl Planner<'_> {
                             .map(|f| f as u64)
                     })
                     .ok_or_else(|| {
-                        node_err(id, class_type, "seed is not a non-negative integer")
+                        node_err(
+                            id,
+                            class_type,
+                            format!("{seed_name} is not a non-negative integer"),
+                        )
                     })?;
+                let step_input = |p: &Self, name: &str| -> Result<usize, EngineError> {
+                    usize::try_from(p.int(id, name)?).map_err(|_| {
+                        node_err(id, class_type, format!("{name} must not be negative"))
+                    })
+                };
+                let (add_noise, start_at_step, end_at_step, force_full_denoise, denoise) =
+                    if *advanced {
+                        (
+                            self.string(id, "add_noise")? != "disable",
+                            Some(step_input(self, "start_at_step")?),
+                            Some(step_input(self, "end_at_step")?),
+                            self.string(id, "return_with_leftover_noise")? != "enable",
+                            1.0,
+                        )
+                    } else {
+                        (true, None, None, false, self.number(id, "denoise")?)
+                    };
                 ImageOp::Sample {
                     model,
                     sampling,
@@ -183,7 +198,11 @@ impl Planner<'_> {
                     cfg: self.number(id, "cfg")?,
                     sampler: self.string(id, "sampler_name")?,
                     scheduler: self.string(id, "scheduler")?,
-                    denoise: self.number(id, "denoise")?,
+                    denoise,
+                    add_noise,
+                    start_at_step,
+                    end_at_step,
+                    force_full_denoise,
                 }
             }
             Operation::VaeDecode => ImageOp::Decode {

@@ -363,6 +363,11 @@ pub enum ImageOp {
         sampler: String,
         scheduler: String,
         denoise: f64,
+        /// KSamplerAdvanced's controls (KSampler: noise added, all steps, nothing forced).
+        add_noise: bool,
+        start_at_step: Option<usize>,
+        end_at_step: Option<usize>,
+        force_full_denoise: bool,
     },
     Decode {
         vae: usize,
