@@ -17,10 +17,12 @@ use crate::nodes::{Choices, InputKind, Registry};
 
 use super::{Precision, SavedFile};
 
-/// Signatures of save nodes → the files they wrote. Lives as long as the worker.
+/// Signatures of save nodes → the files they wrote, and the networks the last job built. Lives
+/// as long as the worker.
 #[derive(Debug, Default)]
 pub struct RunCache {
     done: HashMap<u64, Vec<SavedFile>>,
+    pub networks: super::images::NetworkCache,
 }
 
 impl RunCache {
@@ -43,10 +45,18 @@ impl RunCache {
     }
 }
 
-/// The signature of output node `id` of a (validated) prompt.
-pub fn signature(prompt: &Prompt, id: &str, folders: &ModelFolders, precision: Precision) -> u64 {
+/// The signature of output node `id` of a (validated) prompt, run with `precision` and (for
+/// image outputs) `first_image_only`.
+pub fn signature(
+    prompt: &Prompt,
+    id: &str,
+    folders: &ModelFolders,
+    precision: Precision,
+    first_image_only: bool,
+) -> u64 {
     let mut h = DefaultHasher::new();
     precision.hash(&mut h);
+    first_image_only.hash(&mut h);
     let mut memo = HashMap::new();
     node_signature(prompt, id, folders, &mut memo, 0).hash(&mut h);
     h.finish()

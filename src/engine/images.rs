@@ -78,14 +78,110 @@ enum Built {
     },
 }
 
-/// Runs the image steps of `plan`; returns the images written.
+/// What identifies a built network across jobs: the input files (path, size, modification
+/// time, in the plan's order, which the recipes index) and the weights' recipes.
+#[derive(PartialEq)]
+struct NetworkKey {
+    sources: Vec<(PathBuf, u64, Option<std::time::SystemTime>)>,
+    weights: PlannedWeights,
+}
+
+/// Networks built by the last job, kept for the next: re-queueing after changing only a seed,
+/// a prompt or a sampler setting reads and merges nothing again. Networks the next job does
+/// not use are dropped when it ends, so memory follows the graph's models.
+#[derive(Default)]
+pub struct NetworkCache {
+    entries: Vec<(NetworkKey, Built)>,
+    reused: usize,
+}
+
+impl std::fmt::Debug for NetworkCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkCache")
+            .field("networks", &self.entries.len())
+            .field("reused", &self.reused)
+            .finish()
+    }
+}
+
+impl NetworkCache {
+    /// How many networks are kept.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// How many networks the last job took from the cache instead of building them.
+    pub fn reused_by_last_job(&self) -> usize {
+        self.reused
+    }
+}
+
+fn network_keys(plan: &Plan) -> Vec<NetworkKey> {
+    let sources: Vec<_> = plan
+        .sources
+        .iter()
+        .map(|s| {
+            let meta = std::fs::metadata(&s.path).ok();
+            (
+                s.path.clone(),
+                meta.as_ref().map_or(0, std::fs::Metadata::len),
+                meta.and_then(|m| m.modified().ok()),
+            )
+        })
+        .collect();
+    plan.weights
+        .iter()
+        .map(|w| NetworkKey {
+            sources: sources.clone(),
+            weights: w.clone(),
+        })
+        .collect()
+}
+
+/// Runs the image steps of `plan`, with the networks `cache` kept from the last job; returns
+/// the images written.
 pub fn run_images(
     plan: &Plan,
     first_image_only: bool,
+    cache: &mut NetworkCache,
     cancel: &AtomicBool,
     emit: &mut dyn FnMut(Event),
 ) -> Result<Vec<SavedFile>, EngineError> {
-    let mut built: Vec<Option<Built>> = (0..plan.weights.len()).map(|_| None).collect();
+    if plan.image_steps.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys = network_keys(plan);
+    let mut kept = std::mem::take(&mut cache.entries);
+    let mut built: Vec<Option<Built>> = keys
+        .iter()
+        .map(|k| {
+            kept.iter()
+                .position(|(key, _)| key == k)
+                .map(|i| kept.swap_remove(i).1)
+        })
+        .collect();
+    cache.reused = built.iter().filter(|b| b.is_some()).count();
+    drop(kept);
+    let result = run_steps(plan, first_image_only, &mut built, cancel, emit);
+    cache.entries = keys
+        .into_iter()
+        .zip(built)
+        .filter_map(|(k, b)| b.map(|b| (k, b)))
+        .collect();
+    result
+}
+
+fn run_steps(
+    plan: &Plan,
+    first_image_only: bool,
+    built: &mut [Option<Built>],
+    cancel: &AtomicBool,
+    emit: &mut dyn FnMut(Event),
+) -> Result<Vec<SavedFile>, EngineError> {
     let mut values: Vec<Option<Value>> = Vec::with_capacity(plan.image_steps.len());
     let mut saved = Vec::new();
     let images = if first_image_only {
@@ -119,8 +215,7 @@ pub fn run_images(
                 text,
                 stop_at_clip_layer,
             } => {
-                let Built::Text(t) =
-                    network(plan, &mut built, *clip, (&step.node, &step.class_type))?
+                let Built::Text(t) = network(plan, built, *clip, (&step.node, &step.class_type))?
                 else {
                     return Err(fail("the CLIP input is not a text encoder".into()));
                 };
@@ -183,7 +278,7 @@ pub fn run_images(
                 };
                 let arch = plan.weights[*model].architecture;
                 let Built::Unet(unet) =
-                    network(plan, &mut built, *model, (&step.node, &step.class_type))?
+                    network(plan, built, *model, (&step.node, &step.class_type))?
                 else {
                     return Err(fail("the MODEL input is not a UNet".into()));
                 };
@@ -247,7 +342,7 @@ pub fn run_images(
                     return Err(fail("input \"samples\" is not a LATENT".into()));
                 };
                 let VaePart::Decoder(d) =
-                    vae_part(plan, &mut built, *vae, (&step.node, &step.class_type), true)?
+                    vae_part(plan, built, *vae, (&step.node, &step.class_type), true)?
                 else {
                     return Err(fail("the VAE has no decoder".into()));
                 };
@@ -257,13 +352,8 @@ pub fn run_images(
                 let Value::Images(p) = input(*pixels)?.clone() else {
                     return Err(fail("input \"pixels\" is not an IMAGE".into()));
                 };
-                let VaePart::Encoder(e) = vae_part(
-                    plan,
-                    &mut built,
-                    *vae,
-                    (&step.node, &step.class_type),
-                    false,
-                )?
+                let VaePart::Encoder(e) =
+                    vae_part(plan, built, *vae, (&step.node, &step.class_type), false)?
                 else {
                     return Err(fail("the VAE has no encoder".into()));
                 };

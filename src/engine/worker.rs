@@ -197,7 +197,13 @@ pub fn run_job(job: &Job, cancel: &AtomicBool, cache: &mut RunCache, emit: &mut 
     let mut to_run = Vec::new();
     let mut signatures = Vec::new();
     for id in &job.outputs {
-        let sig = signature(&job.prompt, id, &job.folders, job.precision);
+        let sig = signature(
+            &job.prompt,
+            id,
+            &job.folders,
+            job.precision,
+            job.first_image_only,
+        );
         match cache.lookup(sig) {
             Some(files) => cached.extend(files),
             None => {
@@ -228,7 +234,13 @@ pub fn run_job(job: &Job, cancel: &AtomicBool, cache: &mut RunCache, emit: &mut 
         emit(Event::Warning(w.clone()));
     }
     let result = execute(&plan, cancel, emit).and_then(|mut saved| {
-        saved.extend(run_images(&plan, job.first_image_only, cancel, emit)?);
+        saved.extend(run_images(
+            &plan,
+            job.first_image_only,
+            &mut cache.networks,
+            cancel,
+            emit,
+        )?);
         Ok(saved)
     });
     match result {

@@ -277,6 +277,53 @@ fn ksampler_advanced_splits_and_skips() {
     assert_eq!(rgb(&images(&s)[0]), rgb(&images(&d)[0]));
 }
 
+/// The worker keeps the networks of the last job: a new seed reuses all three (CLIP, UNet, VAE),
+/// a changed merge ratio rebuilds only the UNet, and each job gives the image it would alone.
+#[test]
+fn networks_are_kept_for_the_next_job() {
+    let tree = ModelTree::new();
+    tree.checkpoint("a.safetensors", &Layout::sd15(Scale::Small), 31);
+    tree.checkpoint("b.safetensors", &Layout::sd15(Scale::Small), 32);
+    let prompt = |seed: u64, ratio: f64| {
+        let mut p = txt2img("a.safetensors", (32, 32, 1), "euler", 2, seed);
+        p["8"] = loader("b.safetensors");
+        p["9"] = json!({"class_type": "ModelMergeSimple", "inputs": {"model1": ["1", 0], "model2": ["8", 0], "ratio": ratio}});
+        p["5"]["inputs"]["model"] = json!(["9", 0]);
+        p
+    };
+    let run = |cache: &mut RunCache, p: &Value| {
+        let prompt = amalgam::graph::Prompt::from_json(p).expect("prompt");
+        let v = amalgam::graph::validate::validate_prompt(prompt, &tree.folders());
+        let job = Job {
+            prompt: v.prompt,
+            outputs: v.outputs,
+            workflow: None,
+            folders: tree.folders(),
+            precision: Precision::Keep,
+            first_image_only: true,
+        };
+        let report = run_blocking(&job, &AtomicBool::new(false), cache, &mut |_| {});
+        assert!(
+            matches!(report.outcome, Outcome::Finished { .. }),
+            "{:?}",
+            report.outcome
+        );
+        rgb(&images(&report)[0])
+    };
+    let mut cache = RunCache::default();
+    run(&mut cache, &prompt(1, 0.5));
+    assert_eq!(cache.networks.reused_by_last_job(), 0);
+    assert_eq!(cache.networks.len(), 3);
+    let reseeded = run(&mut cache, &prompt(2, 0.5));
+    assert_eq!(cache.networks.reused_by_last_job(), 3);
+    let remerged = run(&mut cache, &prompt(2, 0.25));
+    assert_eq!(cache.networks.reused_by_last_job(), 2, "CLIP and VAE kept");
+    assert_eq!(cache.networks.len(), 3, "the old UNet is dropped");
+    // Each image is what a fresh worker gives.
+    assert_eq!(reseeded, run(&mut RunCache::default(), &prompt(2, 0.5)));
+    assert_eq!(remerged, run(&mut RunCache::default(), &prompt(2, 0.25)));
+}
+
 /// Cancel during sampling: the job ends cancelled, no PNG (or partial file) is left.
 #[test]
 fn cancel_mid_sampling_writes_nothing() {
