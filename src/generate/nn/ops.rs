@@ -200,12 +200,11 @@ pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
     Ok(x.broadcast_div(&(s + 1.0)?)?)
 }
 
-/// Softmax over the last dimension (max subtracted first, as torch).
+/// Softmax over the last dimension (max subtracted first, as torch): candle-nn's fused CPU
+/// kernel, one pass per row in parallel instead of five whole-tensor passes — the attention
+/// scores are the largest tensors of a UNet call.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?;
-    let e = x.broadcast_sub(&max)?.exp()?;
-    let sum = e.sum_keepdim(D::Minus1)?;
-    Ok(e.broadcast_div(&sum)?)
+    Ok(candle_nn::ops::softmax_last_dim(&x.contiguous()?)?)
 }
 
 /// Multi-head attention `softmax(q kᵀ · d^-½) v` for `q: [B, N, H·d]`, `k, v: [B, M, H·d]`,
