@@ -43,6 +43,13 @@ pub struct BenchArgs {
     /// Also measure with the page cache dropped before each run (needs root on Linux).
     #[arg(long)]
     pub cold: bool,
+    /// Measure image generation (seconds per sampler step) instead of merges.
+    #[arg(long)]
+    pub generate: bool,
+    /// With --generate: a ComfyUI runner to measure side by side, e.g.
+    /// "python shared/oracle/comfy_run.py --comfy /path/to/ComfyUI".
+    #[arg(long, value_name = "COMMAND")]
+    pub comfyui: Option<String>,
 }
 
 /// One scenario: a workflow over generated inputs.
@@ -148,6 +155,9 @@ fn scenarios(no_sdxl: bool) -> Vec<Scenario> {
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.generate {
+        return super::bench_generate::run(args);
+    }
     let scale = if args.quick {
         Scale::Sample
     } else {

@@ -4,6 +4,7 @@
 //! errors to `main`, which prints them once with their context and exits non-zero.
 
 pub mod bench;
+mod bench_generate;
 pub mod inspect;
 pub mod run;
 pub mod samples;

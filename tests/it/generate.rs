@@ -324,6 +324,26 @@ fn networks_are_kept_for_the_next_job() {
     assert_eq!(remerged, run(&mut RunCache::default(), &prompt(2, 0.25)));
 }
 
+/// `amalgam bench --generate --quick` runs the text-to-image graph on a small runnable model
+/// and prints seconds per step (a benchmark: figures are not checked).
+#[test]
+fn bench_generate_quick_prints_its_table() {
+    let dir = crate::util::tempdir();
+    let out = run(&[
+        "bench",
+        "--generate",
+        "--quick",
+        "--dir",
+        path_str(dir.path()),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    assert!(table.contains("| 64×64 | 2 |"), "{table}");
+    assert!(table.contains("QUICK"), "{table}");
+    assert!(table.contains("ComfyUI was not measured"), "{table}");
+    assert_eq!(files_under(&dir.path().join("output/bench")).len(), 1);
+}
+
 /// Cancel during sampling: the job ends cancelled, no PNG (or partial file) is left.
 #[test]
 fn cancel_mid_sampling_writes_nothing() {
