@@ -18,7 +18,9 @@ use crate::format::DType;
 use crate::format::png::encode_rgb8;
 use crate::generate::GenError;
 use crate::generate::conditioning::{Conditioning, TextEncoders};
-use crate::generate::image::{Images as Pixels, decode, encode, preview_rgb8};
+use crate::generate::image::{
+    Images as Pixels, decode, encode, encode_for_inpaint, load_png, preview_rgb8,
+};
 use crate::generate::ksampler::{Diffusion, Images, Latent, LatentFormat, Settings, ksample};
 use crate::generate::nn::WeightMap;
 use crate::generate::nn::unet::{Heads, Unet};
@@ -65,6 +67,24 @@ enum Value {
     Conditioning(Conditioning),
     Latent(Latent),
     Images(Pixels),
+    /// LoadImage's two outputs: IMAGE and MASK (`[b, H, W]`).
+    Loaded(Pixels, Tensor),
+}
+
+impl Value {
+    fn pixels(&self) -> Option<&Pixels> {
+        match self {
+            Value::Images(p) | Value::Loaded(p, _) => Some(p),
+            _ => None,
+        }
+    }
+
+    fn mask(&self) -> Option<&Tensor> {
+        match self {
+            Value::Loaded(_, m) => Some(m),
+            _ => None,
+        }
+    }
 }
 
 /// A network built on its weights.
@@ -245,9 +265,18 @@ fn run_steps(
                         .flat_map(|k| bi.iter().map(move |i| i + k * offset))
                         .collect()
                 });
+                // RepeatLatentBatch repeats a per-image mask; a single one applies to all.
+                let noise_mask = match &l.noise_mask {
+                    Some(m) if m.dim(0).map_err(|e| fail(e.to_string()))? > 1 => Some(
+                        Tensor::cat(&vec![m.clone(); *amount], 0)
+                            .map_err(|e| fail(e.to_string()))?,
+                    ),
+                    other => other.clone(),
+                };
                 Some(Value::Latent(Latent {
                     samples,
                     batch_index,
+                    noise_mask,
                 }))
             }
             ImageOp::Sample {
@@ -349,7 +378,7 @@ fn run_steps(
                 Some(Value::Images(decode(&d, &l).map_err(gen_err)?))
             }
             ImageOp::Encode { vae, pixels } => {
-                let Value::Images(p) = input(*pixels)?.clone() else {
+                let Some(p) = input(*pixels)?.pixels().cloned() else {
                     return Err(fail("input \"pixels\" is not an IMAGE".into()));
                 };
                 let VaePart::Encoder(e) =
@@ -359,12 +388,51 @@ fn run_steps(
                 };
                 Some(Value::Latent(encode(&e, &p).map_err(gen_err)?))
             }
+            ImageOp::LoadImage { path } => {
+                let bytes = std::fs::read(path)
+                    .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+                let (pixels, mask) =
+                    load_png(&bytes).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+                Some(Value::Loaded(pixels, mask))
+            }
+            ImageOp::SetNoiseMask { samples, mask } => {
+                let Value::Latent(mut l) = input(*samples)?.clone() else {
+                    return Err(fail("input \"samples\" is not a LATENT".into()));
+                };
+                let Some(m) = input(*mask)?.mask() else {
+                    return Err(fail("input \"mask\" is not a MASK".into()));
+                };
+                let (b, h, w) = m.dims3().map_err(|e| fail(e.to_string()))?;
+                l.noise_mask = Some(m.reshape((b, 1, h, w)).map_err(|e| fail(e.to_string()))?);
+                Some(Value::Latent(l))
+            }
+            ImageOp::EncodeInpaint {
+                vae,
+                pixels,
+                mask,
+                grow,
+            } => {
+                let Some(p) = input(*pixels)?.pixels().cloned() else {
+                    return Err(fail("input \"pixels\" is not an IMAGE".into()));
+                };
+                let Some(m) = input(*mask)?.mask().cloned() else {
+                    return Err(fail("input \"mask\" is not a MASK".into()));
+                };
+                let VaePart::Encoder(e) =
+                    vae_part(plan, built, *vae, (&step.node, &step.class_type), false)?
+                else {
+                    return Err(fail("the VAE has no encoder".into()));
+                };
+                Some(Value::Latent(
+                    encode_for_inpaint(&e, &p, &m, *grow).map_err(gen_err)?,
+                ))
+            }
             ImageOp::Save {
                 images,
                 prefix,
                 temp,
             } => {
-                let Value::Images(p) = input(*images)? else {
+                let Some(p) = input(*images)?.pixels() else {
                     return Err(fail("input \"images\" is not an IMAGE".into()));
                 };
                 saved.extend(save_images(plan, &step.node, p, prefix, *temp, cancel)?);

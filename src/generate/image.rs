@@ -100,6 +100,135 @@ pub fn encode(vae: &Encoder, images: &Images) -> Result<Latent, GenError> {
     Ok(Latent::new(Tensor::cat(&out, 0)?))
 }
 
+/// LoadImage from PNG bytes (generation.md §7.1): pixels as `f32(u8) / 255`, RGB (grey
+/// replicated, palettes expanded), and the MASK `1 − alpha/255` (`[1, H, W]`), or a `64 × 64`
+/// zero mask when the image has no alpha — as ComfyUI's LoadImage. 16-bit PNGs are refused
+/// (PIL's 16-bit conversion is not reproduced).
+pub fn load_png(bytes: &[u8]) -> Result<(Images, Tensor), GenError> {
+    let bad = |e: String| GenError::Input(format!("not a readable PNG: {e}"));
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    decoder.set_transformations(png::Transformations::EXPAND);
+    let mut reader = decoder.read_info().map_err(|e| bad(e.to_string()))?;
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| bad("too large".into()))?;
+    let mut buf = vec![0; size];
+    let info = reader
+        .next_frame(&mut buf)
+        .map_err(|e| bad(e.to_string()))?;
+    if info.bit_depth == png::BitDepth::Sixteen {
+        return Err(GenError::Input(
+            "16-bit PNGs are not supported by LoadImage here; save it as 8-bit".into(),
+        ));
+    }
+    let (w, h) = (info.width as usize, info.height as usize);
+    let channels = info.color_type.samples();
+    let data = &buf[..w * h * channels];
+    let mut pixels = Vec::with_capacity(w * h * 3);
+    let mut alpha = Vec::new();
+    for px in data.chunks_exact(channels) {
+        let rgb = match channels {
+            1 | 2 => [px[0]; 3],
+            _ => [px[0], px[1], px[2]],
+        };
+        pixels.extend(rgb.iter().map(|&v| f32::from(v) / 255.0));
+        if channels == 2 || channels == 4 {
+            alpha.push(1.0 - f32::from(px[channels - 1]) / 255.0);
+        }
+    }
+    let mask = if alpha.is_empty() {
+        Tensor::zeros((1, 64, 64), candle_core::DType::F32, &Device::Cpu)?
+    } else {
+        Tensor::from_vec(alpha, (1, h, w), &Device::Cpu)?
+    };
+    Ok((
+        Images {
+            count: 1,
+            height: h,
+            width: w,
+            pixels,
+        },
+        mask,
+    ))
+}
+
+/// VAEEncodeForInpaint (`nodes.py`): the mask resized to the image, both cropped to multiples of
+/// 8 about the centre, the masked pixels set to grey (0.5), the image encoded, and the mask grown
+/// by `grow` pixels (a `grow × grow` box, asymmetric as ComfyUI's padding makes it) as the
+/// latent's noise mask.
+pub fn encode_for_inpaint(
+    vae: &Encoder,
+    images: &Images,
+    mask: &Tensor,
+    grow: usize,
+) -> Result<Latent, GenError> {
+    let (ih, iw) = (images.height, images.width);
+    let (x, y) = ((ih / 8) * 8, (iw / 8) * 8);
+    if x == 0 || y == 0 {
+        return Err(GenError::Input(format!(
+            "a {iw}×{ih} image is too small to encode (at least 8×8)"
+        )));
+    }
+    let (mb, mh, mw) = mask.dims3()?;
+    let mask_values: Vec<f32> = mask.flatten_all()?.to_vec1()?;
+    let (top, left) = ((ih % 8) / 2, (iw % 8) / 2);
+    let mut grown_all = Vec::with_capacity(mb * x * y);
+    let mut keep_all = Vec::with_capacity(mb * x * y);
+    for k in 0..mb {
+        let full =
+            super::ksampler::bilinear(&mask_values[k * mh * mw..(k + 1) * mh * mw], mh, mw, ih, iw);
+        let crop: Vec<f32> = (0..x)
+            .flat_map(|r| full[(r + top) * iw + left..(r + top) * iw + left + y].to_vec())
+            .collect();
+        let rounded: Vec<f32> = crop.iter().map(|v| v.round_ties_even()).collect();
+        keep_all.extend(rounded.iter().map(|r| 1.0 - r));
+        if grow == 0 {
+            grown_all.extend(crop.iter().map(|v| v.round_ties_even()));
+        } else {
+            // `conv2d(…, ones(g, g), padding = ceil((g − 1)/2))`, cut to the image.
+            let pad = (grow - 1).div_ceil(2);
+            for r in 0..x {
+                for c in 0..y {
+                    let mut sum = 0.0f32;
+                    for dr in 0..grow {
+                        for dc in 0..grow {
+                            let (sr, sc) = (r + dr, c + dc);
+                            if sr < pad || sc < pad || sr - pad >= x || sc - pad >= y {
+                                continue;
+                            }
+                            sum += rounded[(sr - pad) * y + (sc - pad)];
+                        }
+                    }
+                    grown_all.push(sum.clamp(0.0, 1.0).round_ties_even());
+                }
+            }
+        }
+    }
+    // Grey out the masked pixels: `(p − 0.5)·m + 0.5` per channel.
+    let mut pixels = Vec::with_capacity(images.count * x * y * 3);
+    let plane = ih * iw * 3;
+    for i in 0..images.count {
+        let m = &keep_all[(i % mb) * x * y..(i % mb + 1) * x * y];
+        for r in 0..x {
+            for c in 0..y {
+                let at = i * plane + ((r + top) * iw + c + left) * 3;
+                for ch in 0..3 {
+                    pixels.push((images.pixels[at + ch] - 0.5) * m[r * y + c] + 0.5);
+                }
+            }
+        }
+    }
+    let cropped = Images {
+        count: images.count,
+        height: x,
+        width: y,
+        pixels,
+    };
+    let mut latent = encode(vae, &cropped)?;
+    latent.noise_mask = Some(Tensor::from_vec(grown_all, (mb, 1, x, y), &Device::Cpu)?);
+    Ok(latent)
+}
+
 /// The live preview of a denoised estimate (`[4·h·w]`, scaled space): `h × w` RGB bytes.
 pub fn preview_rgb8(denoised: &[f32], h: usize, w: usize, format: LatentFormat) -> Vec<u8> {
     let (factors, bias) = format.rgb_factors();

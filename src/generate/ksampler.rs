@@ -17,7 +17,7 @@ use super::sampling::guider::{
     Guided, Network, Prediction, Side, initial_latent, starts_at_full_noise,
 };
 use super::sampling::rng::prepare_noise;
-use super::sampling::samplers::{Sampler, StepNoise, StepReport, sample};
+use super::sampling::samplers::{Denoiser, Sampler, StepNoise, StepReport, sample};
 use super::sampling::schedule::{ModelSampling, Scheduler};
 
 /// The latent space a model works in.
@@ -71,11 +71,14 @@ pub struct Diffusion {
     pub latent_format: LatentFormat,
 }
 
-/// A LATENT: `samples` `[B, 4, h, w]` in VAE space, and the `batch_index` a batch node set.
+/// A LATENT: `samples` `[B, 4, h, w]` in VAE space, the `batch_index` a batch node set, and
+/// the `noise_mask` an inpainting node set (`[b, 1, H, W]`, 1 where the sampler may change the
+/// image; any size, resized to the latent's when sampling).
 #[derive(Clone, Debug)]
 pub struct Latent {
     pub samples: Tensor,
     pub batch_index: Option<Vec<usize>>,
+    pub noise_mask: Option<Tensor>,
 }
 
 impl Latent {
@@ -83,9 +86,62 @@ impl Latent {
         Latent {
             samples,
             batch_index: None,
+            noise_mask: None,
         }
     }
 }
+
+/// `reshape_mask`: a mask `[b, 1, H, W]` bilinearly resized to `h × w` (torch's
+/// `interpolate(mode="bilinear", align_corners=False)`, f32), repeated to `channels` and tiled
+/// or cut to `batch` — flattened `[batch, channels, h, w]`.
+pub fn reshape_mask(
+    mask: &Tensor,
+    batch: usize,
+    channels: usize,
+    h: usize,
+    w: usize,
+) -> Result<Vec<f32>, GenError> {
+    let (b, _, mh, mw) = mask.dims4()?;
+    let values: Vec<f32> = mask.flatten_all()?.to_vec1()?;
+    let plane = mh * mw;
+    let mut out = Vec::with_capacity(batch * channels * h * w);
+    for i in 0..batch {
+        let src = &values[(i % b.max(1)) * plane..(i % b.max(1) + 1) * plane];
+        let resized = bilinear(src, mh, mw, h, w);
+        for _ in 0..channels {
+            out.extend_from_slice(&resized);
+        }
+    }
+    Ok(out)
+}
+
+/// torch's `upsample_bilinear2d` (align_corners=False) of one plane, in its f32 operation order.
+pub fn bilinear(src: &[f32], ih: usize, iw: usize, oh: usize, ow: usize) -> Vec<f32> {
+    let axis = |i_len: usize, o_len: usize, o: usize| -> (usize, usize, f32, f32) {
+        let scale = i_len as f32 / o_len as f32;
+        let real = (scale * (o as f32 + 0.5) - 0.5).max(0.0);
+        let i0 = (real as usize).min(i_len - 1);
+        let step = usize::from(i0 < i_len - 1);
+        let l1 = real - i0 as f32;
+        (i0, step, 1.0 - l1, l1)
+    };
+    let mut out = Vec::with_capacity(oh * ow);
+    for y in 0..oh {
+        let (y0, yp, h0, h1) = axis(ih, oh, y);
+        for x in 0..ow {
+            let (x0, xp, w0, w1) = axis(iw, ow, x);
+            let at = |r: usize, c: usize| src[r * iw + c];
+            out.push(
+                h0 * (w0 * at(y0, x0) + w1 * at(y0, x0 + xp))
+                    + h1 * (w0 * at(y0 + yp, x0) + w1 * at(y0 + yp, x0 + xp)),
+            );
+        }
+    }
+    out
+}
+
+/// The latent values of a "blank" inpainting image (`blank_inpaint_image_like`), per channel.
+const BLANK_INPAINT: [f32; 4] = [0.8223, -0.6876, 0.6364, 0.1380];
 
 /// KSampler's widgets, and KSamplerAdvanced's (`common_ksampler`'s arguments).
 #[derive(Clone, Debug, PartialEq)]
@@ -159,14 +215,9 @@ pub fn ksample(
 ) -> Result<Option<Latent>, GenError> {
     let (b, c, h, w) = latent.samples.dims4()?;
     let expected = model.unet.in_channels();
-    if c != expected {
+    if expected != c && expected != 2 * c + 1 {
         return Err(GenError::Input(format!(
-            "the latent has {c} channels but the model takes {expected}{}",
-            if expected == 9 {
-                " (an inpainting model needs VAEEncodeForInpaint's mask; not supported yet)"
-            } else {
-                ""
-            }
+            "the latent has {c} channels but the model takes {expected}"
         )));
     }
     let mut sigmas = model.sampling.schedule(
@@ -219,12 +270,60 @@ pub fn ksample(
         .collect();
     let full = starts_at_full_noise(model.sampling.sigma_max(), sigmas[0]);
     let x = initial_latent(&noise[keep.clone()], &scaled, sigmas[0], full);
-    let network = UnetNetwork::new(model, positive, negative, (count, c, h, w))?;
-    let mut guided = Guided {
+    // Inpainting: the mask resized to the latent (per image being sampled), and for a 9-channel
+    // UNet the extra input channels — the rounded mask and the masked image's latent.
+    let denoise_mask = match &latent.noise_mask {
+        Some(m) => Some(reshape_mask(m, b, c, h, w)?[keep.clone()].to_vec()),
+        None => None,
+    };
+    let extra = model.unet.in_channels().saturating_sub(c);
+    let concat = if extra == 0 {
+        None
+    } else if extra != 1 + c {
+        return Err(GenError::Input(format!(
+            "the model takes {} input channels, which Amalgam cannot fill from a {c}-channel latent",
+            model.unet.in_channels()
+        )));
+    } else {
+        let plane = h * w;
+        let mut values = Vec::with_capacity(count * extra * plane);
+        for i in 0..count {
+            match &denoise_mask {
+                Some(m) => values.extend(
+                    m[i * c * plane..i * c * plane + plane]
+                        .iter()
+                        .map(|v| v.round_ties_even()),
+                ),
+                None => values.extend(std::iter::repeat_n(1.0f32, plane)),
+            }
+            match &latent.noise_mask {
+                Some(_) => values.extend_from_slice(&scaled[i * per_image..(i + 1) * per_image]),
+                None => {
+                    for k in BLANK_INPAINT {
+                        values.extend(std::iter::repeat_n(k, plane));
+                    }
+                }
+            }
+        }
+        Some(Tensor::from_vec(
+            values,
+            (count, extra, h, w),
+            &Device::Cpu,
+        )?)
+    };
+    let mut network = UnetNetwork::new(model, positive, negative, (count, c, h, w))?;
+    network.concat = concat;
+    let guided = Guided {
         network,
         sampling: &model.sampling,
         prediction: model.prediction,
         cfg: settings.cfg,
+    };
+    let mut guided = Inpaint {
+        inner: guided,
+        mask: denoise_mask,
+        noise: noise[keep.clone()].to_vec(),
+        latent: scaled.clone(),
     };
     let step_noise = StepNoise {
         seed: settings.seed,
@@ -251,6 +350,34 @@ pub fn ksample(
     Ok(Some(Latent::new(samples)))
 }
 
+/// `KSamplerX0Inpaint`: with a mask, the kept part of the latent is re-noised to the current
+/// level before each call (`x·m + (noise·σ + latent)·(1 − m)`) and restored in the estimate
+/// (`den·m + latent·(1 − m)`), in f32 tensor-op order; without one, the guided network as is.
+struct Inpaint<D> {
+    inner: D,
+    mask: Option<Vec<f32>>,
+    noise: Vec<f32>,
+    latent: Vec<f32>,
+}
+
+impl<D: Denoiser> Denoiser for Inpaint<D> {
+    type Error = D::Error;
+
+    fn denoise(&mut self, x: &[f32], sigma: f32) -> Result<Vec<f32>, D::Error> {
+        let Some(m) = &self.mask else {
+            return self.inner.denoise(x, sigma);
+        };
+        let kept: Vec<f32> = m.iter().map(|m| 1.0 - m).collect();
+        let x: Vec<f32> = (0..x.len())
+            .map(|i| x[i] * m[i] + (self.noise[i] * sigma + self.latent[i]) * kept[i])
+            .collect();
+        let out = self.inner.denoise(&x, sigma)?;
+        Ok((0..out.len())
+            .map(|i| out[i] * m[i] + self.latent[i] * kept[i])
+            .collect())
+    }
+}
+
 /// The UNet as the guider's [`Network`]: one side's conditioning repeated to the batch, and
 /// SDXL's `y` built from the pooled output and the image size.
 struct UnetNetwork<'a> {
@@ -258,6 +385,8 @@ struct UnetNetwork<'a> {
     shape: (usize, usize, usize, usize),
     positive: (Tensor, Option<Tensor>),
     negative: (Tensor, Option<Tensor>),
+    /// Channels appended to each scaled input (an inpainting UNet's mask and masked image).
+    concat: Option<Tensor>,
 }
 
 impl<'a> UnetNetwork<'a> {
@@ -294,6 +423,7 @@ impl<'a> UnetNetwork<'a> {
             shape,
             positive: side(positive, "positive")?,
             negative: side(negative, "negative")?,
+            concat: None,
         })
     }
 }
@@ -312,11 +442,14 @@ impl Network for UnetNetwork<'_> {
         let per_image = c * h * w;
         let mut out = Vec::with_capacity(xc.len());
         for i in 0..b {
-            let x = Tensor::from_vec(
+            let mut x = Tensor::from_vec(
                 xc[i * per_image..(i + 1) * per_image].to_vec(),
                 (1, c, h, w),
                 &Device::Cpu,
             )?;
+            if let Some(extra) = &self.concat {
+                x = Tensor::cat(&[&x, &extra.narrow(0, i, 1)?], 1)?;
+            }
             let y = match y {
                 Some(y) => Some(y.narrow(0, i, 1)?),
                 None => None,

@@ -37,6 +37,13 @@ const DEFAULT_KINDS: [(&str, &[&str]); 7] = [
     ("embeddings", &["embeddings"]),
 ];
 
+/// The folder kind of LoadImage's images (`<base>/input`).
+pub const INPUT_KIND: &str = "input";
+
+/// Image files LoadImage lists (ComfyUI lists any image; Amalgam decodes PNG and says so for
+/// the others).
+const IMAGE_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "webp", "bmp"];
+
 /// Deepest folder nesting a listing descends into.
 const MAX_DEPTH: usize = 32;
 
@@ -82,11 +89,16 @@ impl ModelFolders {
                 ((*kind).to_owned(), dirs)
             })
             .collect();
-        ModelFolders {
+        let mut folders = ModelFolders {
             base_dir: base_dir.to_owned(),
             output_dir,
             kinds,
-        }
+        };
+        // LoadImage's images: ComfyUI's `input/` folder, beside `models/`.
+        folders
+            .kinds
+            .insert(INPUT_KIND.to_owned(), vec![base_dir.join("input")]);
+        folders
     }
 
     pub fn base_dir(&self) -> &Path {
@@ -181,9 +193,14 @@ impl ModelFolders {
     /// found in several folders is listed once (the first folder wins, as in resolution).
     pub fn list(&self, kind: &str) -> Vec<String> {
         let mut names = std::collections::BTreeSet::new();
+        let extensions: &[&str] = if kind == INPUT_KIND {
+            &IMAGE_EXTENSIONS
+        } else {
+            &MODEL_EXTENSIONS
+        };
         for dir in self.folders(kind) {
             let mut visited = HashSet::new();
-            walk(dir, "", 0, &mut visited, &mut names);
+            walk(dir, "", 0, extensions, &mut visited, &mut names);
         }
         names.into_iter().collect()
     }
@@ -222,15 +239,16 @@ pub fn safe_relative(name: &str) -> Option<PathBuf> {
     (!out.as_os_str().is_empty()).then_some(out)
 }
 
-fn has_model_extension(name: &str) -> bool {
+fn has_extension(name: &str, extensions: &[&str]) -> bool {
     name.rsplit_once('.')
-        .is_some_and(|(_, ext)| MODEL_EXTENSIONS.iter().any(|e| e.eq_ignore_ascii_case(ext)))
+        .is_some_and(|(_, ext)| extensions.iter().any(|e| e.eq_ignore_ascii_case(ext)))
 }
 
 fn walk(
     dir: &Path,
     rel: &str,
     depth: usize,
+    extensions: &[&str],
     visited: &mut HashSet<PathBuf>,
     names: &mut std::collections::BTreeSet<String>,
 ) {
@@ -261,8 +279,8 @@ fn walk(
             format!("{rel}/{file_name}")
         };
         if path.is_dir() {
-            walk(&path, &name, depth + 1, visited, names);
-        } else if path.is_file() && has_model_extension(&file_name) {
+            walk(&path, &name, depth + 1, extensions, visited, names);
+        } else if path.is_file() && has_extension(&file_name, extensions) {
             names.insert(name);
         }
     }

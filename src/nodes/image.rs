@@ -8,6 +8,7 @@ use super::{Choices, InputKind, InputSpec, NodeSchema, Operation, float, link, o
 pub const CONDITIONING: &str = "CONDITIONING";
 pub const LATENT: &str = "LATENT";
 pub const IMAGE: &str = "IMAGE";
+pub const MASK: &str = "MASK";
 
 /// ComfyUI's `MAX_RESOLUTION`.
 pub const MAX_RESOLUTION: i64 = 16384;
@@ -214,6 +215,45 @@ pub(super) fn schemas() -> Vec<NodeSchema> {
             vec![output(LATENT, LATENT)],
             false,
             Operation::VaeEncode,
+        ),
+        node(
+            "LoadImage",
+            "Load Image",
+            "image",
+            "Loads an image from the input folder; its alpha channel becomes the mask.",
+            vec![InputSpec {
+                name: "image".into(),
+                kind: InputKind::Combo(Choices::ModelFolder("input")),
+                required: true,
+            }],
+            vec![output(IMAGE, IMAGE), output(MASK, MASK)],
+            false,
+            Operation::LoadImage,
+        ),
+        node(
+            "VAEEncodeForInpaint",
+            "VAE Encode (for Inpainting)",
+            "latent/inpaint",
+            "Encodes the image with the masked part greyed out, and sets the grown mask as the latent's noise mask.",
+            vec![
+                link("pixels", IMAGE),
+                link("vae", VAE),
+                link("mask", MASK),
+                int("grow_mask_by", 6, 0, 64, 1),
+            ],
+            vec![output(LATENT, LATENT)],
+            false,
+            Operation::VaeEncodeInpaint,
+        ),
+        node(
+            "SetLatentNoiseMask",
+            "Set Latent Noise Mask",
+            "latent/inpaint",
+            "Limits sampling to the masked part of the latent.",
+            vec![link("samples", LATENT), link("mask", MASK)],
+            vec![output(LATENT, LATENT)],
+            false,
+            Operation::SetNoiseMask,
         ),
         node(
             "SaveImage",

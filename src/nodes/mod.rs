@@ -22,7 +22,9 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 pub use blocks::block_prefixes;
-pub use image::{CONDITIONING, IMAGE, LATENT, MAX_RESOLUTION, SAMPLER_NAMES, SCHEDULER_NAMES};
+pub use image::{
+    CONDITIONING, IMAGE, LATENT, MASK, MAX_RESOLUTION, SAMPLER_NAMES, SCHEDULER_NAMES,
+};
 
 /// Value types that flow along links (ComfyUI's type names).
 pub mod types {
@@ -172,6 +174,12 @@ pub enum Operation {
     },
     VaeDecode,
     VaeEncode,
+    /// VAEEncodeForInpaint.
+    VaeEncodeInpaint,
+    /// SetLatentNoiseMask.
+    SetNoiseMask,
+    /// LoadImage (from ComfyUI's `input/` folder).
+    LoadImage,
     /// SaveImage (`output/`), or PreviewImage (`temp/`).
     SaveImage {
         temp: bool,
@@ -347,8 +355,8 @@ mod tests {
         ] {
             assert!(r.get(class).is_some(), "{class}");
         }
-        assert!(r.get("LoadImage").is_none());
-        assert_eq!(r.all().count(), 47);
+        assert!(r.get("ImageScale").is_none());
+        assert_eq!(r.all().count(), 50);
     }
 
     #[test]

@@ -344,6 +344,164 @@ fn bench_generate_quick_prints_its_table() {
     assert_eq!(files_under(&dir.path().join("output/bench")).len(), 1);
 }
 
+/// Writes `input/<name>`: a 75×64 RGBA gradient with a transparent hole (and a half-transparent
+/// patch), as a user's inpainting source.
+fn write_input_png(tree: &ModelTree, name: &str) -> PathBuf {
+    let dir = tree.path().join("input");
+    std::fs::create_dir_all(&dir).expect("mkdir input");
+    let (w, h) = (75u32, 64u32);
+    let mut rgba = Vec::new();
+    for y in 0..h {
+        for x in 0..w {
+            let hole = (20..44).contains(&y) && (25..50).contains(&x);
+            let half = (10..14).contains(&y) && (60..70).contains(&x);
+            let a = if hole {
+                0
+            } else if half {
+                128
+            } else {
+                255
+            };
+            rgba.extend([
+                (x * 3 % 256) as u8,
+                (y * 4 % 256) as u8,
+                ((x + y) * 2 % 256) as u8,
+                a,
+            ]);
+        }
+    }
+    let mut bytes = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut bytes, w, h);
+        enc.set_color(png::ColorType::Rgba);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut wr = enc.write_header().expect("header");
+        wr.write_image_data(&rgba).expect("data");
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).expect("write png");
+    path
+}
+
+/// The inpaint example's shape: LoadImage (alpha → mask) → VAEEncodeForInpaint (grow 6) →
+/// RepeatLatentBatch → a 9-channel inpainting UNet. (Checked against real ComfyUI on a
+/// full-size random inpainting SD1.5: every value within 1.) A missing image is a validation
+/// error; a corrupt one names the file.
+#[test]
+fn inpainting_runs_from_an_input_image() {
+    let tree = ModelTree::new();
+    let mut layout = Layout::sd15(Scale::Small);
+    layout.unet.in_channels = 9;
+    tree.checkpoint("inpaint.safetensors", &layout, 9);
+    write_input_png(&tree, "hole.png");
+    let mut p = txt2img("inpaint.safetensors", (32, 32, 1), "euler", 2, 5);
+    p["20"] = json!({"class_type": "LoadImage", "inputs": {"image": "hole.png"}});
+    p["21"] = json!({"class_type": "VAEEncodeForInpaint", "inputs": {"pixels": ["20", 0], "vae": ["1", 2], "mask": ["20", 1], "grow_mask_by": 6}});
+    p["22"] =
+        json!({"class_type": "RepeatLatentBatch", "inputs": {"samples": ["21", 0], "amount": 2}});
+    p["5"]["inputs"]["latent_image"] = json!(["22", 0]);
+    let (report, steps) = run_images(&tree, &p, false, None);
+    assert!(
+        matches!(report.outcome, Outcome::Finished { .. }),
+        "{:?}",
+        report.outcome
+    );
+    assert_eq!(
+        steps,
+        ["step 1/2", "step 2/2"],
+        "the batch of 2 is sampled together"
+    );
+    let out = images(&report);
+    assert_eq!(out.len(), 2);
+    let (w, h, _) = png_info(&out[0]);
+    assert_eq!(
+        (w, h),
+        (72, 64),
+        "cropped to multiples of 8 about the centre"
+    );
+    let folders = tree.folders();
+    let mut missing = p.clone();
+    missing["20"]["inputs"]["image"] = json!("nope.png");
+    let v = amalgam::graph::validate::validate_prompt(
+        amalgam::graph::Prompt::from_json(&missing).expect("prompt"),
+        &folders,
+    );
+    assert!(
+        v.errors
+            .iter()
+            .any(|e| e.node.as_deref() == Some("20") && e.details.contains("nope.png")),
+        "{:?}",
+        v.errors
+    );
+    std::fs::write(
+        tree.path().join("input/broken.png"),
+        b"\x89PNG\r\n\x1a\nnot really",
+    )
+    .expect("write");
+    let mut broken = p;
+    broken["20"]["inputs"]["image"] = json!("broken.png");
+    let (report, _) = run_images(&tree, &broken, true, None);
+    let Outcome::Failed(e) = report.outcome else {
+        panic!("{:?}", report.outcome)
+    };
+    let msg = e.to_string();
+    assert!(
+        msg.contains("node #20 (LoadImage)") && msg.contains("broken.png"),
+        "{msg}"
+    );
+}
+
+/// SetLatentNoiseMask on an ordinary model: only the masked part is sampled. With an opaque
+/// image (a mask of zeros) nothing is, and the result decodes to the VAE round trip of the input
+/// (up to the sampler's last f32 step); with the hole's mask it does not.
+#[test]
+fn set_latent_noise_mask_samples_only_the_mask() {
+    let tree = ModelTree::new();
+    tree.checkpoint("small.safetensors", &Layout::sd15(Scale::Small), 5);
+    write_input_png(&tree, "hole.png");
+    let opaque = tree.path().join("input/opaque.png");
+    {
+        let (w, h) = (75u32, 64u32);
+        let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 251) as u8).collect();
+        let mut bytes = Vec::new();
+        let mut enc = png::Encoder::new(&mut bytes, w, h);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut wr = enc.write_header().expect("header");
+        wr.write_image_data(&rgb).expect("data");
+        wr.finish().expect("finish");
+        std::fs::write(&opaque, bytes).expect("write");
+    }
+    let graph = |image: &str, masked: bool| {
+        let mut p = txt2img("small.safetensors", (32, 32, 1), "euler", 2, 5);
+        p["20"] = json!({"class_type": "LoadImage", "inputs": {"image": image}});
+        p["21"] =
+            json!({"class_type": "VAEEncode", "inputs": {"pixels": ["20", 0], "vae": ["1", 2]}});
+        p["22"] = json!({"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["21", 0], "mask": ["20", 1]}});
+        p["5"]["inputs"]["latent_image"] = json!(["22", 0]);
+        if !masked {
+            p["6"]["inputs"]["samples"] = json!(["21", 0]);
+        }
+        let (report, _) = run_images(&tree, &p, true, None);
+        rgb(&images(&report)[0])
+    };
+    let (kept, round_trip) = (graph("opaque.png", true), graph("opaque.png", false));
+    let max = kept
+        .iter()
+        .zip(&round_trip)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max();
+    assert!(
+        max <= Some(2),
+        "a zero mask keeps the image: off by {max:?}"
+    );
+    assert_ne!(
+        graph("hole.png", true),
+        graph("hole.png", false),
+        "the hole is sampled"
+    );
+}
+
 /// Cancel during sampling: the job ends cancelled, no PNG (or partial file) is left.
 #[test]
 fn cancel_mid_sampling_writes_nothing() {

@@ -213,6 +213,28 @@ impl Planner<'_> {
                 pixels: self.step_input(id, "pixels")?,
                 vae: self.planned_vae(id)?,
             },
+            Operation::VaeEncodeInpaint => ImageOp::EncodeInpaint {
+                pixels: self.step_input(id, "pixels")?,
+                vae: self.planned_vae(id)?,
+                mask: self.step_input(id, "mask")?,
+                grow: usize::try_from(self.int(id, "grow_mask_by")?)
+                    .map_err(|_| node_err(id, class_type, "grow_mask_by must not be negative"))?,
+            },
+            Operation::SetNoiseMask => ImageOp::SetNoiseMask {
+                samples: self.step_input(id, "samples")?,
+                mask: self.step_input(id, "mask")?,
+            },
+            Operation::LoadImage => {
+                let name = self.string(id, "image")?;
+                let path = self
+                    .folders
+                    .resolve(crate::model::folders::INPUT_KIND, &name)
+                    .ok_or_else(|| {
+                        node_err(id, class_type, format!("Invalid image file: {name}"))
+                    })?;
+                let step = self.push_step(id, ImageOp::LoadImage { path });
+                return Ok(vec![NodeValue::Step(step), NodeValue::Step(step)]);
+            }
             _ => return Err(node_err(id, class_type, "not an image node")),
         };
         let s = self.push_step(id, step);

@@ -377,6 +377,22 @@ pub enum ImageOp {
         vae: usize,
         pixels: StepRef,
     },
+    /// VAEEncodeForInpaint; `mask` is a LoadImage step (its MASK output).
+    EncodeInpaint {
+        vae: usize,
+        pixels: StepRef,
+        mask: StepRef,
+        grow: usize,
+    },
+    SetNoiseMask {
+        samples: StepRef,
+        mask: StepRef,
+    },
+    /// LoadImage: the file, already resolved inside the input folder. Its step's value holds
+    /// both outputs (IMAGE and MASK); a consumer takes the one its input is for.
+    LoadImage {
+        path: PathBuf,
+    },
     Save {
         images: StepRef,
         prefix: String,

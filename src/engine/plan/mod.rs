@@ -372,7 +372,10 @@ impl Planner<'_> {
             | Operation::RepeatLatent
             | Operation::Sample { .. }
             | Operation::VaeDecode
-            | Operation::VaeEncode => self.image_node(id, &class_type, &op)?,
+            | Operation::VaeEncode
+            | Operation::VaeEncodeInpaint
+            | Operation::SetNoiseMask
+            | Operation::LoadImage => self.image_node(id, &class_type, &op)?,
             Operation::SaveCheckpoint
             | Operation::SaveImage { .. }
             | Operation::SaveModel
