@@ -335,31 +335,40 @@ fn run_steps(
                 let started = Instant::now();
                 let node = step.node.clone();
                 let mut nan_warned = false;
-                let result = ksample(&diffusion, &pos, &neg, &lat, &settings, images, &mut |s| {
-                    if !nan_warned && s.denoised.iter().any(|v| !v.is_finite()) {
-                        nan_warned = true;
-                        emit(Event::Warning(super::Warning {
-                            node: Some(node.clone()),
-                            key: None,
-                            message: format!(
-                                "the latent holds NaN or infinite values at step {}",
-                                s.step + 1
-                            ),
+                let result = ksample(
+                    &diffusion,
+                    &pos,
+                    &neg,
+                    &lat,
+                    &settings,
+                    images,
+                    Some(cancel),
+                    &mut |s| {
+                        if !nan_warned && s.denoised.iter().any(|v| !v.is_finite()) {
+                            nan_warned = true;
+                            emit(Event::Warning(super::Warning {
+                                node: Some(node.clone()),
+                                key: None,
+                                message: format!(
+                                    "the latent holds NaN or infinite values at step {}",
+                                    s.step + 1
+                                ),
+                            }));
+                        }
+                        emit(Event::Step(StepProgress {
+                            node: node.clone(),
+                            step: s.step + 1,
+                            total: s.total,
+                            seconds_per_step: started.elapsed().as_secs_f64() / (s.step + 1) as f64,
+                            preview: Some(Preview {
+                                width: w,
+                                height: h,
+                                rgb: preview_rgb8(s.denoised, h, w, diffusion.latent_format),
+                            }),
                         }));
-                    }
-                    emit(Event::Step(StepProgress {
-                        node: node.clone(),
-                        step: s.step + 1,
-                        total: s.total,
-                        seconds_per_step: started.elapsed().as_secs_f64() / (s.step + 1) as f64,
-                        preview: Some(Preview {
-                            width: w,
-                            height: h,
-                            rgb: preview_rgb8(s.denoised, h, w, diffusion.latent_format),
-                        }),
-                    }));
-                    !cancel.load(Ordering::Relaxed)
-                })
+                        !cancel.load(Ordering::Relaxed)
+                    },
+                )
                 .map_err(gen_err)?;
                 match result {
                     Some(l) => Some(Value::Latent(l)),

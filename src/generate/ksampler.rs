@@ -203,7 +203,9 @@ pub struct Step<'a> {
     pub denoised: &'a [f32],
 }
 
-/// Runs KSampler. Returns `None` when `on_step` asked to stop.
+/// Runs KSampler. Returns `None` when `on_step` asked to stop, or when `stop` was set (it is
+/// checked between the UNet's blocks too, so a cancel need not wait for the step to end).
+#[allow(clippy::too_many_arguments)]
 pub fn ksample(
     model: &Diffusion,
     positive: &Conditioning,
@@ -211,6 +213,7 @@ pub fn ksample(
     latent: &Latent,
     settings: &Settings,
     images: Images,
+    stop: Option<&std::sync::atomic::AtomicBool>,
     on_step: &mut dyn FnMut(Step) -> bool,
 ) -> Result<Option<Latent>, GenError> {
     let (b, c, h, w) = latent.samples.dims4()?;
@@ -313,6 +316,7 @@ pub fn ksample(
     };
     let mut network = UnetNetwork::new(model, positive, negative, (count, c, h, w))?;
     network.concat = concat;
+    network.stop = stop;
     let guided = Guided {
         network,
         sampling: &model.sampling,
@@ -343,7 +347,11 @@ pub fn ksample(
                 denoised: &r.denoised[..per_image.min(r.denoised.len())],
             })
         },
-    )?;
+    );
+    let out = match out {
+        Err(GenError::Network(super::nn::NnError::Cancelled)) => return Ok(None),
+        other => other?,
+    };
     let Some(out) = out else { return Ok(None) };
     let unscaled: Vec<f32> = out.iter().map(|v| v / scale).collect();
     let samples = Tensor::from_vec(unscaled, (count, c, h, w), &Device::Cpu)?;
@@ -387,6 +395,7 @@ struct UnetNetwork<'a> {
     negative: (Tensor, Option<Tensor>),
     /// Channels appended to each scaled input (an inpainting UNet's mask and masked image).
     concat: Option<Tensor>,
+    stop: Option<&'a std::sync::atomic::AtomicBool>,
 }
 
 impl<'a> UnetNetwork<'a> {
@@ -424,6 +433,7 @@ impl<'a> UnetNetwork<'a> {
             positive: side(positive, "positive")?,
             negative: side(negative, "negative")?,
             concat: None,
+            stop: None,
         })
     }
 }
@@ -459,6 +469,7 @@ impl Network for UnetNetwork<'_> {
                 timesteps: &[timestep],
                 context: &ctx.narrow(0, i, 1)?,
                 y: y.as_ref(),
+                stop: self.stop,
             })?;
             out.extend(o.flatten_all()?.to_vec1::<f32>()?);
         }

@@ -516,6 +516,34 @@ fn cancel_mid_sampling_writes_nothing() {
     );
     assert_eq!(steps, ["step 1/5", "step 2/5"]);
     assert_eq!(files_under(&tree.output()), Vec::<String>::new());
+
+    // Cancelled as the sampler starts: the UNet stops inside the first step (no step ends).
+    let v = amalgam::graph::validate::validate_prompt(
+        amalgam::graph::Prompt::from_json(&prompt).expect("prompt"),
+        &tree.folders(),
+    );
+    let job = Job {
+        prompt: v.prompt,
+        outputs: v.outputs,
+        workflow: None,
+        folders: tree.folders(),
+        precision: Precision::Keep,
+        first_image_only: false,
+    };
+    let cancel = AtomicBool::new(false);
+    let mut step_events = 0;
+    let report = run_blocking(&job, &cancel, &mut RunCache::default(), &mut |e| match e {
+        Event::NodeStarted { node, .. } if node == "5" => cancel.store(true, Ordering::Relaxed),
+        Event::Step(_) => step_events += 1,
+        _ => {}
+    });
+    assert!(
+        matches!(report.outcome, Outcome::Cancelled),
+        "{:?}",
+        report.outcome
+    );
+    assert_eq!(step_events, 0);
+    assert_eq!(files_under(&tree.output()), Vec::<String>::new());
 }
 
 /// PreviewImage writes to ComfyUI's temp folder, without metadata; `run --json` lists images

@@ -35,6 +35,9 @@ pub enum NnError {
     Invalid(String),
     #[error("tensor computation failed: {0}")]
     Compute(String),
+    /// The caller's stop flag was set during a network call.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl From<candle_core::Error> for NnError {

@@ -244,6 +244,8 @@ pub struct UnetInput<'a> {
     pub context: &'a Tensor,
     /// SDXL's `y` (`[B, adm_in_channels]`).
     pub y: Option<&'a Tensor>,
+    /// Checked before each block: a cancel takes effect within a step, not after it.
+    pub stop: Option<&'a std::sync::atomic::AtomicBool>,
 }
 
 impl Unet {
@@ -343,12 +345,23 @@ impl Unet {
         let emb_silu = emb.silu()?;
         let mut skips = Vec::with_capacity(self.input_blocks.len());
         let mut h = x.clone();
+        let stopped = || {
+            input
+                .stop
+                .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+        };
         for block in &self.input_blocks {
+            if stopped() {
+                return Err(NnError::Cancelled);
+            }
             h = run_block(block, &h, &emb_silu, input.context, None)?;
             skips.push(h.clone());
         }
         h = run_block(&self.middle_block, &h, &emb_silu, input.context, None)?;
         for block in &self.output_blocks {
+            if stopped() {
+                return Err(NnError::Cancelled);
+            }
             let skip = skips
                 .pop()
                 .ok_or_else(|| NnError::Invalid("more output blocks than input blocks".into()))?;
@@ -564,15 +577,28 @@ pub(crate) mod tests {
                 timesteps: &[999.0, 10.0],
                 context: &ctx,
                 y: None,
+                stop: None,
             })
             .expect("forward");
         assert_eq!(out.dims(), [2, 4, 5, 7]);
+        let stop = std::sync::atomic::AtomicBool::new(true);
+        let err = unet
+            .forward(&UnetInput {
+                x: &x,
+                timesteps: &[999.0, 10.0],
+                context: &ctx,
+                y: None,
+                stop: Some(&stop),
+            })
+            .expect_err("stopped");
+        assert!(matches!(err, NnError::Cancelled), "{err}");
         let one = unet
             .forward(&UnetInput {
                 x: &x.narrow(0, 1, 1).expect("x1"),
                 timesteps: &[10.0],
                 context: &ctx.narrow(0, 1, 1).expect("c1"),
                 y: None,
+                stop: None,
             })
             .expect("forward one");
         let a: Vec<f32> = out
@@ -599,6 +625,7 @@ pub(crate) mod tests {
                 timesteps: &[500.0],
                 context: &ctx,
                 y: None,
+                stop: None,
             })
             .expect_err("y is required");
         assert!(err.to_string().contains("(y)"), "{err}");
@@ -609,6 +636,7 @@ pub(crate) mod tests {
                 timesteps: &[500.0],
                 context: &ctx,
                 y: Some(&y),
+                stop: None,
             })
             .and_then(|t| Ok(t.flatten_all()?.to_vec1::<f32>()?))
             .expect("forward")
