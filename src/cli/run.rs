@@ -124,14 +124,7 @@ pub fn run(folders: &FolderArgs, args: &RunArgs) -> anyhow::Result<()> {
                 }
             }
             Event::Step(s) => {
-                let line = format!(
-                    "#{} step {}/{} · {:.1} s/step · ETA {:.0} s",
-                    s.node,
-                    s.step,
-                    s.total,
-                    s.seconds_per_step,
-                    s.eta_seconds()
-                );
+                let line = s.summary();
                 match &bar {
                     Some(b) => b.set_message(line),
                     None => eprintln!("{line}"),

@@ -13,8 +13,8 @@ pub const MASK: &str = "MASK";
 /// ComfyUI's `MAX_RESOLUTION`.
 pub const MAX_RESOLUTION: i64 = 16384;
 
-/// The samplers Amalgam runs (the same list as `generate::sampling::samplers::SAMPLERS`; the
-/// registry is below the generator, so the engine checks the two agree in a test).
+/// The samplers Amalgam runs: the one list, which the generator's `Sampler::from_name` parses
+/// (a test there checks every name).
 pub const SAMPLER_NAMES: [&str; 7] = [
     "euler",
     "euler_ancestral",
@@ -25,7 +25,7 @@ pub const SAMPLER_NAMES: [&str; 7] = [
     "lms",
 ];
 
-/// The schedulers Amalgam runs.
+/// The schedulers Amalgam runs (parsed by the generator's `Scheduler::from_name`, in its order).
 pub const SCHEDULER_NAMES: [&str; 6] = [
     "normal",
     "karras",

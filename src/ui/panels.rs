@@ -72,15 +72,7 @@ pub fn queue_ui(ui: &mut egui::Ui, jobs: &[JobView]) -> Option<Command> {
                     && job.state == JobState::Running
                 {
                     let fraction = s.step as f32 / s.total.max(1) as f32;
-                    let text = format!(
-                        "#{} step {}/{} · {:.1} s/step · ETA {:.0} s",
-                        s.node,
-                        s.step,
-                        s.total,
-                        s.seconds_per_step,
-                        s.eta_seconds()
-                    );
-                    ui.add(ProgressBar::new(fraction).text(text));
+                    ui.add(ProgressBar::new(fraction).text(s.summary()));
                 }
                 match (&job.state, job.seconds) {
                     (JobState::Done, Some(s)) => {

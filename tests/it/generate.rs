@@ -344,39 +344,44 @@ fn bench_generate_quick_prints_its_table() {
     assert_eq!(files_under(&dir.path().join("output/bench")).len(), 1);
 }
 
-/// Writes `input/<name>`: a 75×64 RGBA gradient with a transparent hole (and a half-transparent
-/// patch), as a user's inpainting source.
-fn write_input_png(tree: &ModelTree, name: &str) -> PathBuf {
+/// Writes `input/<name>`: a 75×64 gradient, with `alpha` a transparent hole and a
+/// half-transparent patch (as a user's inpainting source), else opaque RGB.
+fn write_input_png(tree: &ModelTree, name: &str, alpha: bool) -> PathBuf {
     let dir = tree.path().join("input");
     std::fs::create_dir_all(&dir).expect("mkdir input");
     let (w, h) = (75u32, 64u32);
-    let mut rgba = Vec::new();
+    let mut data = Vec::new();
     for y in 0..h {
         for x in 0..w {
-            let hole = (20..44).contains(&y) && (25..50).contains(&x);
-            let half = (10..14).contains(&y) && (60..70).contains(&x);
-            let a = if hole {
-                0
-            } else if half {
-                128
-            } else {
-                255
-            };
-            rgba.extend([
+            data.extend([
                 (x * 3 % 256) as u8,
                 (y * 4 % 256) as u8,
                 ((x + y) * 2 % 256) as u8,
-                a,
             ]);
+            if alpha {
+                let hole = (20..44).contains(&y) && (25..50).contains(&x);
+                let half = (10..14).contains(&y) && (60..70).contains(&x);
+                data.push(if hole {
+                    0
+                } else if half {
+                    128
+                } else {
+                    255
+                });
+            }
         }
     }
     let mut bytes = Vec::new();
     {
         let mut enc = png::Encoder::new(&mut bytes, w, h);
-        enc.set_color(png::ColorType::Rgba);
+        enc.set_color(if alpha {
+            png::ColorType::Rgba
+        } else {
+            png::ColorType::Rgb
+        });
         enc.set_depth(png::BitDepth::Eight);
         let mut wr = enc.write_header().expect("header");
-        wr.write_image_data(&rgba).expect("data");
+        wr.write_image_data(&data).expect("data");
     }
     let path = dir.join(name);
     std::fs::write(&path, bytes).expect("write png");
@@ -393,7 +398,7 @@ fn inpainting_runs_from_an_input_image() {
     let mut layout = Layout::sd15(Scale::Small);
     layout.unet.in_channels = 9;
     tree.checkpoint("inpaint.safetensors", &layout, 9);
-    write_input_png(&tree, "hole.png");
+    write_input_png(&tree, "hole.png", true);
     let mut p = txt2img("inpaint.safetensors", (32, 32, 1), "euler", 2, 5);
     p["20"] = json!({"class_type": "LoadImage", "inputs": {"image": "hole.png"}});
     p["21"] = json!({"class_type": "VAEEncodeForInpaint", "inputs": {"pixels": ["20", 0], "vae": ["1", 2], "mask": ["20", 1], "grow_mask_by": 6}});
@@ -458,20 +463,8 @@ fn inpainting_runs_from_an_input_image() {
 fn set_latent_noise_mask_samples_only_the_mask() {
     let tree = ModelTree::new();
     tree.checkpoint("small.safetensors", &Layout::sd15(Scale::Small), 5);
-    write_input_png(&tree, "hole.png");
-    let opaque = tree.path().join("input/opaque.png");
-    {
-        let (w, h) = (75u32, 64u32);
-        let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 251) as u8).collect();
-        let mut bytes = Vec::new();
-        let mut enc = png::Encoder::new(&mut bytes, w, h);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut wr = enc.write_header().expect("header");
-        wr.write_image_data(&rgb).expect("data");
-        wr.finish().expect("finish");
-        std::fs::write(&opaque, bytes).expect("write");
-    }
+    write_input_png(&tree, "hole.png", true);
+    write_input_png(&tree, "opaque.png", false);
     let graph = |image: &str, masked: bool| {
         let mut p = txt2img("small.safetensors", (32, 32, 1), "euler", 2, 5);
         p["20"] = json!({"class_type": "LoadImage", "inputs": {"image": image}});

@@ -15,16 +15,9 @@
 
 use super::rng::CpuGenerator;
 
-/// The samplers Amalgam runs; anything else is a validation error naming these.
-pub const SAMPLERS: [&str; 7] = [
-    "euler",
-    "euler_ancestral",
-    "heun",
-    "dpm_2",
-    "dpmpp_2m",
-    "ddim",
-    "lms",
-];
+/// The samplers Amalgam runs, as the registry lists them on KSampler (anything else is a
+/// validation error naming these).
+pub use crate::nodes::SAMPLER_NAMES as SAMPLERS;
 
 /// A sampler by its ComfyUI name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

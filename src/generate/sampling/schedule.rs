@@ -10,15 +10,9 @@
 
 use std::fmt;
 
-/// The schedulers Amalgam runs; anything else is a validation error naming these.
-pub const SCHEDULERS: [&str; 6] = [
-    "normal",
-    "karras",
-    "exponential",
-    "simple",
-    "sgm_uniform",
-    "ddim_uniform",
-];
+/// The schedulers Amalgam runs, as the registry lists them on KSampler (anything else is a
+/// validation error naming these); the order is [`Scheduler`]'s.
+pub use crate::nodes::SCHEDULER_NAMES as SCHEDULERS;
 
 /// A scheduler by its ComfyUI name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
