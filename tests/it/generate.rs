@@ -31,24 +31,29 @@ fn txt2img(ckpt: &str, size: (u32, u32, u32), sampler: &str, steps: u32, seed: u
     })
 }
 
-/// Validates and runs `prompt` with `first_image_only`; returns the report and every event.
-fn run_images(
-    tree: &ModelTree,
-    prompt: &Value,
-    first_image_only: bool,
-    cancel_at_step: Option<usize>,
-) -> (amalgam::engine::JobReport, Vec<String>) {
+/// The job of a validated `prompt` (panics if it does not validate).
+fn job(tree: &ModelTree, prompt: &Value, first_image_only: bool) -> Job {
     let prompt = amalgam::graph::Prompt::from_json(prompt).expect("prompt");
     let v = amalgam::graph::validate::validate_prompt(prompt, &tree.folders());
     assert!(v.errors.is_empty(), "validation: {:?}", v.errors);
-    let job = Job {
+    Job {
         prompt: v.prompt,
         outputs: v.outputs,
         workflow: None,
         folders: tree.folders(),
         precision: Precision::Keep,
         first_image_only,
-    };
+    }
+}
+
+/// Validates and runs `prompt` with `first_image_only`; returns the report and every step.
+fn run_images(
+    tree: &ModelTree,
+    prompt: &Value,
+    first_image_only: bool,
+    cancel_at_step: Option<usize>,
+) -> (amalgam::engine::JobReport, Vec<String>) {
+    let job = job(tree, prompt, first_image_only);
     let cancel = AtomicBool::new(false);
     let mut seen = Vec::new();
     let report = run_blocking(&job, &cancel, &mut RunCache::default(), &mut |e| {
@@ -292,17 +297,12 @@ fn networks_are_kept_for_the_next_job() {
         p
     };
     let run = |cache: &mut RunCache, p: &Value| {
-        let prompt = amalgam::graph::Prompt::from_json(p).expect("prompt");
-        let v = amalgam::graph::validate::validate_prompt(prompt, &tree.folders());
-        let job = Job {
-            prompt: v.prompt,
-            outputs: v.outputs,
-            workflow: None,
-            folders: tree.folders(),
-            precision: Precision::Keep,
-            first_image_only: true,
-        };
-        let report = run_blocking(&job, &AtomicBool::new(false), cache, &mut |_| {});
+        let report = run_blocking(
+            &job(&tree, p, true),
+            &AtomicBool::new(false),
+            cache,
+            &mut |_| {},
+        );
         assert!(
             matches!(report.outcome, Outcome::Finished { .. }),
             "{:?}",
@@ -511,25 +511,18 @@ fn cancel_mid_sampling_writes_nothing() {
     assert_eq!(files_under(&tree.output()), Vec::<String>::new());
 
     // Cancelled as the sampler starts: the UNet stops inside the first step (no step ends).
-    let v = amalgam::graph::validate::validate_prompt(
-        amalgam::graph::Prompt::from_json(&prompt).expect("prompt"),
-        &tree.folders(),
-    );
-    let job = Job {
-        prompt: v.prompt,
-        outputs: v.outputs,
-        workflow: None,
-        folders: tree.folders(),
-        precision: Precision::Keep,
-        first_image_only: false,
-    };
     let cancel = AtomicBool::new(false);
     let mut step_events = 0;
-    let report = run_blocking(&job, &cancel, &mut RunCache::default(), &mut |e| match e {
-        Event::NodeStarted { node, .. } if node == "5" => cancel.store(true, Ordering::Relaxed),
-        Event::Step(_) => step_events += 1,
-        _ => {}
-    });
+    let report = run_blocking(
+        &job(&tree, &prompt, false),
+        &cancel,
+        &mut RunCache::default(),
+        &mut |e| match e {
+            Event::NodeStarted { node, .. } if node == "5" => cancel.store(true, Ordering::Relaxed),
+            Event::Step(_) => step_events += 1,
+            _ => {}
+        },
+    );
     assert!(
         matches!(report.outcome, Outcome::Cancelled),
         "{:?}",
