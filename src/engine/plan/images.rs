@@ -26,9 +26,31 @@ pub(super) enum WeightsKey {
     },
 }
 
-/// The largest latent Amalgam agrees to allocate (values), before anything is computed: a
-/// 16384² image at batch 1 is 16.8 M latent values; this allows 64 of those.
-const MAX_LATENT_VALUES: usize = 1 << 30;
+/// Bytes an image batch needs at its peak, roughly: decoding holds ~3 activations of 128
+/// channels at full resolution for one image (the VAE runs image by image), and the decoded
+/// batch is kept as f32 RGB.
+fn image_bytes(width: usize, height: usize, batch: usize) -> u128 {
+    let pixels = width as u128 * height as u128;
+    (pixels * 128 * 4 * 3).max(pixels * 3 * 4 * batch as u128)
+}
+
+/// The machine's memory (`MemTotal`), or 16 GiB when it cannot be read.
+fn memory_bytes() -> u128 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u128 = line
+                .trim_start_matches("MemTotal:")
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(16 << 30)
+}
 
 impl Planner<'_> {
     /// A SaveImage / PreviewImage node: its image steps, inputs first.
@@ -124,13 +146,16 @@ impl Planner<'_> {
                         format!("a {width}×{height} latent of batch {batch} is not a valid size"),
                     ));
                 };
-                let values = (width / 8) * (height / 8) * 4 * batch;
-                if values > MAX_LATENT_VALUES {
+                // Refused before anything is allocated: decoding it could not fit in memory.
+                let (need, have) = (image_bytes(width, height, batch), memory_bytes());
+                if need > have {
                     return Err(node_err(
                         id,
                         class_type,
                         format!(
-                            "a {width}×{height} latent of batch {batch} is too large to allocate ({values} values)"
+                            "a {width}×{height} latent of batch {batch} is too large: decoding it needs about {} GiB, this machine has {} GiB",
+                            need >> 30,
+                            have >> 30
                         ),
                     ));
                 }
