@@ -605,6 +605,12 @@ fn bad_image_inputs_are_clear_errors() {
         msg.contains("node #4") && msg.contains("too large"),
         "{msg}"
     );
+    // One 8192² image: its decoder's activations alone need ~100 GiB.
+    p = txt2img("small.safetensors", (8192, 8192, 1), "euler", 2, 3);
+    let v = validate(&p);
+    let err = amalgam::engine::plan::build(&v.prompt, &v.outputs, None, &folders, Precision::Keep)
+        .expect_err("too large for this machine");
+    assert!(err.to_string().contains("GiB"), "{err}");
     assert_eq!(files_under(&tree.output()), Vec::<String>::new());
 
     // A merge-test layout's text encoder has a 256-token vocabulary: the error names the node
