@@ -184,6 +184,10 @@ pub fn run_images(
     emit: &mut dyn FnMut(Event),
 ) -> Result<Vec<SavedFile>, EngineError> {
     if plan.image_steps.is_empty() {
+        // A job without images keeps no networks: a merge should not run beside gigabytes of
+        // weights it does not use.
+        cache.entries.clear();
+        cache.reused = 0;
         return Ok(Vec::new());
     }
     let keys = network_keys(plan);
