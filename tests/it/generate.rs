@@ -319,6 +319,20 @@ fn networks_are_kept_for_the_next_job() {
     let remerged = run(&mut cache, &prompt(2, 0.25));
     assert_eq!(cache.networks.reused_by_last_job(), 2, "CLIP and VAE kept");
     assert_eq!(cache.networks.len(), 3, "the old UNet is dropped");
+    // A merge-only job releases them.
+    let merge_only = json!({"1": loader("a.safetensors"), "2": save(("1", 0), ("1", 1), ("1", 2), "checkpoints/m")});
+    let report = run_blocking(
+        &job(&tree, &merge_only, true),
+        &AtomicBool::new(false),
+        &mut cache,
+        &mut |_| {},
+    );
+    assert!(
+        matches!(report.outcome, Outcome::Finished { .. }),
+        "{:?}",
+        report.outcome
+    );
+    assert!(cache.networks.is_empty());
     // Each image is what a fresh worker gives.
     assert_eq!(reseeded, run(&mut RunCache::default(), &prompt(2, 0.5)));
     assert_eq!(remerged, run(&mut RunCache::default(), &prompt(2, 0.25)));
