@@ -119,6 +119,23 @@ impl Layout {
         }
     }
 
+    /// Stable Diffusion 2.x (512-base / 768-v share the layout; the prediction type comes from
+    /// the weights): linear transformer projections, a 1024-wide context from OpenCLIP ViT-H.
+    pub fn sd2(scale: Scale) -> Layout {
+        let mut l = Layout::sd15(scale);
+        l.architecture = Architecture::Sd2;
+        l.unet.context_dim = 1024;
+        l.unet.linear_proj = true;
+        l.text = vec![TextEncoder::OpenClip {
+            prefix: "cond_stage_model.model.".into(),
+            width: scale.pick(1024, 1024, 32),
+            layers: scale.pick(24, 2, 24),
+            mlp: scale.pick(4096, 64, 128),
+            vocab: scale.pick(49408, 49408, 256),
+        }];
+        l
+    }
+
     /// Stable Diffusion XL 1.0 base.
     pub fn sdxl(scale: Scale) -> Layout {
         Layout {
@@ -556,6 +573,33 @@ mod tests {
         assert_eq!(
             shape("first_stage_model.decoder.up.1.block.0.nin_shortcut.weight"),
             Some(vec![256, 512, 1, 1])
+        );
+    }
+
+    /// SD2: SD1's UNet with linear projections and a 1024-wide context, OpenCLIP ViT-H (24
+    /// layers of 12 tensors, the embeddings, the final norm, the projection and logit scale).
+    /// ComfyUI reads the full layout as SD2 (it ran it for the oracle comparison).
+    #[test]
+    fn sd2_layout_has_the_real_shapes() {
+        let sd2 = Layout::sd2(Scale::Full);
+        assert_eq!(counts(&sd2), [686, 2 + 24 * 12 + 4, 248, 0]);
+        let t = sd2.tensors();
+        let shape = |n: &str| t.iter().find(|s| s.name == n).map(|s| s.shape.clone());
+        assert_eq!(
+            shape("model.diffusion_model.input_blocks.1.1.proj_in.weight"),
+            Some(vec![320, 320])
+        );
+        assert_eq!(
+            shape("model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"),
+            Some(vec![320, 1024])
+        );
+        assert_eq!(
+            shape("cond_stage_model.model.transformer.resblocks.23.attn.in_proj_weight"),
+            Some(vec![3072, 1024])
+        );
+        assert_eq!(
+            shape("cond_stage_model.model.text_projection"),
+            Some(vec![1024, 1024])
         );
     }
 
