@@ -103,11 +103,31 @@ impl Value {
 enum Built {
     Unet(Unet),
     Text(TextEncoders),
-    Vae {
-        decoder: Option<Box<Decoder>>,
-        encoder: Option<Box<Encoder>>,
-        weights: WeightMap,
-    },
+    Vae(Box<VaeHalves>),
+}
+
+/// A VAE's weights, with each half built the first time a node needs it (a text-to-image
+/// graph never builds the encoder).
+struct VaeHalves {
+    weights: WeightMap,
+    decoder: Option<Decoder>,
+    encoder: Option<Encoder>,
+}
+
+impl VaeHalves {
+    fn decoder(&mut self) -> Result<&Decoder, crate::generate::nn::NnError> {
+        if self.decoder.is_none() {
+            self.decoder = Some(Decoder::load(&self.weights)?);
+        }
+        Ok(self.decoder.as_ref().expect("built above"))
+    }
+
+    fn encoder(&mut self) -> Result<&Encoder, crate::generate::nn::NnError> {
+        if self.encoder.is_none() {
+            self.encoder = Some(Encoder::load(&self.weights)?);
+        }
+        Ok(self.encoder.as_ref().expect("built above"))
+    }
 }
 
 /// What identifies a built network across jobs: the input files (path, size, modification
@@ -395,23 +415,21 @@ fn run_steps(
                 let Value::Latent(l) = input(*samples)?.clone() else {
                     return Err(fail("input \"samples\" is not a LATENT".into()));
                 };
-                let VaePart::Decoder(d) =
-                    vae_part(plan, built, *vae, (&step.node, &step.class_type), true)?
-                else {
-                    return Err(fail("the VAE has no decoder".into()));
-                };
-                Some(Value::Images(decode(&d, &l).map_err(gen_err)?))
+                let halves = vae_of(plan, built, *vae, (&step.node, &step.class_type))?;
+                let d = halves
+                    .decoder()
+                    .map_err(|e| fail(format!("the VAE cannot be used: {e}")))?;
+                Some(Value::Images(decode(d, &l).map_err(gen_err)?))
             }
             ImageOp::Encode { vae, pixels } => {
-                let Some(p) = input(*pixels)?.pixels().cloned() else {
+                let Some(p) = input(*pixels)?.pixels() else {
                     return Err(fail("input \"pixels\" is not an IMAGE".into()));
                 };
-                let VaePart::Encoder(e) =
-                    vae_part(plan, built, *vae, (&step.node, &step.class_type), false)?
-                else {
-                    return Err(fail("the VAE has no encoder".into()));
-                };
-                Some(Value::Latent(encode(&e, &p).map_err(gen_err)?))
+                let halves = vae_of(plan, built, *vae, (&step.node, &step.class_type))?;
+                let e = halves
+                    .encoder()
+                    .map_err(|e| fail(format!("the VAE cannot be used: {e}")))?;
+                Some(Value::Latent(encode(e, p).map_err(gen_err)?))
             }
             ImageOp::LoadImage { path } => {
                 let bytes = std::fs::read(path)
@@ -437,19 +455,18 @@ fn run_steps(
                 mask,
                 grow,
             } => {
-                let Some(p) = input(*pixels)?.pixels().cloned() else {
+                let Some(p) = input(*pixels)?.pixels() else {
                     return Err(fail("input \"pixels\" is not an IMAGE".into()));
                 };
-                let Some(m) = input(*mask)?.mask().cloned() else {
+                let Some(m) = input(*mask)?.mask() else {
                     return Err(fail("input \"mask\" is not a MASK".into()));
                 };
-                let VaePart::Encoder(e) =
-                    vae_part(plan, built, *vae, (&step.node, &step.class_type), false)?
-                else {
-                    return Err(fail("the VAE has no encoder".into()));
-                };
+                let halves = vae_of(plan, built, *vae, (&step.node, &step.class_type))?;
+                let e = halves
+                    .encoder()
+                    .map_err(|e| fail(format!("the VAE cannot be used: {e}")))?;
                 Some(Value::Latent(
-                    encode_for_inpaint(&e, &p, &m, *grow).map_err(gen_err)?,
+                    encode_for_inpaint(e, p, m, *grow).map_err(gen_err)?,
                 ))
             }
             ImageOp::Save {
@@ -472,47 +489,20 @@ fn run_steps(
     Ok(saved)
 }
 
-enum VaePart {
-    Decoder(Box<Decoder>),
-    Encoder(Box<Encoder>),
-}
-
-/// The decoder or encoder half of a VAE, built on first use.
-fn vae_part(
+/// The VAE of `plan.weights[index]`, evaluated on first use.
+fn vae_of<'b>(
     plan: &Plan,
-    built: &mut [Option<Built>],
+    built: &'b mut [Option<Built>],
     index: usize,
     (node, class_type): (&str, &str),
-    decoder: bool,
-) -> Result<VaePart, EngineError> {
-    let err = |message: String| EngineError::Node {
-        node: node.to_owned(),
-        class_type: class_type.to_owned(),
-        message,
-    };
-    let Built::Vae {
-        decoder: d,
-        encoder: e,
-        weights,
-    } = network(plan, built, index, (node, class_type))?
-    else {
-        return Err(err("the VAE input is not a VAE".into()));
-    };
-    let unusable = |e: crate::generate::nn::NnError| err(format!("the VAE cannot be used: {e}"));
-    if decoder {
-        if d.is_none() {
-            *d = Some(Box::new(Decoder::load(weights).map_err(unusable)?));
-        }
-        d.clone()
-            .map(VaePart::Decoder)
-            .ok_or_else(|| err("no decoder".into()))
-    } else {
-        if e.is_none() {
-            *e = Some(Box::new(Encoder::load(weights).map_err(unusable)?));
-        }
-        e.clone()
-            .map(VaePart::Encoder)
-            .ok_or_else(|| err("no encoder".into()))
+) -> Result<&'b mut VaeHalves, EngineError> {
+    match network(plan, built, index, (node, class_type))? {
+        Built::Vae(v) => Ok(v),
+        _ => Err(EngineError::Node {
+            node: node.to_owned(),
+            class_type: class_type.to_owned(),
+            message: "the VAE input is not a VAE".into(),
+        }),
     }
 }
 
@@ -546,11 +536,11 @@ fn network<'b>(
                 TextEncoders::load(&map)
                     .map_err(|e| err(format!("the CLIP cannot be used: {e}")))?,
             ),
-            Network::Vae => Built::Vae {
+            Network::Vae => Built::Vae(Box::new(VaeHalves {
+                weights: map,
                 decoder: None,
                 encoder: None,
-                weights: map,
-            },
+            })),
         };
         built[index] = Some(b);
     }

@@ -106,14 +106,6 @@ impl WeightMap {
             .filter(move |k| k.starts_with(prefix))
             .map(String::as_str)
     }
-
-    /// Total bytes held.
-    pub fn bytes(&self) -> usize {
-        self.tensors
-            .values()
-            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
-            .sum()
-    }
 }
 
 /// Counts `prefix{i}{suffix}` keys for i = 0, 1, … until one is missing.

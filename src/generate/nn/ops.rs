@@ -4,7 +4,7 @@
 //! evaluated in query chunks, which is mathematically the same (softmax is per row) and keeps the
 //! score matrix under [`ATTENTION_CHUNK_BYTES`].
 
-use candle_core::{D, DType, Tensor};
+use candle_core::{D, Tensor};
 
 use super::{Result, WeightMap};
 
@@ -274,11 +274,6 @@ pub fn timestep_embedding(timesteps: &[f32], dim: usize) -> Vec<f32> {
 /// Nearest-neighbour upsampling of `[B, C, H, W]` to `[B, C, h, w]`.
 pub fn upsample_nearest(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
     Ok(x.upsample_nearest2d(h, w)?)
-}
-
-/// Converts anything to contiguous f32 (the compute type of every network here).
-pub fn f32(x: &Tensor) -> Result<Tensor> {
-    Ok(x.to_dtype(DType::F32)?.contiguous()?)
 }
 
 #[cfg(test)]
