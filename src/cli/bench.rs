@@ -370,13 +370,10 @@ fn spread(v: &mut [f64]) -> (f64, f64, f64) {
 fn table(rows: &[Row], args: &BenchArgs) -> String {
     use std::fmt::Write;
     let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
-    let ram = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| proc_kib(&m, "MemTotal:"))
-        .map_or_else(
-            || "?".into(),
-            |b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
-        );
+    let ram = amalgam::model::report::machine_memory().map_or_else(
+        || "?".into(),
+        |b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+    );
     let date = chrono::Local::now().format("%Y-%m-%d");
     let mut s = String::new();
     let _ = writeln!(

@@ -34,22 +34,9 @@ fn image_bytes(width: usize, height: usize, batch: usize) -> u128 {
     (pixels * 128 * 4 * 3).max(pixels * 3 * 4 * batch as u128)
 }
 
-/// The machine's memory (`MemTotal`), or 16 GiB when it cannot be read.
+/// The machine's memory, or 16 GiB when it cannot be read.
 fn memory_bytes() -> u128 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
-            let kib: u128 = line
-                .trim_start_matches("MemTotal:")
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .ok()?;
-            Some(kib * 1024)
-        })
-        .unwrap_or(16 << 30)
+    crate::model::report::machine_memory().map_or(16 << 30, u128::from)
 }
 
 impl Planner<'_> {
