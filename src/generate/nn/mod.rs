@@ -12,6 +12,7 @@
 //! input, CLIP fails for batch > 1 and the VAE cannot take the mean (generation.md §2).
 
 pub mod clip;
+pub mod conv;
 pub mod ops;
 pub mod unet;
 pub mod vae;

@@ -74,7 +74,8 @@ impl Linear {
     }
 }
 
-/// A 2-D convolution with bias.
+/// A 2-D convolution with bias (weight `[out, in, kh, kw]`, bias `[out]`), computed by
+/// [`super::conv`].
 #[derive(Clone, Debug)]
 pub struct Conv2d {
     weight: Tensor,
@@ -86,10 +87,7 @@ pub struct Conv2d {
 impl Conv2d {
     pub fn load(w: &WeightMap, prefix: &str, padding: usize, stride: usize) -> Result<Conv2d> {
         let weight = w.get_rank(&format!("{prefix}.weight"), 4)?;
-        let out = weight.dim(0)?;
-        let bias = w
-            .get_rank(&format!("{prefix}.bias"), 1)?
-            .reshape((1, out, 1, 1))?;
+        let bias = w.get_rank(&format!("{prefix}.bias"), 1)?;
         Ok(Conv2d {
             weight,
             bias,
@@ -112,8 +110,13 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
-        Ok(y.broadcast_add(&self.bias)?)
+        Ok(super::conv::conv2d(
+            x,
+            &self.weight,
+            &self.bias,
+            self.padding,
+            self.stride,
+        )?)
     }
 }
 
