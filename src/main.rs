@@ -11,6 +11,7 @@ use cli::Cli;
 
 fn main() -> ExitCode {
     let started = std::time::Instant::now();
+    amalgam::engine::memory::tune_allocator();
     let cli = Cli::parse();
     let result = match &cli.command {
         Some(command) => cli::run(&cli, command),

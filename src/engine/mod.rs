@@ -10,6 +10,7 @@
 //! - [`naming`]: ComfyUI's output names and counters; nothing is written outside the output folder.
 //! - [`cache`]: an identical re-queue on unchanged inputs reports the earlier file instead of
 //!   writing a duplicate, as long as that file still exists.
+//! - [`memory`]: the allocator tuned for the image steps' big short-lived tensors.
 //! - [`worker`]: the background thread (`amalgam-worker`) that runs jobs one after another and
 //!   reports [`Event`]s over a channel; the one shared object per job is its cancel flag.
 //!
@@ -19,6 +20,7 @@ pub mod cache;
 pub mod execute;
 pub mod images;
 pub mod kernel;
+pub mod memory;
 pub mod naming;
 pub mod plan;
 pub mod source;
