@@ -374,15 +374,18 @@ mod tests {
         let xs = values(c_in * h * w, 1);
         let ws = values(c_out * c_in * k * k, 2);
         let bs = values(c_out, 3);
-        let x = Tensor::from_vec(xs.clone(), (1, c_in, h, w), &dev).unwrap();
-        let weight = Tensor::from_vec(ws.clone(), (c_out, c_in, k, k), &dev).unwrap();
-        let bias = Tensor::from_vec(bs.clone(), c_out, &dev).unwrap();
-        let got = conv2d(&x, &weight, &bias, pad, stride).unwrap();
+        let x = Tensor::from_vec(xs.clone(), (1, c_in, h, w), &dev).expect("input");
+        let weight = Tensor::from_vec(ws.clone(), (c_out, c_in, k, k), &dev).expect("weight");
+        let bias = Tensor::from_vec(bs.clone(), c_out, &dev).expect("bias");
+        let got = conv2d(&x, &weight, &bias, pad, stride).expect("conv2d");
         let want = reference(&xs, (c_in, h, w), &ws, (c_out, k, k), &bs, pad, stride);
         let out_h = (h + 2 * pad - k) / stride + 1;
         let out_w = (w + 2 * pad - k) / stride + 1;
         assert_eq!(got.dims(), &[1, c_out, out_h, out_w]);
-        let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let got = got
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .expect("values");
         for (i, (a, b)) in got.iter().zip(&want).enumerate() {
             assert!(
                 (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
