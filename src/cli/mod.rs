@@ -5,6 +5,7 @@
 
 pub mod bench;
 mod bench_generate;
+pub mod diff;
 pub mod inspect;
 pub mod run;
 pub mod samples;
@@ -74,6 +75,8 @@ impl FolderArgs {
 pub enum Command {
     /// Show what a checkpoint is: architecture, prediction, components, dtypes, metadata.
     Inspect(inspect::InspectArgs),
+    /// Compare two checkpoints: keys, shapes, dtypes, and how different each block is.
+    Diff(diff::DiffArgs),
     /// Write small sample checkpoints (SD1.5 and SDXL layout) into the checkpoints folder.
     Samples(samples::SamplesArgs),
     /// Check a workflow (PNG, JSON, API prompt, .safetensors) the way ComfyUI validates a prompt.
@@ -88,6 +91,7 @@ pub enum Command {
 pub fn run(cli: &Cli, command: &Command) -> anyhow::Result<()> {
     match command {
         Command::Inspect(args) => inspect::run(args),
+        Command::Diff(args) => diff::run(args),
         Command::Samples(args) => samples::run(&cli.folders, args),
         Command::Validate(args) => validate::run(&cli.folders, args),
         Command::Run(args) => run::run(&cli.folders, args),

@@ -118,7 +118,7 @@ pub fn run(folders: &FolderArgs, args: &RunArgs) -> anyhow::Result<()> {
                     b.abandon();
                 }
             }
-            Event::Finished { .. } => {
+            Event::Finished { .. } | Event::Compared(_) => {
                 if let Some(b) = &bar {
                     b.finish_and_clear();
                 }

@@ -10,6 +10,7 @@
 //! - [`naming`]: ComfyUI's output names and counters; nothing is written outside the output folder.
 //! - [`cache`]: an identical re-queue on unchanged inputs reports the earlier file instead of
 //!   writing a duplicate, as long as that file still exists.
+//! - [`compare`]: two checkpoints compared key by key (a diff job), streamed like a merge.
 //! - [`memory`]: the allocator tuned for the image steps' big short-lived tensors.
 //! - [`worker`]: the background thread (`amalgam-worker`) that runs jobs one after another and
 //!   reports [`Event`]s over a channel; the one shared object per job is its cancel flag.
@@ -17,6 +18,7 @@
 //! The engine knows nothing of egui; the GUI and the CLI are both clients of [`worker::Worker`].
 
 pub mod cache;
+pub mod compare;
 pub mod execute;
 pub mod images;
 pub mod kernel;
@@ -129,6 +131,11 @@ pub enum EngineError {
     },
     #[error("node #{node}: refusing to write {}: it is one of this job's input files", path.display())]
     OutputIsInput { node: String, path: PathBuf },
+    /// A file given by path (a comparison's input) cannot be read; the error names it.
+    #[error("{0}")]
+    Open(crate::format::ReadError),
+    #[error("{0}")]
+    Diff(crate::model::diff::DiffError),
     #[error("cannot start worker threads: {0}")]
     Threads(std::io::Error),
     #[error("cancelled")]
@@ -181,6 +188,8 @@ pub enum Event {
     },
     Failed(EngineError),
     Cancelled,
+    /// A comparison job's result (its last event).
+    Compared(Box<compare::Comparison>),
 }
 
 impl Event {
@@ -188,7 +197,7 @@ impl Event {
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,
-            Event::Finished { .. } | Event::Failed(_) | Event::Cancelled
+            Event::Finished { .. } | Event::Failed(_) | Event::Cancelled | Event::Compared(_)
         )
     }
 }

@@ -65,7 +65,8 @@ pub fn run_blocking(
             | Event::NodeStarted { .. }
             | Event::NodeFinished { .. }
             | Event::Progress(_)
-            | Event::Step(_) => {}
+            | Event::Step(_)
+            | Event::Compared(_) => {}
         }
     });
     report

@@ -20,6 +20,7 @@ use crate::graph::Prompt;
 use crate::model::ModelFolders;
 
 use super::cache::{RunCache, signature};
+use super::compare::{CompareJob, run_compare};
 use super::execute::execute;
 use super::images::run_images;
 use super::plan::build;
@@ -48,6 +49,7 @@ type Wake = Box<dyn Fn() + Send>;
 /// What the worker thread is sent.
 enum Message {
     Run(JobId, Box<Job>, Arc<AtomicBool>),
+    Compare(JobId, CompareJob, Arc<AtomicBool>),
     /// Makes the thread panic, so tests can check what a caller does when the worker dies.
     #[cfg(any(test, feature = "testing"))]
     Crash,
@@ -83,7 +85,8 @@ impl Worker {
                 let mut cache = RunCache::default();
                 for message in job_rx {
                     let (id, job, cancel) = match message {
-                        Message::Run(id, job, cancel) => (id, job, cancel),
+                        Message::Run(id, job, cancel) => (id, Ok(job), cancel),
+                        Message::Compare(id, job, cancel) => (id, Err(job), cancel),
                         #[cfg(any(test, feature = "testing"))]
                         Message::Crash => panic!("the worker was asked to crash (a test)"),
                     };
@@ -100,7 +103,10 @@ impl Worker {
                             w();
                         }
                     };
-                    run_job(&job, &cancel, &mut cache, &mut emit);
+                    match job {
+                        Ok(job) => run_job(&job, &cancel, &mut cache, &mut emit),
+                        Err(compare) => run_compare(&compare, &cancel, &mut emit),
+                    }
                 }
             })?;
         Ok(Worker {
@@ -122,6 +128,18 @@ impl Worker {
         // is then disconnected, and fails the job there.
         if let Some(jobs) = &self.jobs {
             let _ = jobs.send(Message::Run(id, Box::new(job), cancel));
+        }
+        id
+    }
+
+    /// Queues a comparison of two checkpoint files; it ends with [`Event::Compared`].
+    pub fn submit_compare(&mut self, job: CompareJob) -> JobId {
+        let id = self.next_id;
+        self.next_id += 1;
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.cancels.insert(id, Arc::clone(&cancel));
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send(Message::Compare(id, job, cancel));
         }
         id
     }

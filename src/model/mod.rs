@@ -1,9 +1,11 @@
 //! What a checkpoint *is*: its architecture, its components, the folders models live in, and
-//! reference layouts for generating real-shaped checkpoints, and reports of what a file holds.
+//! reference layouts for generating real-shaped checkpoints, reports of what a file holds, and
+//! comparisons of two files.
 
 pub mod arch;
 pub mod checkpoint;
 pub mod components;
+pub mod diff;
 pub mod folders;
 pub mod layouts;
 pub mod lora;

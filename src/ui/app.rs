@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::TryRecvError;
 
+use crate::engine::compare::CompareJob;
 use crate::engine::worker::{Job, JobId, Worker};
 use crate::graph::edit::{Given, node_from_schema};
 use crate::graph::examples;
@@ -26,6 +27,7 @@ use crate::nodes::Registry;
 
 use super::canvas::{Canvas, CanvasEdit};
 use super::command::Command;
+use super::compare::{CompareView, compare_ui};
 use super::document::DocumentState;
 use super::files::{
     DialogRequest, DialogSlot, Dialogs, FileThread, FolderPurpose, ImportError, OutputEntry, Reply,
@@ -95,6 +97,10 @@ pub struct AmalgamApp {
     /// egui's own frame time (eframe's `cpu_usage`), when running in a window.
     pub egui_frame_ms: Option<f32>,
     rebuild: bool,
+    /// The Compare window, when a comparison has finished.
+    pub compare: Option<CompareView>,
+    /// Saved files ticked for comparison in the output browser (at most two).
+    pub compare_pick: Vec<PathBuf>,
 }
 
 /// How often the folders are rescanned for new models and outputs.
@@ -143,6 +149,8 @@ impl AmalgamApp {
             frame_ms: 0.0,
             egui_frame_ms: None,
             rebuild: true,
+            compare: None,
+            compare_pick: Vec::new(),
         };
         app.canvas.request_fit();
         if let Some(p) = problem {
@@ -226,6 +234,19 @@ impl AmalgamApp {
             Command::SelectAll => self.canvas.select_all(),
             Command::ToggleMode(mode) => self.toggle_mode(mode),
             Command::DeleteSelected => self.delete_selected(),
+            Command::Compare { a, b } => {
+                self.compare_files(a, b);
+            }
+            Command::PickForCompare(path) => {
+                if let Some(i) = self.compare_pick.iter().position(|p| p == &path) {
+                    self.compare_pick.remove(i);
+                } else {
+                    if self.compare_pick.len() == 2 {
+                        self.compare_pick.remove(0);
+                    }
+                    self.compare_pick.push(path);
+                }
+            }
             Command::Inspect { title, report } => self.modals.inspect = Some((title, report)),
             Command::AskDelete(path) => self.modals.confirm_delete = Some(path),
             Command::Delete(path) => self.files.send(Request::Delete(path)),
@@ -373,6 +394,58 @@ impl AmalgamApp {
         Some(id)
     }
 
+    /// Queues a comparison of two checkpoint files.
+    pub fn compare_files(&mut self, a: PathBuf, b: PathBuf) -> JobId {
+        let name = |p: &Path| {
+            p.file_name().map_or_else(
+                || p.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            )
+        };
+        let label = format!("compare {} ↔ {}", name(&a), name(&b));
+        let id = self.worker.submit_compare(CompareJob { a, b });
+        self.jobs.push(JobView::new(id, label));
+        self.side_tab = SideTab::Queue;
+        id
+    }
+
+    /// The Load Checkpoint nodes among the selection (exactly two), as files.
+    fn selected_checkpoint_nodes(&self) -> Vec<&crate::graph::document::Node> {
+        let selected = self.canvas.selected();
+        self.document
+            .doc
+            .nodes
+            .iter()
+            .filter(|n| selected.contains(&n.id) && n.type_ == "CheckpointLoaderSimple")
+            .collect()
+    }
+
+    /// The files of the two selected Load Checkpoint nodes, or why they cannot be compared.
+    fn selected_checkpoints(&self) -> Result<(PathBuf, PathBuf), String> {
+        let nodes = self.selected_checkpoint_nodes();
+        let [a, b] = nodes.as_slice() else {
+            return Err(format!(
+                "select exactly two Load Checkpoint nodes to compare ({} selected)",
+                nodes.len()
+            ));
+        };
+        let file = |n: &crate::graph::document::Node| {
+            let name = n
+                .widgets_values
+                .as_ref()
+                .and_then(|v| v.get(0))
+                .and_then(serde_json::Value::as_str)
+                .ok_or_else(|| format!("node #{}: no checkpoint chosen", n.id))?;
+            self.folders.resolve("checkpoints", name).ok_or_else(|| {
+                format!(
+                    "node #{}: checkpoint {name:?} not found in the models folders",
+                    n.id
+                )
+            })
+        };
+        Ok((file(a)?, file(b)?))
+    }
+
     fn drain_events(&mut self) {
         let until = Instant::now() + EVENT_BUDGET;
         while Instant::now() < until {
@@ -392,6 +465,9 @@ impl AmalgamApp {
                 Some(JobNews::NodeStarted(node)) => self.canvas.state.running = node.parse().ok(),
                 Some(JobNews::Ended) => {
                     let lines = job.summary();
+                    if let Some(c) = job.comparison.take() {
+                        self.compare = Some(CompareView::new(c));
+                    }
                     self.worker.forget(id);
                     self.canvas.state.running = None;
                     for (error, line) in lines {
@@ -717,6 +793,8 @@ impl AmalgamApp {
                 can_redo: self.document.can_redo(),
                 recent: &self.settings.recent,
                 examples: &self.example_names,
+                compare: (self.selected_checkpoint_nodes().len() == 2)
+                    .then(|| self.selected_checkpoints()),
             };
             let mut view = ViewToggles {
                 show_log: &mut self.show_log,
@@ -753,7 +831,12 @@ impl AmalgamApp {
                 ui.separator();
                 commands.extend(match self.side_tab {
                     SideTab::Queue => queue_ui(ui, &self.jobs),
-                    SideTab::Outputs => outputs_ui(ui, self.folders.output_dir(), &self.outputs),
+                    SideTab::Outputs => outputs_ui(
+                        ui,
+                        self.folders.output_dir(),
+                        &self.outputs,
+                        &self.compare_pick,
+                    ),
                 });
             });
         egui::CentralPanel::default()
@@ -789,6 +872,7 @@ impl AmalgamApp {
         if let Some(command) = modals_ui(ctx, &mut self.modals, &mut self.settings) {
             self.run_cmd(command);
         }
+        compare_ui(ctx, &mut self.compare);
         toasts_ui(ctx, &self.log);
         drop_overlay_ui(ctx);
         let ms = started.elapsed().as_secs_f32() * 1000.0;

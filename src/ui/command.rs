@@ -34,6 +34,13 @@ pub enum Command {
     SelectAll,
     ToggleMode(Mode),
     DeleteSelected,
+    /// Compare two checkpoint files on the worker; the result opens the Compare window.
+    Compare {
+        a: PathBuf,
+        b: PathBuf,
+    },
+    /// Add a saved file to (or take it off) the output browser's pair to compare.
+    PickForCompare(PathBuf),
     /// Show a saved file's `inspect` report.
     Inspect {
         title: String,

@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use crate::engine::compare::Comparison;
 use crate::engine::images::StepProgress;
 use crate::engine::worker::JobId;
 use crate::engine::{Event, Progress, SavedFile};
@@ -23,6 +24,8 @@ pub struct JobView {
     pub seconds: Option<f64>,
     pub warnings: Vec<String>,
     pub outputs: Vec<SavedFile>,
+    /// A comparison job's result, until the app takes it into its Compare view.
+    pub comparison: Option<Box<Comparison>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +54,30 @@ impl JobState {
     }
 }
 
+/// One line saying what a comparison found.
+pub fn comparison_line(c: &Comparison) -> String {
+    let name = |p: &std::path::Path| {
+        p.file_name().map_or_else(
+            || p.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )
+    };
+    let r = &c.report;
+    let what = if r.identical() {
+        "identical".to_owned()
+    } else {
+        let changed = r.keys.iter().filter(|k| k.sums.d2 != 0.0).count();
+        format!(
+            "{changed} of {} shared keys differ, {} only in the first, {} only in the second, {} shape mismatches",
+            r.keys.len(),
+            r.only_in_a.len(),
+            r.only_in_b.len(),
+            r.shape_mismatch.len()
+        )
+    };
+    format!("compared {} with {}: {what}", name(&c.a), name(&c.b))
+}
+
 /// What the app does when a job changes, beyond updating its view.
 #[derive(Clone, Debug, PartialEq)]
 pub enum JobNews {
@@ -74,6 +101,7 @@ impl JobView {
             seconds: None,
             warnings: Vec::new(),
             outputs: Vec::new(),
+            comparison: None,
         }
     }
 
@@ -116,6 +144,12 @@ impl JobView {
                 self.state = JobState::Cancelled;
                 Some(JobNews::Ended)
             }
+            Event::Compared(c) => {
+                self.state = JobState::Done;
+                self.seconds = Some(c.seconds);
+                self.comparison = Some(c);
+                Some(JobNews::Ended)
+            }
         }
     }
 
@@ -123,6 +157,11 @@ impl JobView {
     pub fn summary(&self) -> Vec<(bool, String)> {
         match &self.state {
             JobState::Failed(msg) => vec![(true, format!("job {} failed: {msg}", self.id))],
+            JobState::Done if self.comparison.is_some() => self
+                .comparison
+                .iter()
+                .map(|c| (false, comparison_line(c)))
+                .collect(),
             JobState::Done => self
                 .outputs
                 .iter()

@@ -4,6 +4,7 @@
 //! - [`command`]: what a click, menu item or shortcut asks for, as data.
 //! - [`document`]: the open document and its undo history (no egui).
 //! - [`jobs`]: jobs as the queue shows them, following the engine's events (no egui).
+//! - [`compare`]: the Compare window (a heat-map of two checkpoints' differences).
 //! - [`canvas`]: egui_node_graph2 adapters over the node registry and the workflow document.
 //! - [`menu`], [`panels`], [`windows`]: `*_ui` functions that draw what they are given and
 //!   return [`command::Command`]s.
@@ -17,6 +18,7 @@
 pub mod app;
 pub mod canvas;
 pub mod command;
+pub mod compare;
 pub mod document;
 pub mod files;
 pub mod jobs;

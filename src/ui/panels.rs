@@ -2,7 +2,7 @@
 //! warnings, cancel) and the output browser (saved files, newest first, with their actions).
 //! Each takes the data it shows and returns what the user asked for.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use egui::{Color32, ProgressBar, RichText};
 
@@ -124,6 +124,7 @@ pub fn outputs_ui(
     ui: &mut egui::Ui,
     output_dir: &Path,
     entries: &[OutputEntry],
+    picked: &[PathBuf],
 ) -> Option<Command> {
     ui.label(format!("{}", output_dir.display()));
     if entries.is_empty() {
@@ -131,6 +132,16 @@ pub fn outputs_ui(
         return None;
     }
     let mut command = None;
+    if let [a, b] = picked {
+        if ui.button("Compare the two picked files").clicked() {
+            command = Some(Command::Compare {
+                a: a.clone(),
+                b: b.clone(),
+            });
+        }
+    } else {
+        ui.small("Tick \"compare\" on two files to compare them.");
+    }
     egui::ScrollArea::vertical().show(ui, |ui| {
         for e in entries {
             egui::Frame::group(ui.style()).show(ui, |ui| {
@@ -170,6 +181,10 @@ pub fn outputs_ui(
                     }
                     if ui.button("Delete").clicked() {
                         command = Some(Command::AskDelete(e.path.clone()));
+                    }
+                    let mut ticked = picked.contains(&e.path);
+                    if e.architecture != "?" && ui.checkbox(&mut ticked, "compare").changed() {
+                        command = Some(Command::PickForCompare(e.path.clone()));
                     }
                 });
             });

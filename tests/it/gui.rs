@@ -506,3 +506,98 @@ fn a_dropped_checkpoint_from_elsewhere_is_copied_in_off_the_ui_thread() {
         "no temporary file is left"
     );
 }
+
+#[test]
+fn two_selected_checkpoints_open_the_compare_heat_map() {
+    let mut h = Harness::new(true, None);
+    h.wait_for("the first folder scan", |a| {
+        !a.canvas.state.models.is_empty()
+    });
+    // The default graph loads sample-sd15-a and -b: select everything (two loaders among it).
+    h.key(Key::A, CTRL);
+    assert_eq!(
+        h.app.canvas.selected().len(),
+        5,
+        "Ctrl+A selects the whole default graph"
+    );
+    h.click("Compare checkpoints");
+    assert_eq!(h.app.jobs.len(), 1, "a comparison job is queued");
+    h.wait_for("the comparison", |a| a.compare.is_some());
+    assert!(h.has_label("Difference heat-map"), "{:?}", h.tree);
+    for cell in [
+        "IN00",
+        "IN11",
+        "M00",
+        "OUT11",
+        "L00",
+        "decoder.up.3",
+        "model (all)",
+    ] {
+        assert!(
+            h.tree.iter().any(|(n, r)| n == cell && r.is_some()),
+            "no heat-map cell {cell}"
+        );
+    }
+    let report = h
+        .app
+        .compare
+        .as_ref()
+        .expect("compare view")
+        .comparison
+        .report
+        .clone();
+    assert!(!report.identical());
+    let mut want: Vec<&str> = report
+        .keys
+        .iter()
+        .filter(|k| k.block == "IN04")
+        .map(|k| k.key.as_str())
+        .collect();
+    want.sort_unstable();
+    assert!(!want.is_empty());
+    // Clicking a cell lists its keys.
+    h.click("IN04");
+    assert!(h.has_label("model IN04: keys"), "{:?}", h.tree);
+    let listed: std::collections::BTreeSet<&str> = h
+        .tree
+        .iter()
+        .filter(|(n, _)| n.starts_with("model.diffusion_model.input_blocks.4."))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(listed.into_iter().collect::<Vec<_>>(), want);
+    assert!(
+        h.app
+            .log
+            .iter()
+            .any(|e| e.text.contains("shared keys differ"))
+    );
+}
+
+#[test]
+fn two_picked_outputs_compare_as_identical() {
+    let mut h = Harness::prepared(true, None, |base| {
+        let out = base.join("output/checkpoints");
+        std::fs::create_dir_all(&out).expect("output folder");
+        let sample = base.join("models/checkpoints/sample-sd15-a.safetensors");
+        for name in ["one.safetensors", "two.safetensors"] {
+            std::fs::copy(&sample, out.join(name)).expect("copy");
+        }
+    });
+    h.click("Outputs");
+    h.wait_for("the output scan", |a| a.outputs.len() == 2);
+    assert!(h.has_label("Tick \"compare\" on two files"));
+    let boxes: Vec<Rect> = h
+        .tree
+        .iter()
+        .filter(|(n, _)| n == "compare")
+        .filter_map(|(_, r)| *r)
+        .collect();
+    assert_eq!(boxes.len(), 2, "{:?}", h.tree);
+    for b in boxes {
+        h.click_at(b.center());
+    }
+    assert_eq!(h.app.compare_pick.len(), 2);
+    h.click("Compare the two picked files");
+    h.wait_for("the comparison", |a| a.compare.is_some());
+    assert!(h.has_label("identical:"), "{:?}", h.tree);
+}

@@ -7,6 +7,7 @@
 mod util;
 
 mod corrupt;
+mod diff;
 mod engine;
 mod fuzz_regressions;
 mod generate;
