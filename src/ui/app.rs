@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::TryRecvError;
 
+use crate::engine::Precision;
 use crate::engine::compare::CompareJob;
 use crate::engine::worker::{Job, JobId, Worker};
 use crate::graph::edit::{Given, node_from_schema};
@@ -101,8 +102,20 @@ pub struct AmalgamApp {
     pub compare: Option<CompareView>,
     /// Saved files ticked for comparison in the output browser (at most two).
     pub compare_pick: Vec<PathBuf>,
+    preview: Preview,
 }
 
+/// The header-only preview of what nodes will do: one request in flight at most, asked again
+/// when the document (or the precision) differs from the one last asked about.
+#[derive(Default)]
+struct Preview {
+    asked: Option<(Document, Precision)>,
+    in_flight: bool,
+    last: Option<Instant>,
+}
+
+/// At most this often, the header-only preview of an edited graph is asked for again.
+const PREVIEW_EVERY: Duration = Duration::from_millis(300);
 /// How often the folders are rescanned for new models and outputs.
 const SCAN_EVERY: Duration = Duration::from_secs(2);
 /// How long one frame may spend draining worker events.
@@ -151,6 +164,7 @@ impl AmalgamApp {
             rebuild: true,
             compare: None,
             compare_pick: Vec::new(),
+            preview: Preview::default(),
         };
         app.canvas.request_fit();
         if let Some(p) = problem {
@@ -508,6 +522,10 @@ impl AmalgamApp {
             match reply {
                 Reply::Loaded(path, result) => self.loaded(path, *result),
                 Reply::Scanned { models, outputs } => {
+                    if models != self.canvas.state.models {
+                        // Other files under the same names: preview again.
+                        self.preview.asked = None;
+                    }
                     self.canvas.state.models = models;
                     self.outputs = outputs;
                     self.scans.answered = true;
@@ -525,6 +543,13 @@ impl AmalgamApp {
                 Reply::ImportProgress { done, total } => {
                     if let Some(p) = &mut self.modals.importing {
                         (p.done, p.total) = (done, total);
+                    }
+                }
+                Reply::Preview { doc, notes } => {
+                    self.preview.in_flight = false;
+                    // Notes for an older document are dropped; the next request follows.
+                    if *doc == self.document.doc {
+                        self.canvas.state.notes = notes;
                     }
                 }
                 Reply::Imported { path, result } => {
@@ -551,6 +576,23 @@ impl AmalgamApp {
         if self.scans.due(now, SCAN_EVERY) {
             self.files.send(Request::Scan(self.folders.clone()));
             self.scans.asked(now);
+        }
+        let changed = self.preview.asked.as_ref().is_none_or(|(doc, precision)| {
+            *doc != self.document.doc || *precision != self.settings.precision
+        });
+        let rested = self
+            .preview
+            .last
+            .is_none_or(|t| now.duration_since(t) >= PREVIEW_EVERY);
+        if changed && rested && !self.preview.in_flight {
+            self.files.send(Request::Preview {
+                doc: Box::new(self.document.doc.clone()),
+                folders: self.folders.clone(),
+                precision: self.settings.precision,
+            });
+            self.preview.asked = Some((self.document.doc.clone(), self.settings.precision));
+            self.preview.in_flight = true;
+            self.preview.last = Some(now);
         }
     }
 

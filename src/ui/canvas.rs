@@ -56,6 +56,9 @@ pub struct CanvasState {
     pub models: HashMap<&'static str, Vec<String>>,
     /// Validation errors per document node.
     pub errors: HashMap<NodeId, Vec<String>>,
+    /// What a node will do with its inputs, from headers, before Queue (a merge's ignored keys,
+    /// unmerged shapes, converted dtypes).
+    pub notes: HashMap<NodeId, Vec<String>>,
     /// The node the running job is at.
     pub running: Option<NodeId>,
     /// The workflow's groups, drawn behind the nodes (shown, not edited).
@@ -361,6 +364,18 @@ impl eng::NodeDataTrait for CanvasNode {
         if let Some(errors) = state.errors.get(&self.doc_id) {
             for e in errors {
                 ui.colored_label(Color32::from_rgb(0xff, 0x80, 0x80), e);
+            }
+        }
+        if let Some(notes) = state.notes.get(&self.doc_id) {
+            for n in notes {
+                ui.add(
+                    egui::Label::new(
+                        egui::RichText::new(n)
+                            .small()
+                            .color(Color32::from_rgb(0xe6, 0xc0, 0x60)),
+                    )
+                    .wrap(),
+                );
             }
         }
         Vec::new()

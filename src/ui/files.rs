@@ -16,10 +16,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 
+use crate::engine::Precision;
 use crate::graph::load::{LoadError, Loaded, load_file};
+use crate::graph::resolve::resolve;
+use crate::graph::validate::validate;
+use crate::graph::{Document, NodeId};
 use crate::model::report::text_report;
 use crate::model::samples::{SampleOutcome, write_sample_extras, write_samples};
 use crate::model::{Checkpoint, ModelFolders};
+use crate::nodes::Registry;
 
 /// Work for the file thread.
 pub enum Request {
@@ -41,6 +46,13 @@ pub enum Request {
         folder: PathBuf,
         link: bool,
         cancel: Arc<AtomicBool>,
+    },
+    /// What the graph's nodes will do with their inputs, from the checkpoints' headers only:
+    /// validate, plan (no tensor is computed), and return the plan's notes per node.
+    Preview {
+        doc: Box<Document>,
+        folders: ModelFolders,
+        precision: Precision,
     },
 }
 
@@ -76,6 +88,11 @@ pub enum Reply {
     Imported {
         path: PathBuf,
         result: Result<String, ImportError>,
+    },
+    /// The notes of a [`Request::Preview`], for the document it was asked for.
+    Preview {
+        doc: Box<Document>,
+        notes: HashMap<NodeId, Vec<String>>,
     },
 }
 
@@ -152,6 +169,14 @@ impl FileThread {
                             };
                             let result = import(&path, &folder, link, &cancel, &mut progress);
                             Reply::Imported { path, result }
+                        }
+                        Request::Preview {
+                            doc,
+                            folders,
+                            precision,
+                        } => {
+                            let notes = preview_notes(&doc, &folders, precision);
+                            Reply::Preview { doc, notes }
                         }
                     };
                     if rep_tx.send(reply).is_err() {
@@ -243,6 +268,49 @@ fn import(
         .map_err(|e| failed("write", &target, e.error))?;
     Ok(name.to_string_lossy().into_owned())
 }
+
+/// Notes shown on a node before Queue: what the plan of a valid graph warns about (keys of a
+/// merge's second input it ignores, shapes it leaves unmerged, dtypes it converts), at most
+/// [`NOTES_PER_NODE`] per node with a count of the rest. An invalid graph has none: its errors
+/// are what Queue shows.
+pub fn preview_notes(
+    doc: &Document,
+    folders: &ModelFolders,
+    precision: Precision,
+) -> HashMap<NodeId, Vec<String>> {
+    let registry = Registry::builtin();
+    let v = validate(resolve(doc, registry), registry, folders);
+    let mut notes: HashMap<NodeId, Vec<String>> = HashMap::new();
+    if !v.ok() {
+        return notes;
+    }
+    let Ok(plan) = crate::engine::plan::build(&v.prompt, &v.outputs, None, folders, precision)
+    else {
+        return notes;
+    };
+    let mut extra: HashMap<NodeId, usize> = HashMap::new();
+    for w in plan.warnings {
+        // Prompt ids of top-level nodes are the document's ids.
+        let Some(id) = w.node.as_deref().and_then(|n| n.parse::<NodeId>().ok()) else {
+            continue;
+        };
+        let list = notes.entry(id).or_default();
+        if list.len() < NOTES_PER_NODE {
+            list.push(w.message);
+        } else {
+            *extra.entry(id).or_default() += 1;
+        }
+    }
+    for (id, n) in extra {
+        if let Some(list) = notes.get_mut(&id) {
+            list.push(format!("… and {n} more (the queue log lists all)"));
+        }
+    }
+    notes
+}
+
+/// Notes shown per node before the rest are counted.
+pub const NOTES_PER_NODE: usize = 3;
 
 fn scan_outputs(
     dir: &Path,

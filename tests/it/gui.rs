@@ -601,3 +601,39 @@ fn two_picked_outputs_compare_as_identical() {
     h.wait_for("the comparison", |a| a.compare.is_some());
     assert!(h.has_label("identical:"), "{:?}", h.tree);
 }
+
+#[test]
+fn merge_nodes_say_what_they_will_ignore_before_queue() {
+    // The second sample has one key the first lacks, one reshaped key and one stored in F32.
+    let mut h = Harness::prepared(true, None, |base| {
+        let b = base.join("models/checkpoints/sample-sd15-b.safetensors");
+        let mut specs =
+            amalgam::model::layouts::Layout::sd15(amalgam::model::layouts::Scale::Sample).tensors();
+        for s in &mut specs {
+            if s.name == "model.diffusion_model.out.2.bias" {
+                s.shape[0] += 1;
+            }
+            if s.name == "model.diffusion_model.out.2.weight" {
+                s.dtype = amalgam::format::DType::F32;
+            }
+        }
+        specs.push(spec(
+            "model.diffusion_model.extra.weight",
+            amalgam::format::DType::F16,
+            &[4],
+        ));
+        std::fs::remove_file(&b).expect("replace the sample");
+        write_safetensors(&b, &specs, 2, &std::collections::HashMap::new(), &[]);
+    });
+    h.wait_for("the merge node's notes", |a| {
+        a.canvas.state.notes.values().flatten().count() >= 3
+    });
+    for text in [
+        "1 model key(s) of the second input are not in the first and are ignored",
+        "SHAPE MISMATCH out.2.bias WEIGHT NOT MERGED [5] != [4]",
+        "1 model key(s) are F32 in the second input and F16 in the first",
+    ] {
+        assert!(h.has_label(text), "no note {text:?}: {:?}", h.tree);
+    }
+    assert!(h.app.jobs.is_empty(), "nothing was queued to find this out");
+}

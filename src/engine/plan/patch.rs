@@ -55,7 +55,9 @@ pub(super) enum PatchKind {
 }
 
 impl Planner<'_> {
-    /// Keys of model2 that model1 lacks are ignored, as in ComfyUI; say how many.
+    /// Keys of model2 that model1 lacks are ignored, as in ComfyUI; say how many. Shared keys
+    /// stored in different dtypes are said too: the second input's values are then computed
+    /// with in f32 and stored in the output's dtype, not in their own.
     pub(super) fn report_unmatched(
         &mut self,
         id: &str,
@@ -70,11 +72,33 @@ impl Planner<'_> {
             .iter()
             .filter(|k| a.get(base.component, k).is_none())
             .count();
+        // Dtype pairs (first, second) of shared keys that differ, most frequent first.
+        let mut pairs: Vec<((DType, DType), usize)> = Vec::new();
+        for k in a.keys(base.component) {
+            let (Some(ta), Some(tb)) = (a.get(base.component, k), b.get(other.component, k)) else {
+                continue;
+            };
+            if ta.dtype != tb.dtype {
+                match pairs.iter_mut().find(|(p, _)| *p == (ta.dtype, tb.dtype)) {
+                    Some((_, n)) => *n += 1,
+                    None => pairs.push(((ta.dtype, tb.dtype), 1)),
+                }
+            }
+        }
         if unmatched > 0 {
             self.warn(id, None, format!(
                     "{class_type}: {unmatched} {} key(s) of the second input are not in the first and are ignored",
                     base.component.as_str()
                 ));
+        }
+        pairs.sort_by_key(|p| std::cmp::Reverse(p.1));
+        if let Some(((first, second), n)) = pairs.first().copied() {
+            let others: usize = pairs.iter().skip(1).map(|p| p.1).sum();
+            self.warn(id, None, format!(
+                "{class_type}: {n} {} key(s) are {second} in the second input and {first} in the first{}; merged in f32 and stored in the output's dtype",
+                base.component.as_str(),
+                if others > 0 { format!(" (and {others} with other dtype pairs)") } else { String::new() }
+            ));
         }
     }
 
