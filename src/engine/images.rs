@@ -562,7 +562,10 @@ pub fn load_weights(plan: &Plan, index: usize) -> Result<WeightMap, EngineError>
     materialize(plan, w, "")
 }
 
-/// Evaluates every tensor of `w` with the kernel into f32 candle tensors.
+/// Evaluates every tensor of `w` with the kernel into f32 candle tensors — except a text
+/// encoder's matrices, kept as the f16 values ComfyUI computes with (exactly: they are rounded
+/// to f16 by the recipe) and widened per use, which halves CLIP-G's 2.8 GB (SDXL at 1024² then
+/// fits in 16 GiB).
 fn materialize(plan: &Plan, w: &PlannedWeights, node: &str) -> Result<WeightMap, EngineError> {
     let threads = super::execute::thread_count().max(1);
     let chunks: Vec<&[(String, Recipe, Vec<usize>)]> = {
@@ -577,15 +580,16 @@ fn materialize(plan: &Plan, w: &PlannedWeights, node: &str) -> Result<WeightMap,
                     let mut scratch = Scratch::default();
                     let mut out = Vec::with_capacity(chunk.len());
                     for (key, recipe, shape) in *chunk {
+                        let keep_f16 = w.network == Network::Clip && shape.len() == 2;
                         out.push((
                             key.clone(),
-                            tensor_of(plan, recipe, shape, &mut scratch).map_err(|message| {
-                                EngineError::Compute {
+                            tensor_of(plan, recipe, shape, keep_f16, &mut scratch).map_err(
+                                |message| EngineError::Compute {
                                     node: node.to_owned(),
                                     key: key.clone(),
                                     message,
-                                }
-                            })?,
+                                },
+                            )?,
                         ));
                     }
                     Ok(out)
@@ -614,10 +618,12 @@ fn materialize(plan: &Plan, w: &PlannedWeights, node: &str) -> Result<WeightMap,
     Ok(map)
 }
 
+/// One weight as a tensor: f32, or with `keep_f16` f16 when its values are f16.
 fn tensor_of(
     plan: &Plan,
     recipe: &Recipe,
     shape: &[usize],
+    keep_f16: bool,
     scratch: &mut Scratch,
 ) -> Result<Tensor, String> {
     let numel: usize = shape.iter().product();
@@ -631,6 +637,13 @@ fn tensor_of(
     let mut bytes = Vec::with_capacity(numel * dtype.size_bytes());
     kernel::produce(recipe, 0, numel, &plan.sources, scratch, &mut bytes)
         .map_err(|e| e.to_string())?;
+    if keep_f16 && dtype == DType::F16 {
+        let values: Vec<f16> = bytes
+            .chunks_exact(2)
+            .map(|b| f16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        return Tensor::from_vec(values, shape, &Device::Cpu).map_err(|e| e.to_string());
+    }
     let values: Vec<f32> = match dtype {
         DType::F32 => bytes
             .chunks_exact(4)

@@ -643,3 +643,44 @@ fn bad_image_inputs_are_clear_errors() {
         "{msg}"
     );
 }
+
+#[test]
+fn nan_in_a_latent_is_a_warning_naming_the_node_and_step() {
+    let tree = ModelTree::new();
+    // The UNet's last bias is NaN (f16 0x7e00): every prediction, and so the latent, is NaN.
+    let specs = Layout::sd15(Scale::Small).tensors();
+    let bias = specs
+        .iter()
+        .find(|s| s.name == "model.diffusion_model.out.2.bias")
+        .expect("the UNet's output bias");
+    let nan: Vec<u8> = (0..bias.shape.iter().product::<usize>())
+        .flat_map(|_| half::f16::NAN.to_le_bytes())
+        .collect();
+    let overrides = std::collections::HashMap::from([(bias.name.clone(), nan)]);
+    write_safetensors(
+        &tree.models("checkpoints").join("nan.safetensors"),
+        &specs,
+        5,
+        &overrides,
+        &[],
+    );
+    let (report, steps) = run_images(
+        &tree,
+        &txt2img("nan.safetensors", (32, 32, 1), "euler", 2, 3),
+        true,
+        None,
+    );
+    assert_eq!(steps, ["step 1/2", "step 2/2"], "the run goes on");
+    let nan_warnings: Vec<_> = report
+        .warnings
+        .iter()
+        .filter(|w| w.message.contains("NaN"))
+        .collect();
+    assert_eq!(nan_warnings.len(), 1, "said once: {:?}", report.warnings);
+    assert_eq!(nan_warnings[0].node.as_deref(), Some("5"));
+    assert!(
+        nan_warnings[0].message.contains("at step 1"),
+        "{}",
+        nan_warnings[0].message
+    );
+}

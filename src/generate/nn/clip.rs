@@ -9,7 +9,7 @@
 //! fused `in_proj`, activation erf-GELU). The fused q/k/v projection is used as is: each output
 //! element is the same dot product as with three separate ones. Heads are 64 wide.
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::ops::{LayerNorm, Linear, attention, quick_gelu};
 use super::{NnError, Result, WeightMap, count_indexed};
@@ -105,14 +105,20 @@ impl ClipText {
             .collect::<Result<Vec<_>>>()?;
         let projection_key = format!("{prefix}text_projection.weight");
         let projection = if w.contains(&projection_key) {
-            Some(w.get_rank(&projection_key, 2)?.t()?.contiguous()?)
+            Some(
+                w.get_rank(&projection_key, 2)?
+                    .t()?
+                    .contiguous()?
+                    .to_dtype(DType::F32)?,
+            )
         } else {
             None
         };
         ClipText::finish(ClipText {
             token_embedding,
             position_embedding: w
-                .get_rank(&format!("{p}embeddings.position_embedding.weight"), 2)?,
+                .get_rank(&format!("{p}embeddings.position_embedding.weight"), 2)?
+                .to_dtype(DType::F32)?,
             layers,
             final_norm: LayerNorm::load(w, &format!("{p}final_layer_norm"), 1e-5)?,
             projection,
@@ -147,7 +153,7 @@ impl ClipText {
             .collect::<Result<Vec<_>>>()?;
         let projection_key = format!("{prefix}text_projection");
         let projection = if w.contains(&projection_key) {
-            Some(w.get_rank(&projection_key, 2)?)
+            Some(w.get_rank(&projection_key, 2)?.to_dtype(DType::F32)?)
         } else if w.contains(&format!("{projection_key}.weight")) {
             Some(
                 w.get_rank(&format!("{projection_key}.weight"), 2)?
@@ -159,7 +165,9 @@ impl ClipText {
         };
         ClipText::finish(ClipText {
             token_embedding,
-            position_embedding: w.get_rank(&format!("{prefix}positional_embedding"), 2)?,
+            position_embedding: w
+                .get_rank(&format!("{prefix}positional_embedding"), 2)?
+                .to_dtype(DType::F32)?,
             layers,
             final_norm: LayerNorm::load(w, &format!("{prefix}ln_final"), 1e-5)?,
             projection,
@@ -221,6 +229,8 @@ impl ClipText {
         let x = self
             .token_embedding
             .embedding(&ids)?
+            // Kept as f16 (see the engine's weights); the rows widen exactly.
+            .to_dtype(DType::F32)?
             .reshape((b, SEQUENCE, self.width))?
             .broadcast_add(&self.position_embedding)?;
         let mask = causal_mask(&device)?;

@@ -26,17 +26,26 @@ pub const PATCH_BYTES: usize = 8 << 20;
 const MIN_SPLIT_POSITIONS: usize = 1024;
 
 /// `conv2d(x, weight) + bias` with square padding and stride, dilation 1, groups 1.
-/// `x` `[B, Cin, H, W]`, `weight` `[Cout, Cin, kh, kw]`, `bias` `[Cout]`.
+/// `x` `[B, Cin, H, W]`, `weight` `[Cout, Cin, kh, kw]`, `bias` `[Cout]`. With `upsample2`, the
+/// convolution reads `x` upsampled ×2 by nearest neighbour, without that 4× larger tensor ever
+/// existing (the VAE decoder's last upsampling would be a 1 GB tensor at 1024²).
 pub fn conv2d(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     padding: usize,
     stride: usize,
+    upsample2: bool,
 ) -> candle_core::Result<Tensor> {
     if !x.device().is_cpu() {
-        // Other devices keep candle's own kernel (bias broadcast over [1, Cout, 1, 1]).
+        // Other devices keep candle's own kernels (bias broadcast over [1, Cout, 1, 1]).
         let out = bias.dim(0)?;
+        let x = if upsample2 {
+            let (_, _, h, w) = x.dims4()?;
+            x.upsample_nearest2d(2 * h, 2 * w)?
+        } else {
+            x.clone()
+        };
         return x
             .conv2d(weight, padding, stride, 1, 1)?
             .broadcast_add(&bias.reshape((1, out, 1, 1))?);
@@ -44,20 +53,32 @@ pub fn conv2d(
     let x = x.contiguous()?;
     let weight = weight.contiguous()?;
     let bias = bias.contiguous()?;
-    x.apply_op3_no_bwd(&weight, &bias, &PatchConv { padding, stride })
+    x.apply_op3_no_bwd(
+        &weight,
+        &bias,
+        &PatchConv {
+            padding,
+            stride,
+            upsample2,
+        },
+    )
 }
 
 struct PatchConv {
     padding: usize,
     stride: usize,
+    upsample2: bool,
 }
 
 /// The geometry of one convolution.
 #[derive(Clone, Copy)]
 struct Geometry {
     c_in: usize,
+    /// The (virtual, when upsampled) input size the kernel slides over.
     h: usize,
     w: usize,
+    /// The stored input is `h/2 × w/2`, read upsampled ×2 by nearest neighbour.
+    upsample2: bool,
     kh: usize,
     kw: usize,
     out_h: usize,
@@ -74,15 +95,17 @@ impl Geometry {
 
     /// A 1×1 convolution without padding or stride reads the input itself as its patch matrix.
     fn pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.padding == 0 && self.stride == 1
+        self.kh == 1 && self.kw == 1 && self.padding == 0 && self.stride == 1 && !self.upsample2
     }
 
     /// Fills `patches` (`[depth, rows·out_w]`, row-major) for output rows `oh0..oh0 + rows`.
     fn fill_patches(&self, input: &[f32], oh0: usize, rows: usize, patches: &mut [f32]) {
         let n = rows * self.out_w;
         let (pad, stride) = (self.padding, self.stride);
+        let shift = usize::from(self.upsample2);
+        let (src_h, src_w) = (self.h >> shift, self.w >> shift);
         for ci in 0..self.c_in {
-            let plane = &input[ci * self.h * self.w..(ci + 1) * self.h * self.w];
+            let plane = &input[ci * src_h * src_w..(ci + 1) * src_h * src_w];
             for ky in 0..self.kh {
                 for kx in 0..self.kw {
                     let r = (ci * self.kh + ky) * self.kw + kx;
@@ -97,11 +120,16 @@ impl Geometry {
                             dst.fill(0.0);
                             continue;
                         }
-                        let src = &plane[(iy - pad) * self.w..(iy - pad + 1) * self.w];
+                        let sy = (iy - pad) >> shift;
+                        let src = &plane[sy * src_w..(sy + 1) * src_w];
                         dst[..first].fill(0.0);
                         dst[end..].fill(0.0);
                         let x0 = first * stride + kx - pad;
-                        if stride == 1 {
+                        if self.upsample2 {
+                            for (j, d) in dst[first..end].iter_mut().enumerate() {
+                                *d = src[(x0 + j * stride) >> 1];
+                            }
+                        } else if stride == 1 {
                             dst[first..end].copy_from_slice(&src[x0..x0 + (end - first)]);
                         } else {
                             for (j, d) in dst[first..end].iter_mut().enumerate() {
@@ -231,6 +259,12 @@ impl CustomOp3 for PatchConv {
             );
         };
         let (pad, stride) = (self.padding, self.stride.max(1));
+        let (stored_h, stored_w) = (h, w);
+        let (h, w) = if self.upsample2 {
+            (2 * h, 2 * w)
+        } else {
+            (h, w)
+        };
         if wc_in != c_in || bc_out != c_out || h + 2 * pad < kh || w + 2 * pad < kw {
             candle_core::bail!(
                 "amalgam-conv2d: input {:?} does not fit weight {:?} / bias {:?} (padding {pad})",
@@ -243,6 +277,7 @@ impl CustomOp3 for PatchConv {
             c_in,
             h,
             w,
+            upsample2: self.upsample2,
             kh,
             kw,
             out_h: (h + 2 * pad - kh) / stride + 1,
@@ -266,7 +301,8 @@ impl CustomOp3 for PatchConv {
         let threads = rayon::current_num_threads().max(1);
         let out_ptr = OutPtr(out.as_mut_ptr());
         for b in 0..batch {
-            let input = &x[b * c_in * h * w..(b + 1) * c_in * h * w];
+            let plane = stored_h * stored_w;
+            let input = &x[b * c_in * plane..(b + 1) * c_in * plane];
             let image_out = b * c_out * positions;
             if g.pointwise() {
                 // The input planes are the patch matrix.
@@ -377,7 +413,7 @@ mod tests {
         let x = Tensor::from_vec(xs.clone(), (1, c_in, h, w), &dev).expect("input");
         let weight = Tensor::from_vec(ws.clone(), (c_out, c_in, k, k), &dev).expect("weight");
         let bias = Tensor::from_vec(bs.clone(), c_out, &dev).expect("bias");
-        let got = conv2d(&x, &weight, &bias, pad, stride).expect("conv2d");
+        let got = conv2d(&x, &weight, &bias, pad, stride, false).expect("conv2d");
         let want = reference(&xs, (c_in, h, w), &ws, (c_out, k, k), &bs, pad, stride);
         let out_h = (h + 2 * pad - k) / stride + 1;
         let out_w = (w + 2 * pad - k) / stride + 1;
@@ -402,6 +438,33 @@ mod tests {
         check(6, 5, 8, 4, 1, 0, 1); // 1×1
         check(2, 40, 40, 3, 3, 1, 1); // enough positions to split into parallel bands
         check(3, 33, 37, 2, 3, 1, 2);
+    }
+
+    #[test]
+    fn an_upsampled_input_is_read_without_being_made() {
+        let dev = Device::Cpu;
+        let (c_in, h, w, c_out) = (3, 17, 12, 4);
+        let xs = values(c_in * h * w, 4);
+        let x = Tensor::from_vec(xs, (1, c_in, h, w), &dev).expect("input");
+        let weight = Tensor::from_vec(values(c_out * c_in * 9, 5), (c_out, c_in, 3, 3), &dev)
+            .expect("weight");
+        let bias = Tensor::from_vec(values(c_out, 6), c_out, &dev).expect("bias");
+        let big = x.upsample_nearest2d(2 * h, 2 * w).expect("upsampled");
+        let want = conv2d(&big, &weight, &bias, 1, 1, false).expect("conv of the upsampled");
+        let got = conv2d(&x, &weight, &bias, 1, 1, true).expect("fused");
+        assert_eq!(got.dims(), want.dims());
+        let (got, want) = (
+            got.flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .expect("got"),
+            want.flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .expect("want"),
+        );
+        assert_eq!(
+            got, want,
+            "the same patches, the same multiply, the same bits"
+        );
     }
 
     #[test]

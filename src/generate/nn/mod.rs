@@ -13,6 +13,7 @@
 
 pub mod clip;
 pub mod conv;
+pub mod norm;
 pub mod ops;
 pub mod unet;
 pub mod vae;

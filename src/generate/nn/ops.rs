@@ -62,7 +62,15 @@ impl Linear {
         let dims = x.dims().to_vec();
         let inner = dims[dims.len() - 1];
         let rows = x.elem_count() / inner.max(1);
-        let y = x.reshape((rows, inner))?.matmul(&self.weight.t()?)?;
+        // A text encoder's weights are kept as f16 and widened (exactly) for each use.
+        let widened;
+        let weight = if self.weight.dtype() == x.dtype() {
+            &self.weight
+        } else {
+            widened = self.weight.to_dtype(x.dtype())?;
+            &widened
+        };
+        let y = x.reshape((rows, inner))?.matmul(&weight.t()?)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -116,6 +124,19 @@ impl Conv2d {
             &self.bias,
             self.padding,
             self.stride,
+            false,
+        )?)
+    }
+
+    /// The convolution of `x` upsampled ×2 by nearest neighbour, without making that tensor.
+    pub fn forward_upsampled2(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(super::conv::conv2d(
+            x,
+            &self.weight,
+            &self.bias,
+            self.padding,
+            self.stride,
+            true,
         )?)
     }
 }
@@ -144,23 +165,44 @@ impl GroupNorm {
         }
         let bias = w.get_rank(&format!("{prefix}.bias"), 1)?;
         Ok(GroupNorm {
-            weight: weight.reshape((1, channels, 1))?,
-            bias: bias.reshape((1, channels, 1))?,
+            weight,
+            bias,
             groups,
             eps,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.run(x, false)
+    }
+
+    /// GroupNorm then SiLU, without the intermediate tensor (see [`super::norm`]).
+    pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        self.run(x, true)
+    }
+
+    fn run(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
+        if x.device().is_cpu() {
+            return Ok(super::norm::group_norm(
+                x,
+                &self.weight,
+                &self.bias,
+                self.groups,
+                self.eps,
+                silu,
+            )?);
+        }
+        // Other devices: the same definition as tensor operations.
         let dims = x.dims().to_vec();
         let (b, c) = (dims[0], dims[1]);
         let grouped = x.reshape((b, self.groups, ()))?;
         let normed = normalize_last(&grouped, self.eps)?;
         let y = normed
             .reshape((b, c, ()))?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)?;
-        Ok(y.reshape(dims)?)
+            .broadcast_mul(&self.weight.reshape((1, c, 1))?)?
+            .broadcast_add(&self.bias.reshape((1, c, 1))?)?
+            .reshape(dims)?;
+        Ok(if silu { y.silu()? } else { y })
     }
 }
 

@@ -61,10 +61,15 @@ impl ResBlock {
     }
 
     fn forward(&self, x: &Tensor, emb_silu: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        // Intermediates dropped as soon as the next exists (see the VAE's resnet block).
+        let h1 = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
         let e = self.emb.forward(emb_silu)?.unsqueeze(2)?.unsqueeze(3)?;
-        let h = h.broadcast_add(&e)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h2 = h1.broadcast_add(&e)?;
+        drop(h1);
+        let n2 = self.norm2.forward_silu(&h2)?;
+        drop(h2);
+        let h = self.conv2.forward(&n2)?;
+        drop(n2);
         let skip = match &self.skip {
             Some(s) => s.forward(x)?,
             None => x.clone(),
@@ -373,7 +378,7 @@ impl Unet {
             };
             h = run_block(block, &h, &emb_silu, input.context, target)?;
         }
-        self.out_conv.forward(&self.out_norm.forward(&h)?.silu()?)
+        self.out_conv.forward(&self.out_norm.forward_silu(&h)?)
     }
 }
 
@@ -393,7 +398,11 @@ fn run_block(
             Layer::Up(c) => {
                 let (_, _, hh, ww) = h.dims4()?;
                 let (th, tw) = up_to.unwrap_or((hh * 2, ww * 2));
-                c.forward(&upsample_nearest(&h, th, tw)?)?
+                if (th, tw) == (hh * 2, ww * 2) {
+                    c.forward_upsampled2(&h)?
+                } else {
+                    c.forward(&upsample_nearest(&h, th, tw)?)?
+                }
             }
         };
     }

@@ -8,7 +8,7 @@
 
 use candle_core::Tensor;
 
-use super::ops::{Conv2d, GroupNorm, Linear, attention, upsample_nearest};
+use super::ops::{Conv2d, GroupNorm, Linear, attention};
 use super::{NnError, Result, WeightMap, count_indexed};
 
 #[derive(Clone, Debug)]
@@ -36,8 +36,13 @@ impl ResnetBlock {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        // Each intermediate is dropped as soon as the next exists (a shadowed `let` would keep
+        // it to the end of the function): at 1024² each is 512 MB.
+        let h1 = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
+        let n2 = self.norm2.forward_silu(&h1)?;
+        drop(h1);
+        let h = self.conv2.forward(&n2)?;
+        drop(n2);
         let skip = match &self.shortcut {
             Some(s) => s.forward(x)?,
             None => x.clone(),
@@ -191,11 +196,10 @@ impl Decoder {
                 h = b.forward(&h)?;
             }
             if let Some(conv) = &level.resample {
-                let (_, _, hh, ww) = h.dims4()?;
-                h = conv.forward(&upsample_nearest(&h, hh * 2, ww * 2)?)?;
+                h = conv.forward_upsampled2(&h)?;
             }
         }
-        self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)
+        self.conv_out.forward(&self.norm_out.forward_silu(&h)?)
     }
 }
 
@@ -262,7 +266,7 @@ impl Encoder {
             }
         }
         h = self.mid.forward(&h)?;
-        h = self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)?;
+        h = self.conv_out.forward(&self.norm_out.forward_silu(&h)?)?;
         if let Some(q) = &self.quant_conv {
             h = q.forward(&h)?;
         }
