@@ -37,6 +37,10 @@ fn open_app(cli: &Cli, started: std::time::Instant) -> anyhow::Result<()> {
         output_dir: f.output_dir.clone(),
         extra_model_paths: f.extra_model_paths.first().cloned(),
         open: cli.open.clone(),
+        compare: match cli.compare.as_deref() {
+            Some([a, b]) => Some((a.clone(), b.clone())),
+            _ => None,
+        },
         started: Some(started),
     })?;
     Ok(())

@@ -3,7 +3,9 @@
 //! says so and passes, except under CI (`CI` set), where their absence is a failure.
 //!
 //! With `AMALGAM_SCREENSHOT=path`, the same harness makes the README screenshot: it opens a real
-//! ComfyUI workflow on full-size SD1.5 checkpoints and captures the window mid-merge.
+//! ComfyUI workflow on full-size SD1.5 checkpoints and captures the window mid-merge. With
+//! `AMALGAM_COMPARE_SCREENSHOT=path`, it captures the Compare window of a checkpoint whose
+//! output blocks were fine-tuned against its original.
 
 // This binary uses only part of the shared fixtures.
 #[allow(dead_code)]
@@ -138,14 +140,16 @@ impl App {
 }
 
 fn start_app(display: &str, base: &Path, workflow: Option<&Path>) -> App {
+    let args: Vec<&std::ffi::OsStr> = workflow.iter().map(|w| w.as_os_str()).collect();
+    start_app_with(display, base, &args)
+}
+
+fn start_app_with(display: &str, base: &Path, args: &[&std::ffi::OsStr]) -> App {
     let home = base.join("home");
     std::fs::create_dir_all(&home).expect("home");
     let log = base.join("app.log");
     let mut cmd = amalgam();
-    cmd.arg("--base-dir").arg(base);
-    if let Some(w) = workflow {
-        cmd.arg(w);
-    }
+    cmd.arg("--base-dir").arg(base).args(args);
     let child = cmd
         .env("DISPLAY", display)
         .env_remove("WAYLAND_DISPLAY")
@@ -308,4 +312,64 @@ fn readme_screenshot_mid_merge() {
         || outdir.join("ComfyUI_00001_.safetensors").exists(),
         || app.diagnosis(),
     );
+}
+
+#[test]
+fn readme_screenshot_compare() {
+    let Some(target) = std::env::var_os("AMALGAM_COMPARE_SCREENSHOT").map(PathBuf::from) else {
+        return; // only on request
+    };
+    let base = tempdir();
+    let ck = base.path().join("models/checkpoints");
+    let out = run(&["--base-dir", path_str(base.path()), "samples"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // "tuned": the input blocks and everything outside the UNet as in sample A, the middle
+    // block nudged by 0.1 %, output blocks 0–5 by 3 %, output blocks 6–11 from sample B.
+    let (a, _) = read_reference(&ck.join("sample-sd15-a.safetensors"));
+    let (b, _) = read_reference(&ck.join("sample-sd15-b.safetensors"));
+    let specs =
+        amalgam::model::layouts::Layout::sd15(amalgam::model::layouts::Scale::Sample).tensors();
+    let mut overrides = std::collections::HashMap::new();
+    for s in &specs {
+        let name = s.name.as_str();
+        let t = &a[name];
+        let scaled = |f: f32| {
+            let v: Vec<f32> = t.f32s().iter().map(|x| x * f).collect();
+            to_bytes(&v, &t.dtype)
+        };
+        let block = name
+            .strip_prefix("model.diffusion_model.output_blocks.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|n| n.parse::<usize>().ok());
+        let bytes = match block {
+            Some(n) if n >= 6 => b[name].bytes.clone(),
+            Some(_) => scaled(1.03),
+            None if name.starts_with("model.diffusion_model.middle_block.") => scaled(1.001),
+            None => t.bytes.clone(),
+        };
+        overrides.insert(s.name.clone(), bytes);
+    }
+    let tuned = ck.join("tuned.safetensors");
+    write_safetensors(&tuned, &specs, 0, &overrides, &[]);
+
+    let (_xvfb, display) = start_xvfb(&base.path().join("xvfb.log"));
+    let original = ck.join("sample-sd15-a.safetensors");
+    let mut app = start_app_with(
+        &display,
+        base.path(),
+        &[
+            "--compare".as_ref(),
+            original.as_os_str(),
+            tuned.as_os_str(),
+        ],
+    );
+    let _id = window(&display, &mut app);
+    std::thread::sleep(Duration::from_secs(4));
+    let status = Command::new("import")
+        .args(["-window", "root", "-crop", "1400x850+0+0"])
+        .arg(&target)
+        .env("DISPLAY", &display)
+        .status()
+        .expect("import");
+    assert!(status.success());
 }

@@ -27,6 +27,9 @@ pub struct Cli {
     /// Workflow to open in the window (PNG, JSON or .safetensors); without a subcommand only.
     #[arg(value_name = "WORKFLOW")]
     pub open: Option<PathBuf>,
+    /// Open the window on the comparison of two checkpoints (its Compare view).
+    #[arg(long, num_args = 2, value_names = ["A", "B"])]
+    pub compare: Option<Vec<PathBuf>>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }

@@ -96,6 +96,8 @@ pub struct Launch {
     pub extra_model_paths: Option<PathBuf>,
     /// A workflow to open at start-up.
     pub open: Option<PathBuf>,
+    /// Two checkpoints to compare at start-up (the Compare window opens when it is done).
+    pub compare: Option<(PathBuf, PathBuf)>,
     /// When the process started (for the start-up time report).
     pub started: Option<std::time::Instant>,
 }
@@ -165,6 +167,9 @@ pub fn run(launch: Launch) -> Result<(), WindowError> {
                 AmalgamApp::new(settings, restored, Box::new(files::NativeDialogs), wake)?;
             if let Some(path) = launch.open.clone() {
                 app.open_path(path);
+            }
+            if let Some((a, b)) = launch.compare.clone() {
+                app.compare_files(a, b);
             }
             let stats = std::env::var_os("AMALGAM_FRAME_STATS").map(|_| FrameStats {
                 since: std::time::Instant::now(),
