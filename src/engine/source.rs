@@ -135,26 +135,7 @@ impl Source {
 
     /// Reads `buf.len()` bytes at `offset` of the file.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        #[cfg(unix)]
-        {
-            std::os::unix::fs::FileExt::read_exact_at(&self.reader, buf, offset)
-        }
-        #[cfg(windows)]
-        {
-            let mut done = 0;
-            while done < buf.len() {
-                let n = std::os::windows::fs::FileExt::seek_read(
-                    &self.reader,
-                    &mut buf[done..],
-                    offset + done as u64,
-                )?;
-                if n == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-                done += n;
-            }
-            Ok(())
-        }
+        crate::format::read_exact_at(&self.reader, offset, buf)
     }
 }
 

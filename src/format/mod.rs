@@ -211,6 +211,31 @@ impl TensorFile {
     }
 }
 
+/// Reads exactly `buf.len()` bytes at `offset` of `file` (a positioned read: no shared cursor,
+/// so threads can read one file at once, and no mapped pages held afterwards).
+pub fn read_exact_at(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        let mut done = 0;
+        while done < buf.len() {
+            let n = std::os::windows::fs::FileExt::seek_read(
+                file,
+                &mut buf[done..],
+                offset + done as u64,
+            )?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            done += n;
+        }
+        Ok(())
+    }
+}
+
 #[allow(unsafe_code)]
 fn map_file(file: &File) -> io::Result<Mmap> {
     // SAFETY: the file is opened read-only and the map is only ever read. The remaining hazard of
