@@ -169,6 +169,17 @@ fn start_app_with(display: &str, base: &Path, args: &[&std::ffi::OsStr]) -> App 
     }
 }
 
+/// Saves the screen's top-left 1400×850 (the window) as a PNG, with ImageMagick's `import`.
+fn capture(display: &str, target: &Path) {
+    let status = Command::new("import")
+        .args(["-window", "root", "-crop", "1400x850+0+0"])
+        .arg(target)
+        .env("DISPLAY", display)
+        .status()
+        .expect("import");
+    assert!(status.success());
+}
+
 fn window(display: &str, app: &mut App) -> String {
     let start = Instant::now();
     let id = loop {
@@ -299,13 +310,7 @@ fn readme_screenshot_mid_merge() {
         || app.diagnosis(),
     );
     std::thread::sleep(Duration::from_millis(1200));
-    let status = Command::new("import")
-        .args(["-window", "root", "-crop", "1400x850+0+0"])
-        .arg(&target)
-        .env("DISPLAY", &display)
-        .status()
-        .expect("import");
-    assert!(status.success());
+    capture(&display, &target);
     wait_until(
         "the merge to finish",
         Duration::from_secs(180),
@@ -365,11 +370,5 @@ fn readme_screenshot_compare() {
     );
     let _id = window(&display, &mut app);
     std::thread::sleep(Duration::from_secs(4));
-    let status = Command::new("import")
-        .args(["-window", "root", "-crop", "1400x850+0+0"])
-        .arg(&target)
-        .env("DISPLAY", &display)
-        .status()
-        .expect("import");
-    assert!(status.success());
+    capture(&display, &target);
 }

@@ -4,10 +4,7 @@
 //! progress bar on a terminal and Ctrl+C to stop.
 
 use std::fmt::Write as _;
-use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 
@@ -30,21 +27,8 @@ pub struct DiffArgs {
 }
 
 pub fn run(args: &DiffArgs) -> anyhow::Result<()> {
-    let cancel = Arc::new(AtomicBool::new(false));
-    {
-        let flag = Arc::clone(&cancel);
-        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed));
-    }
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    });
+    let cancel = super::ctrl_c_flag();
+    let bar = super::byte_bar();
     let job = CompareJob {
         a: args.a.clone(),
         b: args.b.clone(),

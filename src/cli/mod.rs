@@ -102,6 +102,33 @@ pub fn run(cli: &Cli, command: &Command) -> anyhow::Result<()> {
     }
 }
 
+/// A cancel flag that Ctrl+C sets. Only the first handler of a process can be installed; a
+/// second run in the same process (tests) simply has no Ctrl+C handling.
+pub fn ctrl_c_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&cancel);
+    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed));
+    cancel
+}
+
+/// A progress bar over bytes on a terminal's stderr (`None` when stderr is not a terminal),
+/// with the job's message after it.
+pub fn byte_bar() -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    })
+}
+
 /// Writes command output to stdout. A closed pipe (`amalgam … | head`) ends output quietly
 /// instead of panicking as `println!` would.
 pub fn emit(text: &str) -> anyhow::Result<()> {

@@ -1,10 +1,7 @@
 //! `amalgam run WORKFLOW`: validate a workflow like ComfyUI, then run its save nodes on this
 //! thread ([`run_blocking`]), with a progress bar on a terminal and Ctrl+C cancelling cleanly.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::json;
 
@@ -68,24 +65,8 @@ pub fn run(folders: &FolderArgs, args: &RunArgs) -> anyhow::Result<()> {
         precision: args.precision,
         first_image_only: args.first_image_only,
     };
-    let cancel = Arc::new(AtomicBool::new(false));
-    {
-        let flag = Arc::clone(&cancel);
-        // Only the first handler of a process can be installed; a second run in the same
-        // process (tests) simply has no Ctrl+C handling.
-        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed));
-    }
-
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    });
+    let cancel = super::ctrl_c_flag();
+    let bar = super::byte_bar();
     let job_report = run_blocking(
         &job,
         &cancel,

@@ -120,6 +120,16 @@ impl Worker {
 
     /// Queues a job; it runs after the ones before it.
     pub fn submit(&mut self, job: Job) -> JobId {
+        self.enqueue(|id, cancel| Message::Run(id, Box::new(job), cancel))
+    }
+
+    /// Queues a comparison of two checkpoint files; it ends with [`Event::Compared`].
+    pub fn submit_compare(&mut self, job: CompareJob) -> JobId {
+        self.enqueue(|id, cancel| Message::Compare(id, job, cancel))
+    }
+
+    /// Numbers a job, gives it a cancel flag and sends it to the thread.
+    fn enqueue(&mut self, message: impl FnOnce(JobId, Arc<AtomicBool>) -> Message) -> JobId {
         let id = self.next_id;
         self.next_id += 1;
         let cancel = Arc::new(AtomicBool::new(false));
@@ -127,19 +137,7 @@ impl Worker {
         // A dead worker drops the job; its caller learns of the death from `events()`, which
         // is then disconnected, and fails the job there.
         if let Some(jobs) = &self.jobs {
-            let _ = jobs.send(Message::Run(id, Box::new(job), cancel));
-        }
-        id
-    }
-
-    /// Queues a comparison of two checkpoint files; it ends with [`Event::Compared`].
-    pub fn submit_compare(&mut self, job: CompareJob) -> JobId {
-        let id = self.next_id;
-        self.next_id += 1;
-        let cancel = Arc::new(AtomicBool::new(false));
-        self.cancels.insert(id, Arc::clone(&cancel));
-        if let Some(jobs) = &self.jobs {
-            let _ = jobs.send(Message::Compare(id, job, cancel));
+            let _ = jobs.send(message(id, cancel));
         }
         id
     }

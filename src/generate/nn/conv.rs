@@ -236,18 +236,9 @@ impl CustomOp3 for PatchConv {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (Some((x0, x1)), Some((w0, w1)), Some((b0, b1))) = (
-            l1.contiguous_offsets(),
-            l2.contiguous_offsets(),
-            l3.contiguous_offsets(),
-        ) else {
-            candle_core::bail!("amalgam-conv2d needs contiguous tensors");
-        };
-        let (CpuStorage::F32(x), CpuStorage::F32(weight), CpuStorage::F32(bias)) = (s1, s2, s3)
-        else {
-            candle_core::bail!("amalgam-conv2d computes in f32 only");
-        };
-        let (x, weight, bias) = (&x[x0..x1], &weight[w0..w1], &bias[b0..b1]);
+        let x = super::contiguous_f32(s1, l1, self.name())?;
+        let weight = super::contiguous_f32(s2, l2, self.name())?;
+        let bias = super::contiguous_f32(s3, l3, self.name())?;
         let (&[batch, c_in, h, w], &[c_out, wc_in, kh, kw], &[bc_out]) =
             (l1.dims(), l2.dims(), l3.dims())
         else {

@@ -22,6 +22,21 @@ use std::collections::HashMap;
 
 use candle_core::Tensor;
 
+/// The f32 values of a contiguous CPU tensor, as a custom op receives it.
+pub(crate) fn contiguous_f32<'a>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let Some((start, end)) = l.contiguous_offsets() else {
+        candle_core::bail!("{op} needs contiguous tensors");
+    };
+    let candle_core::CpuStorage::F32(v) = s else {
+        candle_core::bail!("{op} computes in f32 only");
+    };
+    Ok(&v[start..end])
+}
+
 /// A network could not be built or run.
 #[derive(Debug, thiserror::Error)]
 pub enum NnError {

@@ -47,17 +47,9 @@ impl CustomOp3 for FusedGroupNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (Some((x0, x1)), Some((w0, w1)), Some((b0, b1))) = (
-            l1.contiguous_offsets(),
-            l2.contiguous_offsets(),
-            l3.contiguous_offsets(),
-        ) else {
-            candle_core::bail!("amalgam-group-norm needs contiguous tensors");
-        };
-        let (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) = (s1, s2, s3) else {
-            candle_core::bail!("amalgam-group-norm computes in f32 only");
-        };
-        let (x, w, b) = (&x[x0..x1], &w[w0..w1], &b[b0..b1]);
+        let x = super::contiguous_f32(s1, l1, self.name())?;
+        let w = super::contiguous_f32(s2, l2, self.name())?;
+        let b = super::contiguous_f32(s3, l3, self.name())?;
         let dims = l1.dims();
         if dims.len() < 2 {
             candle_core::bail!("amalgam-group-norm: input {dims:?} has no channel dimension");
