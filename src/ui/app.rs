@@ -7,6 +7,10 @@
 //! engine's worker (restarted, with its unfinished jobs failed, if it ever dies), file reads,
 //! scans and imports on the files thread.
 
+mod checks;
+
+use checks::Preview;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,8 +18,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::TryRecvError;
 
-use crate::engine::Precision;
-use crate::engine::compare::CompareJob;
 use crate::engine::worker::{Job, JobId, Worker};
 use crate::graph::edit::{Given, node_from_schema};
 use crate::graph::examples;
@@ -105,17 +107,6 @@ pub struct AmalgamApp {
     preview: Preview,
 }
 
-/// The header-only preview of what nodes will do: one request in flight at most, asked again
-/// when the document (or the precision) differs from the one last asked about.
-#[derive(Default)]
-struct Preview {
-    asked: Option<(Document, Precision)>,
-    in_flight: bool,
-    last: Option<Instant>,
-}
-
-/// At most this often, the header-only preview of an edited graph is asked for again.
-const PREVIEW_EVERY: Duration = Duration::from_millis(300);
 /// How often the folders are rescanned for new models and outputs.
 const SCAN_EVERY: Duration = Duration::from_secs(2);
 /// How long one frame may spend draining worker events.
@@ -408,58 +399,6 @@ impl AmalgamApp {
         Some(id)
     }
 
-    /// Queues a comparison of two checkpoint files.
-    pub fn compare_files(&mut self, a: PathBuf, b: PathBuf) -> JobId {
-        let name = |p: &Path| {
-            p.file_name().map_or_else(
-                || p.display().to_string(),
-                |n| n.to_string_lossy().into_owned(),
-            )
-        };
-        let label = format!("compare {} ↔ {}", name(&a), name(&b));
-        let id = self.worker.submit_compare(CompareJob { a, b });
-        self.jobs.push(JobView::new(id, label));
-        self.side_tab = SideTab::Queue;
-        id
-    }
-
-    /// The Load Checkpoint nodes among the selection (exactly two), as files.
-    fn selected_checkpoint_nodes(&self) -> Vec<&crate::graph::document::Node> {
-        let selected = self.canvas.selected();
-        self.document
-            .doc
-            .nodes
-            .iter()
-            .filter(|n| selected.contains(&n.id) && n.type_ == "CheckpointLoaderSimple")
-            .collect()
-    }
-
-    /// The files of the two selected Load Checkpoint nodes, or why they cannot be compared.
-    fn selected_checkpoints(&self) -> Result<(PathBuf, PathBuf), String> {
-        let nodes = self.selected_checkpoint_nodes();
-        let [a, b] = nodes.as_slice() else {
-            return Err(format!(
-                "select exactly two Load Checkpoint nodes to compare ({} selected)",
-                nodes.len()
-            ));
-        };
-        let file = |n: &crate::graph::document::Node| {
-            let name = n
-                .widgets_values
-                .as_ref()
-                .and_then(|v| v.get(0))
-                .and_then(serde_json::Value::as_str)
-                .ok_or_else(|| format!("node #{}: no checkpoint chosen", n.id))?;
-            self.folders.resolve("checkpoints", name).ok_or_else(|| {
-                format!(
-                    "node #{}: checkpoint {name:?} not found in the models folders",
-                    n.id
-                )
-            })
-        };
-        Ok((file(a)?, file(b)?))
-    }
-
     fn drain_events(&mut self) {
         let until = Instant::now() + EVENT_BUDGET;
         while Instant::now() < until {
@@ -577,23 +516,7 @@ impl AmalgamApp {
             self.files.send(Request::Scan(self.folders.clone()));
             self.scans.asked(now);
         }
-        let changed = self.preview.asked.as_ref().is_none_or(|(doc, precision)| {
-            *doc != self.document.doc || *precision != self.settings.precision
-        });
-        let rested = self
-            .preview
-            .last
-            .is_none_or(|t| now.duration_since(t) >= PREVIEW_EVERY);
-        if changed && rested && !self.preview.in_flight {
-            self.files.send(Request::Preview {
-                doc: Box::new(self.document.doc.clone()),
-                folders: self.folders.clone(),
-                precision: self.settings.precision,
-            });
-            self.preview.asked = Some((self.document.doc.clone(), self.settings.precision));
-            self.preview.in_flight = true;
-            self.preview.last = Some(now);
-        }
+        self.ask_preview(now);
     }
 
     fn samples_written(&mut self, written: Result<usize, String>) {

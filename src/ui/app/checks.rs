@@ -1,0 +1,103 @@
+//! What the app works out about the graph besides running it: comparisons of two checkpoints
+//! (from two selected Load Checkpoint nodes or two picked outputs), and the header-only preview
+//! of what each node will do, asked of the file thread after each edit.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::engine::Precision;
+use crate::engine::compare::CompareJob;
+use crate::engine::worker::JobId;
+use crate::graph::Document;
+
+use super::super::files::Request;
+use super::super::jobs::JobView;
+use super::{AmalgamApp, SideTab};
+
+/// The header-only preview of what nodes will do: one request in flight at most, asked again
+/// when the document (or the precision) differs from the one last asked about.
+#[derive(Default)]
+pub(super) struct Preview {
+    pub(super) asked: Option<(Document, Precision)>,
+    pub(super) in_flight: bool,
+    pub(super) last: Option<Instant>,
+}
+
+/// At most this often, the header-only preview of an edited graph is asked for again.
+const PREVIEW_EVERY: Duration = Duration::from_millis(300);
+
+impl AmalgamApp {
+    /// Queues a comparison of two checkpoint files.
+    pub fn compare_files(&mut self, a: PathBuf, b: PathBuf) -> JobId {
+        let name = |p: &Path| {
+            p.file_name().map_or_else(
+                || p.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            )
+        };
+        let label = format!("compare {} ↔ {}", name(&a), name(&b));
+        let id = self.worker.submit_compare(CompareJob { a, b });
+        self.jobs.push(JobView::new(id, label));
+        self.side_tab = SideTab::Queue;
+        id
+    }
+
+    /// The Load Checkpoint nodes among the selection (exactly two), as files.
+    pub(super) fn selected_checkpoint_nodes(&self) -> Vec<&crate::graph::document::Node> {
+        let selected = self.canvas.selected();
+        self.document
+            .doc
+            .nodes
+            .iter()
+            .filter(|n| selected.contains(&n.id) && n.type_ == "CheckpointLoaderSimple")
+            .collect()
+    }
+
+    /// The files of the two selected Load Checkpoint nodes, or why they cannot be compared.
+    pub(super) fn selected_checkpoints(&self) -> Result<(PathBuf, PathBuf), String> {
+        let nodes = self.selected_checkpoint_nodes();
+        let [a, b] = nodes.as_slice() else {
+            return Err(format!(
+                "select exactly two Load Checkpoint nodes to compare ({} selected)",
+                nodes.len()
+            ));
+        };
+        let file = |n: &crate::graph::document::Node| {
+            let name = n
+                .widgets_values
+                .as_ref()
+                .and_then(|v| v.get(0))
+                .and_then(serde_json::Value::as_str)
+                .ok_or_else(|| format!("node #{}: no checkpoint chosen", n.id))?;
+            self.folders.resolve("checkpoints", name).ok_or_else(|| {
+                format!(
+                    "node #{}: checkpoint {name:?} not found in the models folders",
+                    n.id
+                )
+            })
+        };
+        Ok((file(a)?, file(b)?))
+    }
+
+    /// Asks the file thread for the preview of the document when it changed since the last ask
+    /// (at most every [`PREVIEW_EVERY`], one request in flight).
+    pub(super) fn ask_preview(&mut self, now: Instant) {
+        let changed = self.preview.asked.as_ref().is_none_or(|(doc, precision)| {
+            *doc != self.document.doc || *precision != self.settings.precision
+        });
+        let rested = self
+            .preview
+            .last
+            .is_none_or(|t| now.duration_since(t) >= PREVIEW_EVERY);
+        if changed && rested && !self.preview.in_flight {
+            self.files.send(Request::Preview {
+                doc: Box::new(self.document.doc.clone()),
+                folders: self.folders.clone(),
+                precision: self.settings.precision,
+            });
+            self.preview.asked = Some((self.document.doc.clone(), self.settings.precision));
+            self.preview.in_flight = true;
+            self.preview.last = Some(now);
+        }
+    }
+}
