@@ -210,6 +210,8 @@ pub fn run_images(
         cache.reused = 0;
         return Ok(Vec::new());
     }
+    // Big tensors stay on the heap while images are made (see `memory`).
+    let _big_blocks = super::memory::BigBlocks::hold();
     let keys = network_keys(plan);
     let mut kept = std::mem::take(&mut cache.entries);
     let mut built: Vec<Option<Built>> = keys

@@ -5,15 +5,19 @@
 //! by default) with fresh `mmap`s and returns them on free, so every such tensor is zero-filled
 //! page by page by the kernel again: measured on SD1.5 at 512², page faults and page clearing
 //! were 29 % of the run, and a step took 27.4 s. Keeping big blocks on the heap
-//! (`M_MMAP_THRESHOLD` 1 GiB), not trimming the heap during a job (`M_TRIM_THRESHOLD`), and one
-//! arena (`M_ARENA_MAX` 1: a thread other than the main one — the app's worker — would otherwise
-//! get 64 MB heaps and fall back to `mmap` for anything larger) made the step 17.2 s with the
-//! same peak RSS (5.5 GB). After an image job the worker hands the freed memory back
-//! ([`release_freed_memory`]), so an idle app does not hold it.
+//! (`M_MMAP_THRESHOLD` 1 GiB) and not trimming the heap during the image steps made the step
+//! 17.2 s with the same peak RSS (5.5 GB). That holds only while images are made
+//! ([`BigBlocks`]): merges ran slower with it in alternating runs of an SDXL merge (12.7 / 10.6
+//! / 12.7 s against 9.9 / 10.7 / 9.9 s), so afterwards glibc's usual limits come back and the
+//! freed memory is handed back to the system.
+//!
+//! One arena (`M_ARENA_MAX` 1, set in `main` before threads start): a thread other than the main
+//! one — the app's worker — would otherwise get 64 MB heaps and fall back to `mmap` for anything
+//! larger, whatever the threshold.
 //!
 //! Only glibc is tuned; on other platforms these do nothing.
 
-/// Tunes the allocator; call once, first thing in `main`, before any thread starts.
+/// One arena for every thread; call once, first thing in `main`, before any thread starts.
 #[allow(unsafe_code)]
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -22,8 +26,37 @@ pub fn tune_allocator() {
     // too, only slower.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
+/// While held, big blocks stay on the heap and the heap is not trimmed; dropped, glibc's
+/// steady-state limits (32 MiB mmap threshold, 64 MiB trim threshold) return and the freed
+/// memory goes back to the system.
+#[must_use = "the setting lasts as long as the guard"]
+pub struct BigBlocks(());
+
+impl BigBlocks {
+    pub fn hold() -> BigBlocks {
+        set_thresholds(1 << 30, i32::MAX);
+        BigBlocks(())
+    }
+}
+
+impl Drop for BigBlocks {
+    fn drop(&mut self) {
+        set_thresholds(32 << 20, 64 << 20);
+        release_freed_memory();
+    }
+}
+
+#[allow(unsafe_code, unused_variables)]
+fn set_thresholds(mmap: i32, trim: i32) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt takes glibc's main-arena lock and sets global parameters that other
+    // threads only read; any value is valid (a refused one keeps the previous setting).
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, mmap);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, trim);
     }
 }
 

@@ -259,10 +259,6 @@ pub fn run_job(job: &Job, cancel: &AtomicBool, cache: &mut RunCache, emit: &mut 
         )?);
         Ok(saved)
     });
-    if !plan.image_steps.is_empty() {
-        // The networks stay cached; the activations' freed memory goes back to the system.
-        super::memory::release_freed_memory();
-    }
     match result {
         Ok(saved) => {
             for (id, sig) in signatures {
