@@ -23,7 +23,7 @@ use serde_json::json;
 use amalgam::format::DType;
 use amalgam::format::safetensors::{PendingFile, TensorSpec};
 use amalgam::model::layouts::{Layout, Scale};
-use amalgam::model::report::human_bytes;
+use amalgam::model::report::{human_bytes, kib_field};
 use amalgam::model::samples::write_checkpoint;
 
 #[derive(Debug, clap::Args)]
@@ -277,8 +277,8 @@ fn run_merge(
             break st;
         }
         if let Ok(text) = std::fs::read_to_string(&status_path) {
-            hwm = hwm.max(proc_kib(&text, "VmHWM:"));
-            anon = anon.max(proc_kib(&text, "RssAnon:"));
+            hwm = hwm.max(kib_field(&text, "VmHWM:"));
+            anon = anon.max(kib_field(&text, "RssAnon:"));
         }
         std::thread::sleep(Duration::from_millis(5));
     };
@@ -298,17 +298,6 @@ fn run_merge(
         serde_json::from_str(&stdout).context("amalgam run --json printed no JSON")?;
     let bytes = j["outputs"][0]["bytes"].as_u64().unwrap_or(0);
     Ok((secs, hwm, anon, bytes))
-}
-
-fn proc_kib(status: &str, key: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with(key))?;
-    let kib: u64 = line[key.len()..]
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
 }
 
 /// Reads every input once, sequentially, into one reused buffer.

@@ -10,7 +10,7 @@ use anyhow::Context;
 
 use amalgam::engine::Event;
 use amalgam::engine::compare::{CompareJob, Comparison, run_compare};
-use amalgam::model::diff::DiffReport;
+use amalgam::model::diff::{DiffReport, ratio_text};
 
 #[derive(Debug, clap::Args)]
 pub struct DiffArgs {
@@ -69,10 +69,6 @@ pub fn run(args: &DiffArgs) -> anyhow::Result<()> {
     }
 }
 
-fn ratio(v: Option<f64>) -> String {
-    v.map_or_else(|| "undefined".to_owned(), |v| format!("{v:.6}"))
-}
-
 /// The human summary: verdict, mismatches, components, blocks, the most different keys.
 fn text(c: &Comparison, top: usize) -> String {
     let r: &DiffReport = &c.report;
@@ -87,7 +83,7 @@ fn text(c: &Comparison, top: usize) -> String {
         );
         return out;
     }
-    let changed = r.keys.iter().filter(|k| k.sums.d2 != 0.0).count();
+    let changed = r.changed_keys().count();
     let _ = writeln!(
         out,
         "{} shared keys compared, {changed} differ; {} only in A, {} only in B, {} shape mismatches, {} dtype differences ({:.1} s)",
@@ -139,12 +135,12 @@ fn text(c: &Comparison, top: usize) -> String {
             "{:<10} {:<14} {:>12} {:>12} {:>6}",
             b.component,
             b.block,
-            ratio(b.relative),
-            ratio(b.cosine),
+            ratio_text(b.relative),
+            ratio_text(b.cosine),
             b.keys
         );
     }
-    let mut keys: Vec<_> = r.keys.iter().filter(|k| k.sums.d2 != 0.0).collect();
+    let mut keys: Vec<_> = r.changed_keys().collect();
     keys.sort_by(|x, y| {
         let v = |k: &&amalgam::model::diff::KeyDiff| k.relative.unwrap_or(f64::INFINITY);
         v(y).total_cmp(&v(x))
@@ -155,8 +151,8 @@ fn text(c: &Comparison, top: usize) -> String {
             let _ = writeln!(
                 out,
                 "  {:>12} {:>12}  {}",
-                ratio(k.relative),
-                ratio(k.cosine),
+                ratio_text(k.relative),
+                ratio_text(k.cosine),
                 k.key
             );
         }

@@ -153,13 +153,23 @@ impl DiffReport {
             && self.only_in_b.is_empty()
             && self.shape_mismatch.is_empty()
             && self.dtype_mismatch.is_empty()
-            && self.keys.iter().all(|k| k.sums.d2 == 0.0)
+            && self.changed_keys().next().is_none()
+    }
+
+    /// Compared keys whose values differ.
+    pub fn changed_keys(&self) -> impl Iterator<Item = &KeyDiff> {
+        self.keys.iter().filter(|k| k.sums.d2 != 0.0)
     }
 
     /// The per-component rows (`block == "all"`).
     pub fn components(&self) -> impl Iterator<Item = &BlockDiff> {
         self.blocks.iter().filter(|b| b.block == "all")
     }
+}
+
+/// A ratio as reports print it: six decimals, or "undefined".
+pub fn ratio_text(v: Option<f64>) -> String {
+    v.map_or_else(|| "undefined".to_owned(), |v| format!("{v:.6}"))
 }
 
 /// What the comparison has done so far.

@@ -6,10 +6,13 @@ use super::{Checkpoint, Component};
 
 /// The machine's memory in bytes (`MemTotal` of `/proc/meminfo`), when it can be read.
 pub fn machine_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line
-        .trim_start_matches("MemTotal:")
+    kib_field(&std::fs::read_to_string("/proc/meminfo").ok()?, "MemTotal:")
+}
+
+/// A `key:  N kB` line of a `/proc` file (`meminfo`, a process's `status`), in bytes.
+pub fn kib_field(text: &str, key: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    let kib: u64 = line[key.len()..]
         .trim()
         .trim_end_matches("kB")
         .trim()

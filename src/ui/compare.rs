@@ -8,8 +8,9 @@
 
 use egui::{Color32, RichText};
 
+use super::file_name;
 use crate::engine::compare::Comparison;
-use crate::model::diff::{BlockDiff, DiffReport};
+use crate::model::diff::{BlockDiff, DiffReport, ratio_text};
 
 /// A comparison on screen and the block whose keys are listed.
 #[derive(Debug)]
@@ -52,17 +53,6 @@ pub fn heat_colour(relative: Option<f64>) -> Color32 {
     Color32::from_rgb(c(0), c(1), c(2))
 }
 
-fn ratio(v: Option<f64>) -> String {
-    v.map_or_else(|| "undefined".to_owned(), |v| format!("{v:.6}"))
-}
-
-fn file_name(p: &std::path::Path) -> String {
-    p.file_name().map_or_else(
-        || p.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    )
-}
-
 /// Draws the window while `view` is set; closing it clears `view`.
 pub fn compare_ui(ctx: &egui::Context, view: &mut Option<CompareView>) {
     let Some(v) = view else { return };
@@ -92,7 +82,7 @@ fn body_ui(ui: &mut egui::Ui, v: &mut CompareView) {
         );
         return;
     }
-    let changed = r.keys.iter().filter(|k| k.sums.d2 != 0.0).count();
+    let changed = r.changed_keys().count();
     ui.label(format!(
         "{changed} of {} shared keys differ · {} only in {} · {} only in {} · {} shape mismatches · {} dtype differences · {:.1} s",
         r.keys.len(),
@@ -123,8 +113,8 @@ fn body_ui(ui: &mut egui::Ui, v: &mut CompareView) {
                     .iter()
                     .filter(|k| k.component.as_str() == component && &k.block == block)
                 {
-                    ui.monospace(ratio(k.relative));
-                    ui.monospace(ratio(k.cosine));
+                    ui.monospace(ratio_text(k.relative));
+                    ui.monospace(ratio_text(k.cosine));
                     ui.label(&k.key);
                     ui.end_row();
                 }
@@ -207,8 +197,8 @@ fn heat_map_ui(ui: &mut egui::Ui, r: &DiffReport, selected: &mut Option<(String,
                 let response = ui.add(cell).on_hover_text(format!(
                     "{component} {}\nrelative {}\ncosine {}\n{} keys",
                     b.block,
-                    ratio(b.relative),
-                    ratio(b.cosine),
+                    ratio_text(b.relative),
+                    ratio_text(b.cosine),
                     b.keys
                 ));
                 if response.clicked() {

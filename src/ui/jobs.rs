@@ -56,17 +56,12 @@ impl JobState {
 
 /// One line saying what a comparison found.
 pub fn comparison_line(c: &Comparison) -> String {
-    let name = |p: &std::path::Path| {
-        p.file_name().map_or_else(
-            || p.display().to_string(),
-            |n| n.to_string_lossy().into_owned(),
-        )
-    };
+    let name = super::file_name;
     let r = &c.report;
     let what = if r.identical() {
         "identical".to_owned()
     } else {
-        let changed = r.keys.iter().filter(|k| k.sums.d2 != 0.0).count();
+        let changed = r.changed_keys().count();
         format!(
             "{changed} of {} shared keys differ, {} only in the first, {} only in the second, {} shape mismatches",
             r.keys.len(),

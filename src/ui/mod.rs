@@ -102,6 +102,14 @@ pub struct Launch {
     pub started: Option<std::time::Instant>,
 }
 
+/// A path's file name for labels (the whole path when it has none).
+pub(crate) fn file_name(p: &std::path::Path) -> String {
+    p.file_name().map_or_else(
+        || p.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
 /// The settings and workflow to start with: the saved ones (defaults on a first run), with the
 /// folders given on the command line winning.
 pub fn startup_state(

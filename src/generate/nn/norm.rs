@@ -54,10 +54,10 @@ impl CustomOp3 for FusedGroupNorm {
         if dims.len() < 2 {
             candle_core::bail!("amalgam-group-norm: input {dims:?} has no channel dimension");
         }
-        let (batch, channels) = (dims[0], dims[1]);
+        let channels = dims[1];
         let spatial: usize = dims[2..].iter().product();
         let groups = self.groups.max(1);
-        if channels % groups != 0 || w.len() != channels || b.len() != channels {
+        if !channels.is_multiple_of(groups) || w.len() != channels || b.len() != channels {
             candle_core::bail!(
                 "amalgam-group-norm: {channels} channels, {groups} groups, weight {} and bias {}",
                 w.len(),
@@ -96,7 +96,6 @@ impl CustomOp3 for FusedGroupNorm {
                     }
                 }
             });
-        let _ = batch;
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 }

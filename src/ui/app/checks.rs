@@ -2,7 +2,7 @@
 //! (from two selected Load Checkpoint nodes or two picked outputs), and the header-only preview
 //! of what each node will do, asked of the file thread after each edit.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::engine::Precision;
@@ -29,12 +29,7 @@ const PREVIEW_EVERY: Duration = Duration::from_millis(300);
 impl AmalgamApp {
     /// Queues a comparison of two checkpoint files.
     pub fn compare_files(&mut self, a: PathBuf, b: PathBuf) -> JobId {
-        let name = |p: &Path| {
-            p.file_name().map_or_else(
-                || p.display().to_string(),
-                |n| n.to_string_lossy().into_owned(),
-            )
-        };
+        let name = super::super::file_name;
         let label = format!("compare {} ↔ {}", name(&a), name(&b));
         let id = self.worker.submit_compare(CompareJob { a, b });
         self.jobs.push(JobView::new(id, label));
