@@ -242,6 +242,7 @@ impl AmalgamApp {
             Command::Compare { a, b } => {
                 self.compare_files(a, b);
             }
+            Command::CompareCheckpoints(pair) => self.compare_checkpoints(pair),
             Command::PickForCompare(path) => {
                 if let Some(i) = self.compare_pick.iter().position(|p| p == &path) {
                     self.compare_pick.remove(i);

@@ -39,6 +39,9 @@ pub enum Command {
         a: PathBuf,
         b: PathBuf,
     },
+    /// Compare the checkpoints two Load Checkpoint nodes name (node id, checkpoint name): the
+    /// names are taken when the button is drawn, the files looked up when it is clicked.
+    CompareCheckpoints([(crate::graph::NodeId, String); 2]),
     /// Add a saved file to (or take it off) the output browser's pair to compare.
     PickForCompare(PathBuf),
     /// Show a saved file's `inspect` report.

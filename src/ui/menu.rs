@@ -17,9 +17,9 @@ pub struct MenuState<'a> {
     pub recent: &'a [PathBuf],
     /// Names of the examples, in `graph::examples::all()` order.
     pub examples: &'a [&'static str],
-    /// With exactly two Load Checkpoint nodes selected: their files, or why they cannot be
-    /// compared (a checkpoint not found).
-    pub compare: Option<Result<(PathBuf, PathBuf), String>>,
+    /// With exactly two Load Checkpoint nodes selected: their node ids and checkpoint names, or
+    /// why they cannot be compared.
+    pub compare: Option<Result<[(crate::graph::NodeId, String); 2], String>>,
 }
 
 /// Toggles the menus edit in place.
@@ -107,18 +107,15 @@ pub fn menu_bar_ui(ui: &mut egui::Ui, state: &MenuState, view: &mut ViewToggles)
             egui::ComboBox::from_id_salt("precision")
                 .selected_text(format!("precision: {}", view.precision.as_str()))
                 .show_ui(ui, |ui| precision_ui(ui, view.precision));
-            // The files are taken now, while drawing: the canvas clears its selection on any
+            // The names are taken now, while drawing: the canvas clears its selection on any
             // click outside it, in this same frame, before commands run.
-            if let Some(Ok((a, b))) = &state.compare
+            if let Some(Ok(pair)) = &state.compare
                 && ui
                     .button("Compare checkpoints")
                     .on_hover_text("Compare the two selected Load Checkpoint nodes' files")
                     .clicked()
             {
-                chosen.push(Command::Compare {
-                    a: a.clone(),
-                    b: b.clone(),
-                });
+                chosen.push(Command::CompareCheckpoints(pair.clone()));
             }
             if let Some(Err(why)) = &state.compare {
                 ui.add_enabled(false, egui::Button::new("Compare checkpoints"))

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::engine::Precision;
 use crate::engine::compare::CompareJob;
 use crate::engine::worker::JobId;
-use crate::graph::Document;
+use crate::graph::{Document, NodeId};
 
 use super::super::files::Request;
 use super::super::jobs::JobView;
@@ -48,8 +48,9 @@ impl AmalgamApp {
             .collect()
     }
 
-    /// The files of the two selected Load Checkpoint nodes, or why they cannot be compared.
-    pub(super) fn selected_checkpoints(&self) -> Result<(PathBuf, PathBuf), String> {
+    /// The checkpoint names of the two selected Load Checkpoint nodes (with their node ids), or
+    /// why they cannot be compared. No file is touched: this runs every frame.
+    pub(super) fn selected_checkpoints(&self) -> Result<[(NodeId, String); 2], String> {
         let nodes = self.selected_checkpoint_nodes();
         let [a, b] = nodes.as_slice() else {
             return Err(format!(
@@ -57,21 +58,30 @@ impl AmalgamApp {
                 nodes.len()
             ));
         };
-        let file = |n: &crate::graph::document::Node| {
-            let name = n
-                .widgets_values
+        let name = |n: &crate::graph::document::Node| {
+            n.widgets_values
                 .as_ref()
                 .and_then(|v| v.get(0))
                 .and_then(serde_json::Value::as_str)
-                .ok_or_else(|| format!("node #{}: no checkpoint chosen", n.id))?;
+                .map(|name| (n.id, name.to_owned()))
+                .ok_or_else(|| format!("node #{}: no checkpoint chosen", n.id))
+        };
+        Ok([name(a)?, name(b)?])
+    }
+
+    /// Compares the checkpoints two Load Checkpoint nodes name, once their files are found.
+    pub(super) fn compare_checkpoints(&mut self, [a, b]: [(NodeId, String); 2]) {
+        let file = |(node, name): &(NodeId, String)| {
             self.folders.resolve("checkpoints", name).ok_or_else(|| {
-                format!(
-                    "node #{}: checkpoint {name:?} not found in the models folders",
-                    n.id
-                )
+                format!("node #{node}: checkpoint {name:?} not found in the models folders")
             })
         };
-        Ok((file(a)?, file(b)?))
+        match (file(&a), file(&b)) {
+            (Ok(a), Ok(b)) => {
+                self.compare_files(a, b);
+            }
+            (Err(why), _) | (_, Err(why)) => self.notify(true, why),
+        }
     }
 
     /// Asks the file thread for the preview of the document when it changed since the last ask
