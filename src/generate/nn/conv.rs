@@ -459,7 +459,7 @@ mod tests {
     }
 
     #[test]
-    fn a_large_image_is_computed_in_bounded_bands() {
+    fn a_large_image_split_into_bands_is_still_exact() {
         // 64 channels × 3×3 × 128 columns = 295 KB a row: a 8 MB band holds 28 rows of 128.
         check(64, 128, 128, 2, 3, 1, 1);
     }
