@@ -20,6 +20,9 @@ pub struct SamplesArgs {
     /// Only this family (`sd15` or `sdxl`).
     #[arg(long, hide = true)]
     pub family: Option<String>,
+    /// Leave out the two runnable SD1.5 samples (117 MB each; merge tests do not need them).
+    #[arg(long, hide = true)]
+    pub no_runnable: bool,
 }
 
 pub fn run(folders: &FolderArgs, args: &SamplesArgs) -> anyhow::Result<()> {
@@ -39,8 +42,13 @@ pub fn run(folders: &FolderArgs, args: &SamplesArgs) -> anyhow::Result<()> {
     } else {
         Scale::Sample
     };
-    let mut outcomes = write_samples(&folder("checkpoints")?, scale, args.family.as_deref())
-        .context("cannot write the sample checkpoints")?;
+    let mut outcomes = write_samples(
+        &folder("checkpoints")?,
+        scale,
+        args.family.as_deref(),
+        !args.no_runnable,
+    )
+    .context("cannot write the sample checkpoints")?;
     // The LoRA and VAE samples go with the small checkpoints only.
     if !args.full_size && args.family.is_none() {
         outcomes.extend(

@@ -111,6 +111,54 @@ pub fn add_difference(a_name: &str, b_name: &str, c_name: &str) -> Document {
     b.doc
 }
 
+/// See what a merge does: two checkpoints merged (ModelMergeSimple, unsaved) and a picture made
+/// with the merge — the graph a ratio sweep is made on. Small (64 × 64, 8 steps) so it runs in
+/// seconds on the runnable samples on a CPU; a real model wants 512 × 512 and 20 steps.
+pub fn text_to_image(first: &str, second: &str) -> Document {
+    let mut b = Builder::new();
+    let a = b.node("CheckpointLoaderSimple", [0.0, 0.0], &[json!(first)]);
+    let c = b.node("CheckpointLoaderSimple", [0.0, 220.0], &[json!(second)]);
+    let m = b.node("ModelMergeSimple", [420.0, 0.0], &[json!(0.5)]);
+    let pos = b.node(
+        "CLIPTextEncode",
+        [420.0, 180.0],
+        &[json!("a red fox in the snow, photo")],
+    );
+    let neg = b.node("CLIPTextEncode", [420.0, 400.0], &[json!("blurry")]);
+    let latent = b.node(
+        "EmptyLatentImage",
+        [420.0, 620.0],
+        &[json!(64), json!(64), json!(1)],
+    );
+    let k = b.node(
+        "KSampler",
+        [820.0, 80.0],
+        &[
+            json!(42),
+            json!("fixed"),
+            json!(8),
+            json!(7.0),
+            json!("euler"),
+            json!("normal"),
+            json!(1.0),
+        ],
+    );
+    let d = b.node("VAEDecode", [1180.0, 80.0], &[]);
+    let s = b.node("SaveImage", [1420.0, 80.0], &[json!("merge")]);
+    b.link(a, 0, m, "model1");
+    b.link(c, 0, m, "model2");
+    b.link(a, 1, pos, "clip");
+    b.link(a, 1, neg, "clip");
+    b.link(m, 0, k, "model");
+    b.link(pos, 0, k, "positive");
+    b.link(neg, 0, k, "negative");
+    b.link(latent, 0, k, "latent_image");
+    b.link(k, 0, d, "samples");
+    b.link(a, 2, d, "vae");
+    b.link(d, 0, s, "images");
+    b.doc
+}
+
 /// The Examples menu: name, file name under `assets/examples/`, document.
 pub fn all() -> Vec<(&'static str, &'static str, Document)> {
     vec![
@@ -131,6 +179,14 @@ pub fn all() -> Vec<(&'static str, &'static str, Document)> {
                 "sample-sd15-a.safetensors",
                 "sample-sd15-b.safetensors",
                 "sample-sd15-b.safetensors",
+            ),
+        ),
+        (
+            "Text to image (merge, then look)",
+            "text_to_image.json",
+            text_to_image(
+                crate::model::samples::RUNNABLE_SAMPLES[0],
+                crate::model::samples::RUNNABLE_SAMPLES[1],
             ),
         ),
     ]
@@ -164,7 +220,11 @@ mod tests {
         let base = tempfile::tempdir().expect("tmp");
         let ck = base.path().join("models/checkpoints");
         std::fs::create_dir_all(&ck).expect("mkdir");
-        for f in ["sample-sd15-a.safetensors", "sample-sd15-b.safetensors"] {
+        let runnable = crate::model::samples::RUNNABLE_SAMPLES;
+        for f in ["sample-sd15-a.safetensors", "sample-sd15-b.safetensors"]
+            .into_iter()
+            .chain(runnable)
+        {
             std::fs::write(ck.join(f), b"x").expect("write");
         }
         let folders = crate::model::ModelFolders::new(base.path(), None, None);

@@ -21,8 +21,10 @@ pub struct Sample {
     pub seed: u64,
 }
 
-/// The samples `amalgam samples` writes: two SD1.5 and two SDXL checkpoints. At full scale they
-/// are named `full-…` so they never shadow the small ones.
+/// The samples `amalgam samples` writes: two SD1.5 and two SDXL checkpoints, and two SD1.5
+/// checkpoints wide enough for the image nodes to run ([`Scale::Small`], ~90 MB each), so the
+/// text-to-image example works before any real model is downloaded. At full scale they are
+/// named `full-…` so they never shadow the small ones (and the runnable pair is not written).
 pub fn sample_checkpoints(scale: Scale) -> Vec<Sample> {
     let full = scale == Scale::Full;
     let sample = |small: &'static str, large: &'static str, layout: Layout, seed| Sample {
@@ -30,7 +32,7 @@ pub fn sample_checkpoints(scale: Scale) -> Vec<Sample> {
         layout,
         seed,
     };
-    vec![
+    let mut samples = vec![
         sample(
             "sample-sd15-a.safetensors",
             "full-sd15-a.safetensors",
@@ -55,8 +57,24 @@ pub fn sample_checkpoints(scale: Scale) -> Vec<Sample> {
             Layout::sdxl(scale),
             4,
         ),
-    ]
+    ];
+    if !full {
+        for (file_name, seed) in [(RUNNABLE_SAMPLES[0], 5), (RUNNABLE_SAMPLES[1], 6)] {
+            samples.push(Sample {
+                file_name,
+                layout: Layout::sd15(Scale::Small),
+                seed,
+            });
+        }
+    }
+    samples
 }
+
+/// The two samples the image nodes can run on (the text-to-image example uses them).
+pub const RUNNABLE_SAMPLES: [&str; 2] = [
+    "sample-sd15-small-a.safetensors",
+    "sample-sd15-small-b.safetensors",
+];
 
 /// What happened to each sample.
 #[derive(Debug, PartialEq, Eq)]
@@ -80,11 +98,13 @@ pub fn write_checkpoint(path: &Path, layout: &Layout, seed: u64) -> Result<u64, 
 }
 
 /// Writes every sample (or only those of `family`, `sd15` / `sdxl`) into `dir` (created if
-/// needed), keeping files that already exist.
+/// needed), keeping files that already exist. Without `runnable`, the two runnable samples
+/// (the largest, 117 MB each) are left out: merge tests do not need them.
 pub fn write_samples(
     dir: &Path,
     scale: Scale,
     family: Option<&str>,
+    runnable: bool,
 ) -> Result<Vec<SampleOutcome>, WriteError> {
     std::fs::create_dir_all(dir).map_err(|error| WriteError::Io {
         path: dir.to_owned(),
@@ -92,7 +112,9 @@ pub fn write_samples(
     })?;
     let mut out = Vec::new();
     for s in sample_checkpoints(scale) {
-        if family.is_some_and(|f| !s.file_name.contains(&format!("-{f}-"))) {
+        if family.is_some_and(|f| !s.file_name.contains(&format!("-{f}-")))
+            || (!runnable && RUNNABLE_SAMPLES.contains(&s.file_name))
+        {
             continue;
         }
         let path = dir.join(s.file_name);

@@ -20,10 +20,18 @@ fn samples_then_inspect_report_the_right_architecture() {
         ("sample-sd15-b.safetensors", "sd1", 686, 197, 248),
         ("sample-sdxl-a.safetensors", "sdxl", 1680, 587, 248),
         ("sample-sdxl-b.safetensors", "sdxl", 1680, 587, 248),
+        // Wide enough for the image nodes (a 2-layer CLIP): the text-to-image example's pair.
+        ("sample-sd15-small-a.safetensors", "sd1", 686, 37, 248),
+        ("sample-sd15-small-b.safetensors", "sd1", 686, 37, 248),
     ] {
         let path = dir.join(file);
         let size = std::fs::metadata(&path).expect("sample written").len();
-        assert!(size < 40_000_000, "{file} is {size} bytes");
+        let limit = if file.contains("small") {
+            130_000_000
+        } else {
+            40_000_000
+        };
+        assert!(size < limit, "{file} is {size} bytes");
         let j = inspect_json(&path);
         assert_eq!(j["architecture"], arch, "{file}");
         assert_eq!(j["prediction"], "eps", "{file}");
