@@ -41,6 +41,7 @@ fn open_app(cli: &Cli, started: std::time::Instant) -> anyhow::Result<()> {
             Some([a, b]) => Some((a.clone(), b.clone())),
             _ => None,
         },
+        sweep: cli.sweep.clone(),
         started: Some(started),
     })?;
     Ok(())

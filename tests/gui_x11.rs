@@ -5,7 +5,8 @@
 //! With `AMALGAM_SCREENSHOT=path`, the same harness makes the README screenshot: it opens a real
 //! ComfyUI workflow on full-size SD1.5 checkpoints and captures the window mid-merge. With
 //! `AMALGAM_COMPARE_SCREENSHOT=path`, it captures the Compare window of a checkpoint whose
-//! output blocks were fine-tuned against its original.
+//! output blocks were fine-tuned against its original. With `AMALGAM_SWEEP_SCREENSHOT=path`, it
+//! captures a 2-D sweep (merge ratio × cfg) of the text-to-image example on the runnable samples.
 
 // This binary uses only part of the shared fixtures.
 #[allow(dead_code)]
@@ -370,5 +371,97 @@ fn readme_screenshot_compare() {
     );
     let _id = window(&display, &mut app);
     std::thread::sleep(Duration::from_secs(4));
+    capture(&display, &target);
+}
+
+/// The window opened on the text-to-image example with `--sweep` specs; returns once every
+/// cell's image is written (or panics with the app's log).
+fn sweep_in_window(base: &Path, specs: &[&str], cells: usize) -> (Guard, String, App) {
+    let out = run(&["--base-dir", path_str(base), "samples"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let wf = base.join("t2i.json");
+    let doc = amalgam::graph::examples::text_to_image(
+        amalgam::model::samples::RUNNABLE_SAMPLES[0],
+        amalgam::model::samples::RUNNABLE_SAMPLES[1],
+    );
+    std::fs::write(&wf, serde_json::to_vec(&doc.to_json()).expect("json")).expect("write");
+    let (xvfb, display) = start_xvfb(&base.join("xvfb.log"));
+    let mut args: Vec<&std::ffi::OsStr> = vec![wf.as_os_str()];
+    for s in specs {
+        args.push(std::ffi::OsStr::new("--sweep"));
+        args.push(std::ffi::OsStr::new(s));
+    }
+    let mut app = start_app_with(&display, base, &args);
+    let _id = window(&display, &mut app);
+    let output = base.join("output");
+    let images = || {
+        std::fs::read_dir(&output).map_or(0, |d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with("_.png"))
+                .count()
+        })
+    };
+    wait_until(
+        "every cell's image",
+        Duration::from_secs(240),
+        || images() == cells,
+        || app.diagnosis(),
+    );
+    (xvfb, display, app)
+}
+
+#[test]
+fn the_real_window_sweeps_a_merge_ratio_into_a_grid() {
+    if !(have("Xvfb") && have("xdotool")) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install xvfb and xdotool (see .ci/run)"
+        );
+        eprintln!("skipped: Xvfb or xdotool is not installed");
+        return;
+    }
+    let base = tempdir();
+    let (_xvfb, _display, mut app) = sweep_in_window(base.path(), &["3.ratio=0:1:3"], 3);
+    // Three images, three different merges, and the app still running its window.
+    let mut pictures = Vec::new();
+    for n in 1..=3 {
+        let p = base.path().join(format!("output/merge_{n:05}_.png"));
+        let png = std::fs::read(&p).expect("cell image");
+        let texts = amalgam::format::png::text_chunks(&png).expect("text");
+        let prompt: serde_json::Value = serde_json::from_str(
+            amalgam::format::png::find_text(&texts, "prompt").expect("prompt"),
+        )
+        .expect("json");
+        pictures.push((prompt["3"]["inputs"]["ratio"].clone(), png));
+    }
+    let ratios: Vec<_> = pictures.iter().map(|(r, _)| r.clone()).collect();
+    assert_eq!(
+        ratios,
+        [
+            serde_json::json!(0.0),
+            serde_json::json!(0.5),
+            serde_json::json!(1.0)
+        ]
+    );
+    assert_ne!(pictures[0].1, pictures[2].1);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        matches!(app.guard.0.try_wait(), Ok(None)),
+        "{}",
+        app.diagnosis()
+    );
+}
+
+#[test]
+fn readme_screenshot_sweep() {
+    let Some(target) = std::env::var_os("AMALGAM_SWEEP_SCREENSHOT").map(PathBuf::from) else {
+        return; // only on request
+    };
+    let base = tempdir();
+    let (_xvfb, display, _app) =
+        sweep_in_window(base.path(), &["3.ratio=0:1:3", "7.cfg=4:10:3"], 9);
+    // The pointer off the grid (no tooltip), the toasts gone.
+    let _ = xdotool(&display, &["mousemove", "1000", "700"]);
+    std::thread::sleep(Duration::from_secs(6));
     capture(&display, &target);
 }

@@ -30,6 +30,10 @@ pub struct Cli {
     /// Open the window on the comparison of two checkpoints (its Compare view).
     #[arg(long, num_args = 2, value_names = ["A", "B"])]
     pub compare: Option<Vec<PathBuf>>,
+    /// With WORKFLOW: queue a sweep of a FLOAT widget once it is open, as its right-click menu
+    /// would — `NODE.WIDGET=FROM:TO:COUNT`, e.g. `3.ratio=0:1:5`; given twice, a 2-D grid.
+    #[arg(long, value_name = "SPEC", requires = "open", action = clap::ArgAction::Append)]
+    pub sweep: Vec<String>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }

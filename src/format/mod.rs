@@ -13,6 +13,7 @@ pub mod dtype;
 pub mod pickle;
 pub mod png;
 pub mod pyjson;
+pub mod raster;
 pub mod safetensors;
 pub mod torch;
 

@@ -8,6 +8,7 @@
 //! - [`examples`]: the default merge graph and the Examples menu's documents.
 //! - [`resolve`]: document → prompt as the frontend's `graphToPrompt` does (mute, bypass,
 //!   reroute, primitive values, notes).
+//! - [`seeds`]: `control_after_generate`, applied to the document after each queue.
 //! - [`validate`]: the prompt checked against the node registry as ComfyUI's
 //!   `validate_prompt` does, with its error types.
 
@@ -17,6 +18,7 @@ pub mod examples;
 pub mod load;
 pub mod prompt;
 pub mod resolve;
+pub mod seeds;
 pub mod validate;
 
 pub use document::{Document, Link, LoadReport, Mode, Node, NodeId};

@@ -8,8 +8,10 @@
 //! scans and imports on the files thread.
 
 mod checks;
+mod results;
 
 use checks::Preview;
+pub use results::Results;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -105,6 +107,8 @@ pub struct AmalgamApp {
     /// Saved files ticked for comparison in the output browser (at most two).
     pub compare_pick: Vec<PathBuf>,
     preview: Preview,
+    /// Pictures, the image viewer, sweeps, and images on nodes.
+    pub results: Results,
 }
 
 /// How often the folders are rescanned for new models and outputs.
@@ -127,6 +131,7 @@ impl AmalgamApp {
         let wake: Wake = Arc::new(wake);
         let worker = Worker::spawn(Some(boxed(&wake)))?;
         let files = FileThread::spawn(boxed(&wake))?;
+        let results = Results::new(boxed(&wake))?;
         let cleaned = crate::engine::execute::clean_stray_temp_files(folders.output_dir());
         let (doc, doc_path) = match restored {
             Some(r) => r,
@@ -156,6 +161,7 @@ impl AmalgamApp {
             compare: None,
             compare_pick: Vec::new(),
             preview: Preview::default(),
+            results,
         };
         app.canvas.request_fit();
         if let Some(p) = problem {
@@ -239,6 +245,9 @@ impl AmalgamApp {
             Command::SelectAll => self.canvas.select_all(),
             Command::ToggleMode(mode) => self.toggle_mode(mode),
             Command::DeleteSelected => self.delete_selected(),
+            Command::Compare { a, b } if is_png(&a) && is_png(&b) => {
+                self.results.viewer = Some(super::viewer::Viewer::two(a, b));
+            }
             Command::Compare { a, b } => {
                 self.compare_files(a, b);
             }
@@ -280,6 +289,10 @@ impl AmalgamApp {
             Command::PickExtraPaths => self.ask(DialogRequest::OpenExtraPaths),
             Command::ShowSettings => self.modals.show_settings = true,
             Command::FoldersChanged => self.apply_settings(),
+            Command::OpenImage(_)
+            | Command::QueueSweep(_)
+            | Command::SaveSweepGrid(_)
+            | Command::OpenSweepCell { .. } => self.run_results_cmd(command),
         }
     }
 
@@ -289,6 +302,8 @@ impl AmalgamApp {
     pub fn replace_document(&mut self, doc: Document, path: Option<PathBuf>) {
         self.document.replace(doc, path);
         self.canvas.state.errors.clear();
+        // Node ids of another document: its images are not these nodes'.
+        self.results.node_images.clear();
         self.rebuild = true;
         self.canvas.request_fit();
     }
@@ -348,13 +363,38 @@ impl AmalgamApp {
     // ------------------------------------------------------------------ queue
 
     /// Validates the document; queues a job when something can run, else marks the errors.
+    /// Then applies `control_after_generate` (the job keeps the values it was queued with).
     pub fn queue(&mut self) -> Option<JobId> {
+        let label = self
+            .document
+            .path
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map_or_else(
+                || "workflow".to_owned(),
+                |f| f.to_string_lossy().into_owned(),
+            );
+        let doc = self.document.doc.clone();
+        let id = self.submit_document(&doc, label)?;
+        self.after_queue();
+        self.side_tab = SideTab::Queue;
+        Some(id)
+    }
+
+    /// Moves the seeds whose `control_after_generate` says so (one undo step).
+    fn after_queue(&mut self) {
+        let mut next = self.document.doc.clone();
+        if crate::graph::seeds::after_queue(&mut next, crate::graph::seeds::system_random()) > 0 {
+            self.document.before_change("control after generate");
+            self.document.doc = next;
+            self.rebuild = true;
+        }
+    }
+
+    /// Validates `doc` and queues it; on errors, marks them on the nodes and in the log.
+    fn submit_document(&mut self, doc: &Document, label: String) -> Option<JobId> {
         let registry = Registry::builtin();
-        let v = validate(
-            resolve(&self.document.doc, registry),
-            registry,
-            &self.folders,
-        );
+        let v = validate(resolve(doc, registry), registry, &self.folders);
         self.canvas.state.errors.clear();
         for e in &v.errors {
             if let Some(id) = e.node.as_deref().and_then(|n| n.parse::<NodeId>().ok()) {
@@ -378,25 +418,15 @@ impl AmalgamApp {
             self.show_log = true;
             return None;
         }
-        let label = self
-            .document
-            .path
-            .as_ref()
-            .and_then(|p| p.file_name())
-            .map_or_else(
-                || "workflow".to_owned(),
-                |f| f.to_string_lossy().into_owned(),
-            );
         let id = self.worker.submit(Job {
             prompt: v.prompt,
             outputs: v.outputs,
-            workflow: Some(self.document.doc.to_json()),
+            workflow: Some(doc.to_json()),
             folders: self.folders.clone(),
             precision: self.settings.precision,
             first_image_only: self.settings.first_image_only,
         });
         self.jobs.push(JobView::new(id, label));
-        self.side_tab = SideTab::Queue;
         Some(id)
     }
 
@@ -419,6 +449,8 @@ impl AmalgamApp {
                 Some(JobNews::NodeStarted(node)) => self.canvas.state.running = node.parse().ok(),
                 Some(JobNews::Ended) => {
                     let lines = job.summary();
+                    let (outputs, failed) = (job.outputs.clone(), job.failure());
+                    self.results.job_ended(id, &outputs, failed.as_deref());
                     if let Some(c) = job.comparison.take() {
                         self.compare = Some(CompareView::new(c));
                     }
@@ -585,6 +617,7 @@ impl AmalgamApp {
                     .is_some_and(|e| e.eq_ignore_ascii_case("json"));
                 self.replace_document(l.document, is_json.then(|| path.clone()));
                 self.remember_recent(path);
+                self.queue_pending_sweep();
             }
             Err(e) if matches!(e.kind, LoadErrorKind::NoWorkflowInCheckpoint) => {
                 self.dropped_checkpoint(path);
@@ -716,6 +749,11 @@ impl AmalgamApp {
         }
     }
 
+    /// Rescans the output folder on the next frame (something was saved or deleted).
+    fn rescan_outputs(&mut self) {
+        self.scans.last = None;
+    }
+
     fn apply_settings(&mut self) {
         let (folders, problem) = self.settings.folders();
         self.folders = folders;
@@ -736,6 +774,7 @@ impl AmalgamApp {
             egui::Visuals::light()
         });
         self.drain_events();
+        self.follow_results(ctx);
         self.poll_files();
         self.poll_dialog();
         for f in ctx.input(|i| i.raw.dropped_files.clone()) {
@@ -802,6 +841,8 @@ impl AmalgamApp {
                         self.folders.output_dir(),
                         &self.outputs,
                         &self.compare_pick,
+                        &mut self.results.shown,
+                        &mut self.results.pictures,
                     ),
                 });
             });
@@ -839,6 +880,9 @@ impl AmalgamApp {
             self.run_cmd(command);
         }
         compare_ui(ctx, &mut self.compare);
+        for command in self.results_ui(ctx) {
+            self.run_cmd(command);
+        }
         toasts_ui(ctx, &self.log);
         drop_overlay_ui(ctx);
         let ms = started.elapsed().as_secs_f32() * 1000.0;
@@ -848,6 +892,11 @@ impl AmalgamApp {
             self.frame_ms * 0.9 + ms * 0.1
         };
     }
+}
+
+/// Whether a path names a PNG (by extension: the output browser's own files).
+pub(crate) fn is_png(p: &Path) -> bool {
+    p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"))
 }
 
 /// A wake callback for one more background thread.

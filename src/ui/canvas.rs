@@ -10,6 +10,8 @@
 //! tracks that affine map (`screen-space position = zoom · document position + shift`) so
 //! document positions only ever change when the user moves a node, never when they zoom.
 
+pub mod results;
+
 use std::borrow::Cow;
 use std::collections::HashMap;
 
@@ -63,6 +65,8 @@ pub struct CanvasState {
     pub running: Option<NodeId>,
     /// The workflow's groups, drawn behind the nodes (shown, not edited).
     pub groups: Vec<GroupView>,
+    /// Images and live previews on nodes, and what nodes asked of the app.
+    pub results: results::NodeResults,
 }
 
 /// A ComfyUI group box in document coordinates.
@@ -229,11 +233,27 @@ impl eng::WidgetValueTrait for WidgetValue {
                     let slider = egui::Slider::new(&mut v, *min..=*max)
                         .step_by(*step)
                         .max_decimals(17);
+                    let response = ui.add(slider);
+                    // A right-click (the sweep menu) moves an egui slider to the pointer too:
+                    // only primary-button changes are the user's.
+                    let secondary = ui.input(|i| {
+                        i.pointer.button_down(egui::PointerButton::Secondary)
+                            || i.pointer.button_released(egui::PointerButton::Secondary)
+                    });
                     // egui snaps a value to the step when it draws it; only a user's change may
                     // reach the document (0.49999999999999956 must stay exactly that).
-                    if user_changed(&ui.add(slider)) {
+                    if user_changed(&response) && !secondary {
                         self.value = json!(v);
                     }
+                    let axis = crate::ui::sweep::Axis::around(
+                        self.node,
+                        self.index,
+                        name,
+                        self.value.as_f64().unwrap_or(0.0),
+                        *min,
+                        *max,
+                    );
+                    state.results.float_menu(&response, axis);
                 }
                 Some(InputKind::Int { min, max, .. }) => {
                     let mut v = self.value.as_i64().unwrap_or(0);
@@ -366,6 +386,7 @@ impl eng::NodeDataTrait for CanvasNode {
                 ui.colored_label(Color32::from_rgb(0xff, 0x80, 0x80), e);
             }
         }
+        state.results.show(ui, self.doc_id);
         if let Some(notes) = state.notes.get(&self.doc_id) {
             for n in notes {
                 ui.add(
@@ -457,6 +478,34 @@ fn add_params(
                         kind,
                         true,
                     );
+                    if matches!(
+                        spec.kind,
+                        InputKind::Int {
+                            control_after_generate: true,
+                            ..
+                        }
+                    ) {
+                        // The companion widget ComfyUI adds after a seed (applied after Queue).
+                        let control = values.get(pos + 1).cloned().unwrap_or(json!("fixed"));
+                        graph.add_input_param(
+                            id,
+                            "control_after_generate".to_owned(),
+                            SlotType("COMBO".to_owned()),
+                            WidgetValue {
+                                node: doc_id,
+                                index: pos + 1,
+                                value: control,
+                                kind: Some(InputKind::Combo(Choices::Fixed(vec![
+                                    "fixed",
+                                    "increment",
+                                    "decrement",
+                                    "randomize",
+                                ]))),
+                            },
+                            eng::InputParamKind::ConstantOnly,
+                            true,
+                        );
+                    }
                 } else {
                     let type_name = node
                         .inputs
@@ -714,6 +763,11 @@ impl Canvas {
         let response = self
             .editor
             .draw_graph_editor(ui, AllTemplates, &mut self.state, Vec::new());
+        if std::mem::take(&mut self.state.results.menu_opened) {
+            // The right-click opened a widget's menu, not the node finder.
+            self.editor.node_finder = None;
+        }
+        self.state.results.menu_ui(ui.ctx());
         // Follow the library's zoom: it rescales positions about the canvas centre.
         let zoom = self.editor.pan_zoom.zoom;
         if (zoom - self.last_zoom).abs() > f32::EPSILON {

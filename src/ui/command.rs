@@ -72,4 +72,15 @@ pub enum Command {
     ShowSettings,
     /// The folder settings changed: rebuild the folder configuration and rescan.
     FoldersChanged,
+    /// Show a picture in the image viewer.
+    OpenImage(PathBuf),
+    /// Queue one job per combination of the axes' values (a sweep), with its grid window.
+    QueueSweep(Vec<super::sweep::Axis>),
+    /// Compose the grid of sweep `n` into one PNG in the output folder.
+    SaveSweepGrid(usize),
+    /// Replace the document with the workflow a sweep cell's job ran.
+    OpenSweepCell {
+        sweep: usize,
+        cell: usize,
+    },
 }

@@ -68,6 +68,8 @@ pub struct OutputEntry {
     pub has_workflow: bool,
     /// The `inspect` report, or the reason the file could not be read.
     pub report: String,
+    /// A PNG's width and height (`None` for checkpoints).
+    pub image: Option<(u32, u32)>,
 }
 
 /// Answers from the file thread.
@@ -145,6 +147,7 @@ impl FileThread {
                                 &checkpoints,
                                 crate::model::layouts::Scale::Sample,
                                 None,
+                                true,
                             )
                             .and_then(|mut v| {
                                 v.extend(write_sample_extras(&loras, &vae)?);
@@ -336,7 +339,8 @@ fn scan_outputs(
                 stack.push(path);
                 continue;
             }
-            if !name.ends_with(".safetensors") || name.starts_with('.') {
+            let is_png = name.to_ascii_lowercase().ends_with(".png");
+            if !(name.ends_with(".safetensors") || is_png) || name.starts_with('.') {
                 continue;
             }
             let Ok(meta) = e.metadata() else { continue };
@@ -353,25 +357,10 @@ fn scan_outputs(
                 .unwrap_or(&path)
                 .to_string_lossy()
                 .replace('\\', "/");
-            let entry = match Checkpoint::open(&path) {
-                Ok(c) => OutputEntry {
-                    path: path.clone(),
-                    name: rel,
-                    bytes,
-                    modified,
-                    architecture: c.detection.architecture.as_str().to_owned(),
-                    has_workflow: c.has_workflow(),
-                    report: text_report(&c),
-                },
-                Err(err) => OutputEntry {
-                    path: path.clone(),
-                    name: rel,
-                    bytes,
-                    modified,
-                    architecture: "?".into(),
-                    has_workflow: false,
-                    report: err.to_string(),
-                },
+            let entry = if is_png {
+                image_entry(&path, rel, bytes, modified)
+            } else {
+                checkpoint_entry(&path, rel, bytes, modified)
             };
             known.insert(path, (bytes, modified, entry.clone()));
             out.push(entry);
@@ -384,6 +373,79 @@ fn scan_outputs(
             .then_with(|| a.name.cmp(&b.name))
     });
     out
+}
+
+fn checkpoint_entry(
+    path: &Path,
+    rel: String,
+    bytes: u64,
+    modified: Option<SystemTime>,
+) -> OutputEntry {
+    match Checkpoint::open(path) {
+        Ok(c) => OutputEntry {
+            path: path.to_owned(),
+            name: rel,
+            bytes,
+            modified,
+            architecture: c.detection.architecture.as_str().to_owned(),
+            has_workflow: c.has_workflow(),
+            report: text_report(&c),
+            image: None,
+        },
+        Err(err) => OutputEntry {
+            path: path.to_owned(),
+            name: rel,
+            bytes,
+            modified,
+            architecture: "?".into(),
+            has_workflow: false,
+            report: err.to_string(),
+            image: None,
+        },
+    }
+}
+
+/// A saved image: its size from the PNG header, its workflow and prompt from its text chunks.
+fn image_entry(path: &Path, rel: String, bytes: u64, modified: Option<SystemTime>) -> OutputEntry {
+    let read = std::fs::read(path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| {
+            let texts = crate::format::png::text_chunks(&b).map_err(|e| e.to_string())?;
+            // IHDR is the first chunk: width and height right after its type.
+            let size = b.get(16..24).map(|d| {
+                (
+                    u32::from_be_bytes([d[0], d[1], d[2], d[3]]),
+                    u32::from_be_bytes([d[4], d[5], d[6], d[7]]),
+                )
+            });
+            Ok((size, texts))
+        });
+    match read {
+        Ok((size, texts)) => {
+            let keys: Vec<&str> = texts.iter().map(|(k, _)| k.as_str()).collect();
+            let (w, h) = size.unwrap_or_default();
+            OutputEntry {
+                path: path.to_owned(),
+                name: rel,
+                bytes,
+                modified,
+                architecture: "image".into(),
+                has_workflow: crate::format::png::find_text(&texts, "workflow").is_some(),
+                report: format!("PNG {w} × {h}\ntext chunks: {}", keys.join(", ")),
+                image: size,
+            }
+        }
+        Err(e) => OutputEntry {
+            path: path.to_owned(),
+            name: rel,
+            bytes,
+            modified,
+            architecture: "?".into(),
+            has_workflow: false,
+            report: format!("cannot read {}: {e}", path.display()),
+            image: None,
+        },
+    }
 }
 
 /// What a dialog is for.

@@ -148,6 +148,15 @@ impl JobView {
         }
     }
 
+    /// Why an ended job produced nothing: its error, or that it was cancelled.
+    pub fn failure(&self) -> Option<String> {
+        match &self.state {
+            JobState::Failed(msg) => Some(msg.clone()),
+            JobState::Cancelled => Some("cancelled".into()),
+            _ => None,
+        }
+    }
+
     /// The log line for an ended job.
     pub fn summary(&self) -> Vec<(bool, String)> {
         match &self.state {

@@ -5,14 +5,19 @@
 //! - [`document`]: the open document and its undo history (no egui).
 //! - [`jobs`]: jobs as the queue shows them, following the engine's events (no egui).
 //! - [`compare`]: the Compare window (a heat-map of two checkpoints' differences).
-//! - [`canvas`]: egui_node_graph2 adapters over the node registry and the workflow document.
+//! - [`canvas`]: egui_node_graph2 adapters over the node registry and the workflow document;
+//!   [`canvas::results`] draws what runs leave on nodes (images, live sampler previews).
+//! - [`pictures`]: decoded images as textures (nodes, gallery, viewer, sweeps).
+//! - [`viewer`]: the image viewer (fit / 100 %, zoom, pan, two images side by side or slider).
+//! - [`sweep`]: ratio sweeps — one job per value of a FLOAT widget, and their grid.
 //! - [`menu`], [`panels`], [`windows`]: `*_ui` functions that draw what they are given and
 //!   return [`command::Command`]s.
 //! - [`files`]: file reads, folder scans, imports and native dialogs, off the UI thread.
 //! - [`settings`]: what persists between runs.
 //!
 //! Threads: the UI thread draws and applies commands; the engine's `amalgam-worker` runs merges;
-//! `amalgam-files` reads, scans and imports; each wakes the UI with `request_repaint` when it has
+//! `amalgam-files` reads, scans and imports; `amalgam-pictures` decodes images and saves sweep
+//! grids; each wakes the UI with `request_repaint` when it has
 //! news.
 
 pub mod app;
@@ -24,7 +29,10 @@ pub mod files;
 pub mod jobs;
 pub mod menu;
 pub mod panels;
+pub mod pictures;
 pub mod settings;
+pub mod sweep;
+pub mod viewer;
 pub mod windows;
 
 use std::path::PathBuf;
@@ -98,6 +106,8 @@ pub struct Launch {
     pub open: Option<PathBuf>,
     /// Two checkpoints to compare at start-up (the Compare window opens when it is done).
     pub compare: Option<(PathBuf, PathBuf)>,
+    /// Sweeps to queue once the opened workflow is loaded (`NODE.WIDGET=FROM:TO:COUNT`).
+    pub sweep: Vec<String>,
     /// When the process started (for the start-up time report).
     pub started: Option<std::time::Instant>,
 }
@@ -174,6 +184,7 @@ pub fn run(launch: Launch) -> Result<(), WindowError> {
             let mut app =
                 AmalgamApp::new(settings, restored, Box::new(files::NativeDialogs), wake)?;
             if let Some(path) = launch.open.clone() {
+                app.results.pending_sweep.clone_from(&launch.sweep);
                 app.open_path(path);
             }
             if let Some((a, b)) = launch.compare.clone() {

@@ -1,5 +1,6 @@
 //! The side panels: the job queue (state, current node, progress with ETA and throughput,
-//! warnings, cancel) and the output browser (saved files, newest first, with their actions).
+//! warnings, cancel) and the output browser (saved images and checkpoints, newest first, with
+//! their actions).
 //! Each takes the data it shows and returns what the user asked for.
 
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use crate::model::report::human_bytes;
 use super::command::Command;
 use super::files::OutputEntry;
 use super::jobs::{JobState, JobView};
+use super::pictures::{Pictures, Size, Slot, fit};
 
 /// The queue panel: one card per job, newest first.
 pub fn queue_ui(ui: &mut egui::Ui, jobs: &[JobView]) -> Option<Command> {
@@ -119,21 +121,44 @@ pub fn queue_ui(ui: &mut egui::Ui, jobs: &[JobView]) -> Option<Command> {
     command
 }
 
-/// The output browser: the files under the output folder, newest first, with their actions.
+/// Which saved files the output browser lists.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Shown {
+    #[default]
+    All,
+    Checkpoints,
+    Images,
+}
+
+/// Thumbnail size in the output browser, in points.
+const THUMB: f32 = 72.0;
+
+/// The output browser (gallery): the files under the output folder, newest first — images with
+/// thumbnails (click to view), checkpoints with their architecture — and their actions.
 pub fn outputs_ui(
     ui: &mut egui::Ui,
     output_dir: &Path,
     entries: &[OutputEntry],
     picked: &[PathBuf],
+    shown: &mut Shown,
+    pictures: &mut Pictures,
 ) -> Option<Command> {
     ui.label(format!("{}", output_dir.display()));
+    ui.horizontal(|ui| {
+        ui.selectable_value(shown, Shown::All, "All");
+        ui.selectable_value(shown, Shown::Checkpoints, "Checkpoints");
+        ui.selectable_value(shown, Shown::Images, "Images");
+    });
     if entries.is_empty() {
         ui.label("No saved files yet.");
         return None;
     }
     let mut command = None;
     if let [a, b] = picked {
-        if ui.button("Compare the two picked files").clicked() {
+        let images = [a, b].iter().filter(|p| super::app::is_png(p)).count();
+        if images == 1 {
+            ui.small("Pick two images or two checkpoints to compare.");
+        } else if ui.button("Compare the two picked files").clicked() {
             command = Some(Command::Compare {
                 a: a.clone(),
                 b: b.clone(),
@@ -142,53 +167,88 @@ pub fn outputs_ui(
     } else {
         ui.small("Tick \"compare\" on two files to compare them.");
     }
+    let wanted = |e: &&OutputEntry| match shown {
+        Shown::All => true,
+        Shown::Checkpoints => e.image.is_none(),
+        Shown::Images => e.image.is_some(),
+    };
     egui::ScrollArea::vertical().show(ui, |ui| {
-        for e in entries {
+        for e in entries.iter().filter(wanted) {
             egui::Frame::group(ui.style()).show(ui, |ui| {
-                ui.label(RichText::new(&e.name).strong());
-                let when = e.modified.map_or_else(String::new, |m| {
-                    let t: chrono::DateTime<chrono::Local> = m.into();
-                    t.format("%Y-%m-%d %H:%M:%S").to_string()
-                });
-                let wf = if e.has_workflow {
-                    "workflow embedded"
-                } else {
-                    "no workflow"
-                };
-                ui.small(format!(
-                    "{} · {when} · {} · {wf}",
-                    human_bytes(e.bytes),
-                    e.architecture
-                ));
-                ui.horizontal_wrapped(|ui| {
-                    if ui
-                        .add_enabled(e.has_workflow, egui::Button::new("Open workflow"))
-                        .clicked()
-                    {
-                        command = Some(Command::Open(e.path.clone()));
+                ui.horizontal(|ui| {
+                    if e.image.is_some() {
+                        match pictures.get(&e.path, Size::Thumb) {
+                            Slot::Ready(t) => {
+                                let size = fit(&t, egui::Vec2::splat(THUMB), 4.0);
+                                if ui
+                                    .add(egui::ImageButton::new((t.id(), size)))
+                                    .on_hover_text("View")
+                                    .clicked()
+                                {
+                                    command = Some(Command::OpenImage(e.path.clone()));
+                                }
+                            }
+                            Slot::Loading => {
+                                ui.add_sized([THUMB, THUMB], egui::Spinner::new());
+                            }
+                            Slot::Failed(why) => {
+                                ui.colored_label(Color32::LIGHT_RED, "⚠").on_hover_text(why);
+                            }
+                        }
                     }
-                    if ui.button("Reveal").clicked() {
-                        command = Some(Command::Reveal(e.path.clone()));
-                    }
-                    if ui.button("Copy path").clicked() {
-                        ui.ctx().copy_text(e.path.display().to_string());
-                    }
-                    if ui.button("Inspect").clicked() {
-                        command = Some(Command::Inspect {
-                            title: e.name.clone(),
-                            report: e.report.clone(),
-                        });
-                    }
-                    if ui.button("Delete").clicked() {
-                        command = Some(Command::AskDelete(e.path.clone()));
-                    }
-                    let mut ticked = picked.contains(&e.path);
-                    if e.architecture != "?" && ui.checkbox(&mut ticked, "compare").changed() {
-                        command = Some(Command::PickForCompare(e.path.clone()));
-                    }
+                    ui.vertical(|ui| entry_ui(ui, e, picked, &mut command));
                 });
             });
         }
     });
     command
+}
+
+/// One saved file's name, facts and actions.
+fn entry_ui(ui: &mut egui::Ui, e: &OutputEntry, picked: &[PathBuf], command: &mut Option<Command>) {
+    ui.label(RichText::new(&e.name).strong());
+    let when = e.modified.map_or_else(String::new, |m| {
+        let t: chrono::DateTime<chrono::Local> = m.into();
+        t.format("%Y-%m-%d %H:%M:%S").to_string()
+    });
+    let wf = if e.has_workflow {
+        "workflow embedded"
+    } else {
+        "no workflow"
+    };
+    let what = match e.image {
+        Some((w, h)) => format!("{w} × {h}"),
+        None => e.architecture.clone(),
+    };
+    ui.small(format!("{} · {when} · {what} · {wf}", human_bytes(e.bytes)));
+    ui.horizontal_wrapped(|ui| {
+        if ui
+            .add_enabled(e.has_workflow, egui::Button::new("Open workflow"))
+            .clicked()
+        {
+            *command = Some(Command::Open(e.path.clone()));
+        }
+        if e.image.is_some() && ui.button("View").clicked() {
+            *command = Some(Command::OpenImage(e.path.clone()));
+        }
+        if ui.button("Reveal").clicked() {
+            *command = Some(Command::Reveal(e.path.clone()));
+        }
+        if ui.button("Copy path").clicked() {
+            ui.ctx().copy_text(e.path.display().to_string());
+        }
+        if ui.button("Inspect").clicked() {
+            *command = Some(Command::Inspect {
+                title: e.name.clone(),
+                report: e.report.clone(),
+            });
+        }
+        if ui.button("Delete").clicked() {
+            *command = Some(Command::AskDelete(e.path.clone()));
+        }
+        let mut ticked = picked.contains(&e.path);
+        if e.architecture != "?" && ui.checkbox(&mut ticked, "compare").changed() {
+            *command = Some(Command::PickForCompare(e.path.clone()));
+        }
+    });
 }

@@ -13,7 +13,7 @@ use amalgam::ui::settings::Settings;
 use egui::{Event, Key, Modifiers, PointerButton, Pos2, RawInput, Rect, Vec2};
 
 /// Dialog answers fixed by the test.
-struct FixedDialogs(Option<PathBuf>);
+pub(crate) struct FixedDialogs(Option<PathBuf>);
 
 impl Dialogs for FixedDialogs {
     fn ask(&self, _: &DialogRequest) -> crossbeam_channel::Receiver<Option<PathBuf>> {
@@ -23,12 +23,12 @@ impl Dialogs for FixedDialogs {
     }
 }
 
-struct Harness {
-    ctx: egui::Context,
-    app: AmalgamApp,
+pub(crate) struct Harness {
+    pub(crate) ctx: egui::Context,
+    pub(crate) app: AmalgamApp,
     time: f64,
-    tree: Vec<(String, Option<Rect>)>,
-    base: tempfile::TempDir,
+    pub(crate) tree: Vec<(String, Option<Rect>)>,
+    pub(crate) base: tempfile::TempDir,
 }
 
 const SCREEN: Vec2 = Vec2::new(1400.0, 900.0);
@@ -41,19 +41,24 @@ const CTRL: Modifiers = Modifiers {
 };
 
 impl Harness {
-    fn new(with_samples: bool, dialog_answer: Option<PathBuf>) -> Harness {
+    pub(crate) fn new(with_samples: bool, dialog_answer: Option<PathBuf>) -> Harness {
         Harness::prepared(with_samples, dialog_answer, |_| {})
     }
 
     /// Like `new`, with `prepare` run on the base folder before the app starts.
-    fn prepared(
+    pub(crate) fn prepared(
         with_samples: bool,
         dialog_answer: Option<PathBuf>,
         prepare: impl FnOnce(&Path),
     ) -> Harness {
         let base = tempdir();
         if with_samples {
-            let out = run(&["--base-dir", path_str(base.path()), "samples"]);
+            let out = run(&[
+                "--base-dir",
+                path_str(base.path()),
+                "samples",
+                "--no-runnable",
+            ]);
             assert!(out.status.success(), "{}", stderr(&out));
         }
         prepare(base.path());
@@ -73,7 +78,7 @@ impl Harness {
         h
     }
 
-    fn frame_with(&mut self, events: Vec<Event>, dropped: Vec<egui::DroppedFile>) {
+    pub(crate) fn frame_with(&mut self, events: Vec<Event>, dropped: Vec<egui::DroppedFile>) {
         self.time += 1.0 / 60.0;
         let input = RawInput {
             screen_rect: Some(Rect::from_min_size(Pos2::ZERO, SCREEN)),
@@ -104,14 +109,14 @@ impl Harness {
         }
     }
 
-    fn frames(&mut self, n: usize) {
+    pub(crate) fn frames(&mut self, n: usize) {
         for _ in 0..n {
             self.frame_with(Vec::new(), Vec::new());
         }
     }
 
     /// Runs frames until `done` holds (background threads need real time), or fails.
-    fn wait_for(&mut self, what: &str, mut done: impl FnMut(&AmalgamApp) -> bool) {
+    pub(crate) fn wait_for(&mut self, what: &str, mut done: impl FnMut(&AmalgamApp) -> bool) {
         let start = Instant::now();
         while !done(&self.app) {
             if start.elapsed() > Duration::from_secs(30) {
@@ -124,11 +129,11 @@ impl Harness {
         self.frames(2);
     }
 
-    fn has_label(&self, text: &str) -> bool {
+    pub(crate) fn has_label(&self, text: &str) -> bool {
         self.tree.iter().any(|(n, _)| n.contains(text))
     }
 
-    fn find(&self, label: &str) -> Rect {
+    pub(crate) fn find(&self, label: &str) -> Rect {
         self.tree
             .iter()
             .find(|(n, r)| n == label && r.is_some())
@@ -141,7 +146,7 @@ impl Harness {
             })
     }
 
-    fn click_at(&mut self, pos: Pos2) {
+    pub(crate) fn click_at(&mut self, pos: Pos2) {
         self.frame_with(vec![Event::PointerMoved(pos)], Vec::new());
         let button = |pressed| Event::PointerButton {
             pos,
@@ -154,12 +159,12 @@ impl Harness {
         self.frames(1);
     }
 
-    fn click(&mut self, label: &str) {
+    pub(crate) fn click(&mut self, label: &str) {
         let r = self.find(label);
         self.click_at(r.center());
     }
 
-    fn key(&mut self, key: Key, modifiers: Modifiers) {
+    pub(crate) fn key(&mut self, key: Key, modifiers: Modifiers) {
         let ev = |pressed| Event::Key {
             key,
             physical_key: None,
@@ -171,7 +176,7 @@ impl Harness {
         self.frame_with(vec![ev(false)], Vec::new());
     }
 
-    fn drop_file(&mut self, path: &Path) {
+    pub(crate) fn drop_file(&mut self, path: &Path) {
         let file = egui::DroppedFile {
             path: Some(path.to_owned()),
             ..Default::default()
@@ -179,7 +184,7 @@ impl Harness {
         self.frame_with(Vec::new(), vec![file]);
     }
 
-    fn output(&self, rel: &str) -> PathBuf {
+    pub(crate) fn output(&self, rel: &str) -> PathBuf {
         self.base.path().join("output").join(rel)
     }
 }
@@ -378,7 +383,7 @@ fn an_empty_models_folder_offers_samples_that_make_a_runnable_graph() {
             .state
             .models
             .get("checkpoints")
-            .is_some_and(|m| m.len() == 4)
+            .is_some_and(|m| m.len() == 6)
     });
     assert!(
         !h.has_label("Create sample checkpoints"),

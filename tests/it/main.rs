@@ -10,6 +10,7 @@ mod corrupt;
 mod diff;
 mod engine;
 mod fuzz_regressions;
+mod gallery;
 mod generate;
 mod gui;
 mod inspect;
