@@ -5,6 +5,7 @@
 //! - [`load`]: reading a workflow from a PNG, UI JSON, API JSON or `.safetensors`, detected by
 //!   content; API prompts are laid out into a document.
 //! - [`edit`]: a node from its registry schema, and the edits a user makes to a document.
+//! - [`estimate`]: how much sampling a prompt asks for (the time estimate before Queue).
 //! - [`examples`]: the default merge graph and the Examples menu's documents.
 //! - [`resolve`]: document → prompt as the frontend's `graphToPrompt` does (mute, bypass,
 //!   reroute, primitive values, notes).
@@ -14,6 +15,7 @@
 
 pub mod document;
 pub mod edit;
+pub mod estimate;
 pub mod examples;
 pub mod load;
 pub mod prompt;

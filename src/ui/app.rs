@@ -418,6 +418,7 @@ impl AmalgamApp {
             self.show_log = true;
             return None;
         }
+        let work = Results::sampler_work(&v.prompt, self.settings.first_image_only);
         let id = self.worker.submit(Job {
             prompt: v.prompt,
             outputs: v.outputs,
@@ -426,6 +427,7 @@ impl AmalgamApp {
             precision: self.settings.precision,
             first_image_only: self.settings.first_image_only,
         });
+        self.results.job_queued(id, work);
         self.jobs.push(JobView::new(id, label));
         Some(id)
     }
@@ -800,6 +802,9 @@ impl AmalgamApp {
                 examples: &self.example_names,
                 compare: (self.selected_checkpoint_nodes().len() == 2)
                     .then(|| self.selected_checkpoints()),
+                estimate: self
+                    .results
+                    .estimate(&self.document.doc, self.settings.first_image_only),
             };
             let mut view = ViewToggles {
                 show_log: &mut self.show_log,

@@ -20,6 +20,8 @@ pub struct MenuState<'a> {
     /// With exactly two Load Checkpoint nodes selected: their node ids and checkpoint names, or
     /// why they cannot be compared.
     pub compare: Option<Result<[(crate::graph::NodeId, String); 2], String>>,
+    /// The graph's sampling time at the last sampler's pace, once one has run.
+    pub estimate: Option<f64>,
 }
 
 /// Toggles the menus edit in place.
@@ -98,6 +100,13 @@ pub fn menu_bar_ui(ui: &mut egui::Ui, state: &MenuState, view: &mut ViewToggles)
                 .clicked()
             {
                 chosen.push(Command::Queue);
+            }
+            if let Some(seconds) = state.estimate {
+                ui.label(format!("≈ {}", crate::graph::estimate::duration_text(seconds)))
+                    .on_hover_text(
+                        "Sampling time of this graph at the pace of the last sampler that ran \
+                         (scaled by latent size, steps and images; loading and merging not counted)",
+                    );
             }
             ui.checkbox(view.first_image_only, "first image only")
                 .on_hover_text(

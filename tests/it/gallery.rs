@@ -91,6 +91,24 @@ fn a_queued_image_shows_on_its_node_in_the_gallery_and_in_the_viewer() {
         h.app.canvas.state.results.live.is_empty(),
         "and not after the job"
     );
+    // The pace of those steps gives the graph's estimate next to Queue, in proportion to steps.
+    h.frames(2);
+    assert!(
+        h.tree.iter().any(|(n, _)| n.starts_with("≈ ")),
+        "estimate shown"
+    );
+    let doc_now = h.app.document.doc.clone();
+    let once = h.app.results.estimate(&doc_now, true).expect("an estimate");
+    let mut longer = doc_now.clone();
+    longer
+        .node_mut(sampler)
+        .expect("k")
+        .set_widget_value(2, json!(16));
+    let twice = h.app.results.estimate(&longer, true).expect("estimate");
+    assert!(
+        once > 0.0 && (twice / once - 2.0).abs() < 1e-9,
+        "{once} {twice}"
+    );
     let seed = |a: &amalgam::ui::app::AmalgamApp| {
         a.document.doc.node(sampler).expect("k").widget_values()[0].clone()
     };

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::engine::SavedFile;
 use crate::engine::worker::JobId;
 use crate::format::raster::Raster;
-use crate::graph::NodeId;
+use crate::graph::{NodeId, estimate};
 use crate::ui::canvas::results::{CanvasAsk, LiveStep, NodeImages};
 use crate::ui::command::Command;
 use crate::ui::jobs::JobState;
@@ -33,6 +33,13 @@ pub struct Results {
     pub shown: crate::ui::panels::Shown,
     /// Sweep specs from the command line, queued when the opened workflow has loaded.
     pub pending_sweep: Vec<String>,
+    /// Seconds per latent pixel-step of the last sampler seen running (its step time over its
+    /// latent's pixels times the images it samples).
+    pub pace: Option<f64>,
+    /// Per queued job, latent pixels × images per step of each sampler node.
+    job_work: HashMap<JobId, HashMap<String, u64>>,
+    /// The document and setting the estimate was made for, and its pixel-steps.
+    estimated: Option<(crate::graph::Document, bool, u64)>,
 }
 
 impl Results {
@@ -46,11 +53,55 @@ impl Results {
             shown_step: None,
             shown: Default::default(),
             pending_sweep: Vec::new(),
+            pace: None,
+            job_work: HashMap::new(),
+            estimated: None,
         })
+    }
+
+    /// What each sampler of a prompt samples per step (latent pixels × images), by node.
+    pub fn sampler_work(
+        prompt: &crate::graph::Prompt,
+        first_image_only: bool,
+    ) -> HashMap<String, u64> {
+        estimate::sampler_work(prompt, first_image_only)
+            .into_iter()
+            .map(|w| (w.node, w.latent_pixels * w.images))
+            .collect()
+    }
+
+    /// Remembers a queued job's [`Results::sampler_work`], to learn the pace from its steps.
+    pub fn job_queued(&mut self, id: JobId, work: HashMap<String, u64>) {
+        self.job_work.insert(id, work);
+    }
+
+    /// The sampling time of `doc`, at the last pace seen: `None` until a sampler has run, or
+    /// when the graph samples nothing of known size.
+    pub fn estimate(
+        &mut self,
+        doc: &crate::graph::Document,
+        first_image_only: bool,
+    ) -> Option<f64> {
+        let fresh = self
+            .estimated
+            .as_ref()
+            .is_some_and(|(d, f, _)| *f == first_image_only && d == doc);
+        if !fresh {
+            let registry = crate::nodes::Registry::builtin();
+            let prompt = crate::graph::resolve::resolve(doc, registry).prompt;
+            let total = estimate::sampler_work(&prompt, first_image_only)
+                .iter()
+                .map(estimate::SamplerWork::pixel_steps)
+                .sum();
+            self.estimated = Some((doc.clone(), first_image_only, total));
+        }
+        let total = self.estimated.as_ref().map_or(0, |e| e.2);
+        (total > 0).then_some(self.pace? * total as f64)
     }
 
     /// Follows the end of job `id`: a sweep's cell, or the images on the graph's nodes.
     pub fn job_ended(&mut self, id: JobId, outputs: &[SavedFile], failed: Option<&str>) {
+        self.job_work.remove(&id);
         let paths: Vec<PathBuf> = outputs.iter().map(|o| o.path.clone()).collect();
         if self
             .sweeps
@@ -84,6 +135,12 @@ impl AmalgamApp {
             Some((id, step)) => {
                 let key = (id, step.node.clone(), step.step);
                 if r.shown_step.as_ref() != Some(&key) {
+                    let per_step = r.job_work.get(&id).and_then(|w| w.get(&step.node));
+                    if let Some(&pixels) = per_step.filter(|p| **p > 0)
+                        && step.seconds_per_step > 0.0
+                    {
+                        r.pace = Some(step.seconds_per_step / pixels as f64);
+                    }
                     if let (Some(p), Ok(node)) = (&step.preview, step.node.parse::<NodeId>()) {
                         let raster = Raster::from_rgb8(p.width as u32, p.height as u32, &p.rgb);
                         let texture =
