@@ -355,7 +355,10 @@ fn bench_generate_quick_prints_its_table() {
     assert!(table.contains("| 64×64 | 2 |"), "{table}");
     assert!(table.contains("QUICK"), "{table}");
     assert!(table.contains("ComfyUI was not measured"), "{table}");
-    assert!(table.contains("Re-queue at 64×64 with only the seed changed"), "{table}");
+    assert!(
+        table.contains("Re-queue at 64×64 with only the seed changed"),
+        "{table}"
+    );
     // The first Queue's image and the re-queue's (another seed: not the cached file).
     assert_eq!(files_under(&dir.path().join("output/bench")).len(), 2);
 }
