@@ -45,6 +45,20 @@ impl Drop for Guard {
     }
 }
 
+/// Whether Xvfb and xdotool are installed; without them a test says so and passes, except under
+/// CI, where their absence is a failure.
+fn x11_available() -> bool {
+    if have("Xvfb") && have("xdotool") {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must install xvfb and xdotool (see .ci/run)"
+    );
+    eprintln!("skipped: Xvfb or xdotool is not installed");
+    false
+}
+
 fn have(tool: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
@@ -205,12 +219,7 @@ fn window(display: &str, app: &mut App) -> String {
 
 #[test]
 fn the_real_window_queues_a_merge_from_a_keystroke() {
-    if !(have("Xvfb") && have("xdotool")) {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install xvfb and xdotool (see .ci/run)"
-        );
-        eprintln!("skipped: Xvfb or xdotool is not installed");
+    if !x11_available() {
         return;
     }
     let base = tempdir();
@@ -412,12 +421,7 @@ fn sweep_in_window(base: &Path, specs: &[&str], cells: usize) -> (Guard, String,
 
 #[test]
 fn the_real_window_sweeps_a_merge_ratio_into_a_grid() {
-    if !(have("Xvfb") && have("xdotool")) {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install xvfb and xdotool (see .ci/run)"
-        );
-        eprintln!("skipped: Xvfb or xdotool is not installed");
+    if !x11_available() {
         return;
     }
     let base = tempdir();
