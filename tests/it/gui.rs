@@ -642,3 +642,23 @@ fn merge_nodes_say_what_they_will_ignore_before_queue() {
     }
     assert!(h.app.jobs.is_empty(), "nothing was queued to find this out");
 }
+
+#[test]
+fn a_zoomed_out_canvas_draws_shapes_without_anti_aliasing() {
+    let mut h = Harness::new(false, None);
+    h.frames(1);
+    assert!(
+        h.ctx.tessellation_options(|o| o.feathering),
+        "full detail at 100 %"
+    );
+    h.app.canvas.editor.pan_zoom.zoom = 0.3;
+    h.frames(1);
+    assert!(
+        !h.ctx.tessellation_options(|o| o.feathering),
+        "low detail below {}",
+        amalgam::ui::app::LOW_DETAIL_ZOOM
+    );
+    h.app.canvas.editor.pan_zoom.zoom = 1.0;
+    h.frames(1);
+    assert!(h.ctx.tessellation_options(|o| o.feathering));
+}
