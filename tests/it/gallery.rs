@@ -255,6 +255,35 @@ fn a_sweep_over_the_merge_ratio_fills_a_labelled_grid_that_saves_as_one_png() {
         r.height
     );
 
+    // Two of the images compared in the viewer: under a slider, then side by side.
+    h.click("Outputs");
+    h.wait_for("the gallery", |a| {
+        a.outputs.iter().filter(|e| e.image.is_some()).count() >= 4
+    });
+    h.click("Images");
+    let ticks: Vec<egui::Rect> = h
+        .tree
+        .iter()
+        .filter(|(n, r)| n == "compare" && r.is_some())
+        .filter_map(|(_, r)| *r)
+        .take(2)
+        .collect();
+    assert_eq!(ticks.len(), 2, "a compare tick per image");
+    for r in ticks {
+        h.click_at(r.center());
+    }
+    h.click("Compare the two picked files");
+    let viewer = h.app.results.viewer.clone().expect("the viewer");
+    assert_eq!(viewer.images.len(), 2);
+    assert_eq!(viewer.layout, amalgam::ui::viewer::Layout::Slider);
+    h.click("Side by side");
+    assert_eq!(
+        h.app.results.viewer.as_ref().map(|v| v.layout),
+        Some(amalgam::ui::viewer::Layout::SideBySide)
+    );
+    h.app.results.viewer = None;
+    h.click("Queue panel");
+
     // A cell opens its value's workflow.
     let rect = h
         .tree
