@@ -336,6 +336,7 @@ fn lora_run(data: &[u8]) -> (usize, Vec<String>) {
         folders: folders.clone(),
         precision: Precision::Keep,
         first_image_only: true,
+        metadata: Default::default(),
     };
     let mut messages: Vec<String> = v.errors.iter().map(|e| format!("{e:?}")).collect();
     let report = run_blocking(

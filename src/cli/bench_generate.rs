@@ -119,6 +119,7 @@ fn measure(
         folders: folders.clone(),
         precision: Precision::Keep,
         first_image_only: true,
+        metadata: Default::default(),
     };
     let start = Instant::now();
     let mut first_step = None;

@@ -8,7 +8,9 @@ use serde_json::json;
 use amalgam::engine::cache::RunCache;
 use amalgam::engine::execute::clean_stray_temp_files;
 use amalgam::engine::worker::Job;
-use amalgam::engine::{Event, JobReport, Outcome, Precision, SavedFile, Warning, run_blocking};
+use amalgam::engine::{
+    Event, JobReport, Outcome, Precision, SaveMetadata, SavedFile, Warning, run_blocking,
+};
 use amalgam::graph::load::load_file;
 use amalgam::graph::resolve::resolve;
 use amalgam::graph::validate::validate;
@@ -30,6 +32,36 @@ pub struct RunArgs {
     /// Print one JSON object instead of the saved paths.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub metadata: MetadataArgs,
+}
+
+/// What saved files carry besides their data.
+#[derive(Debug, Default, clap::Args)]
+pub struct MetadataArgs {
+    /// No `prompt` or `workflow` in saved checkpoints and images (ComfyUI's flag of the name).
+    #[arg(long)]
+    pub disable_metadata: bool,
+    /// `modelspec.title` of saved models (instead of ComfyUI's "{filename} {counter}").
+    #[arg(long, value_name = "TEXT")]
+    pub title: Option<String>,
+    /// `modelspec.author` of saved models.
+    #[arg(long, value_name = "TEXT")]
+    pub author: Option<String>,
+    /// `modelspec.description` of saved models.
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+}
+
+impl MetadataArgs {
+    pub fn choice(&self) -> SaveMetadata {
+        SaveMetadata {
+            disabled: self.disable_metadata,
+            title: self.title.clone(),
+            author: self.author.clone(),
+            description: self.description.clone(),
+        }
+    }
 }
 
 pub fn run(folders: &FolderArgs, args: &RunArgs) -> anyhow::Result<()> {
@@ -64,6 +96,7 @@ pub fn run(folders: &FolderArgs, args: &RunArgs) -> anyhow::Result<()> {
         folders: folders.clone(),
         precision: args.precision,
         first_image_only: args.first_image_only,
+        metadata: args.metadata.choice(),
     };
     let cancel = super::ctrl_c_flag();
     let bar = super::byte_bar();

@@ -53,10 +53,13 @@ pub fn signature(
     folders: &ModelFolders,
     precision: Precision,
     first_image_only: bool,
+    metadata: &super::SaveMetadata,
 ) -> u64 {
     let mut h = DefaultHasher::new();
     precision.hash(&mut h);
     first_image_only.hash(&mut h);
+    // Other metadata, another file (the workflow itself stays out: see the module docs).
+    metadata.hash(&mut h);
     let mut memo = HashMap::new();
     node_signature(prompt, id, folders, &mut memo, 0).hash(&mut h);
     h.finish()

@@ -34,6 +34,45 @@ mod run;
 
 use std::path::PathBuf;
 
+/// What saved files carry besides their data: ComfyUI's `--disable-metadata` (no `prompt` or
+/// `workflow` in checkpoints and PNGs), and an optional title, author and description written as
+/// `modelspec.*` keys of saved models — settings of the run, never node inputs, so workflows stay
+/// ComfyUI's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct SaveMetadata {
+    /// No `prompt` / `workflow` entries (ComfyUI's `--disable-metadata`).
+    pub disabled: bool,
+    /// `modelspec.title`, instead of ComfyUI's `"{filename} {counter}"` (SDXL family only).
+    pub title: Option<String>,
+    pub author: Option<String>,
+    pub description: Option<String>,
+}
+
+impl SaveMetadata {
+    /// The user's `modelspec.*` entries, in the modelspec order (title, author, description);
+    /// empty texts count as unset.
+    pub fn modelspec(&self) -> Vec<(String, String)> {
+        [
+            ("modelspec.title", &self.title),
+            ("modelspec.author", &self.author),
+            ("modelspec.description", &self.description),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| {
+            v.as_deref()
+                .filter(|t| !t.is_empty())
+                .map(|t| (k.to_owned(), t.to_owned()))
+        })
+        .collect()
+    }
+
+    /// Whether a user title replaces ComfyUI's.
+    pub fn has_title(&self) -> bool {
+        self.title.as_deref().is_some_and(|t| !t.is_empty())
+    }
+}
+
 /// Output precision of float tensors.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,

@@ -42,6 +42,8 @@ pub struct Job {
     pub precision: Precision,
     /// Sample only the first image of each latent batch (the same image 0 as a whole batch).
     pub first_image_only: bool,
+    /// `--disable-metadata`, and the modelspec title, author and description.
+    pub metadata: super::SaveMetadata,
 }
 
 type Wake = Box<dyn Fn() + Send>;
@@ -219,6 +221,7 @@ pub fn run_job(job: &Job, cancel: &AtomicBool, cache: &mut RunCache, emit: &mut 
             &job.folders,
             job.precision,
             job.first_image_only,
+            &job.metadata,
         );
         match cache.lookup(sig) {
             Some(files) => cached.extend(files),
@@ -234,6 +237,7 @@ pub fn run_job(job: &Job, cancel: &AtomicBool, cache: &mut RunCache, emit: &mut 
         job.workflow.as_ref(),
         &job.folders,
         job.precision,
+        &job.metadata,
     ) {
         Ok(p) => p,
         Err(e) => {

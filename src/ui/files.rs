@@ -287,8 +287,14 @@ pub fn preview_notes(
     if !v.ok() {
         return notes;
     }
-    let Ok(plan) = crate::engine::plan::build(&v.prompt, &v.outputs, None, folders, precision)
-    else {
+    let Ok(plan) = crate::engine::plan::build(
+        &v.prompt,
+        &v.outputs,
+        None,
+        folders,
+        precision,
+        &crate::engine::SaveMetadata::default(),
+    ) else {
         return notes;
     };
     let mut extra: HashMap<NodeId, usize> = HashMap::new();

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::Precision;
+use crate::engine::{Precision, SaveMetadata};
 use crate::model::ModelFolders;
 
 /// Settings that persist between runs.
@@ -21,6 +21,10 @@ pub struct Settings {
     pub first_image_only: bool,
     pub dark: bool,
     pub recent: Vec<PathBuf>,
+    /// No prompt/workflow in saved files (`--disable-metadata`); modelspec title, author and
+    /// description.
+    #[serde(default)]
+    pub metadata: SaveMetadata,
 }
 
 impl Settings {
@@ -34,6 +38,7 @@ impl Settings {
             first_image_only: true,
             dark: true,
             recent: Vec::new(),
+            metadata: SaveMetadata::default(),
         }
     }
 

@@ -147,7 +147,8 @@ fn question_ui(
     chosen
 }
 
-/// The settings window's contents: folders (chosen through dialogs), precision, theme.
+/// The settings window's contents: folders (chosen through dialogs), precision, theme, and what
+/// saved files carry (metadata on or off, modelspec title, author and description).
 pub fn settings_ui(ui: &mut egui::Ui, settings: &mut Settings) -> Option<Command> {
     let mut command = None;
     egui::Grid::new("settings").num_columns(3).show(ui, |ui| {
@@ -192,6 +193,27 @@ pub fn settings_ui(ui: &mut egui::Ui, settings: &mut Settings) -> Option<Command
         precision_ui(ui, &mut settings.precision);
     });
     ui.checkbox(&mut settings.dark, "Dark theme");
+    ui.separator();
+    let m = &mut settings.metadata;
+    ui.checkbox(&mut m.disabled, "Disable metadata")
+        .on_hover_text(
+            "No prompt or workflow in saved checkpoints and images (ComfyUI's --disable-metadata)",
+        );
+    egui::Grid::new("modelspec").num_columns(2).show(ui, |ui| {
+        for (label, value) in [
+            ("Model title", &mut m.title),
+            ("Author", &mut m.author),
+            ("Description", &mut m.description),
+        ] {
+            ui.label(label);
+            let mut text = value.clone().unwrap_or_default();
+            if ui.text_edit_singleline(&mut text).changed() {
+                *value = (!text.is_empty()).then_some(text);
+            }
+            ui.end_row();
+        }
+    });
+    ui.small("Written as modelspec.title / .author / .description of saved models.");
     command
 }
 

@@ -629,6 +629,7 @@ fn unvalidated_job(base: &ModelTree, prompt: Prompt, node: &str) -> Job {
         folders: base.folders(),
         precision: Precision::Keep,
         first_image_only: false,
+        metadata: Default::default(),
     }
 }
 

@@ -43,6 +43,7 @@ fn job(tree: &ModelTree, prompt: &Value, first_image_only: bool) -> Job {
         folders: tree.folders(),
         precision: Precision::Keep,
         first_image_only,
+        metadata: Default::default(),
     }
 }
 
@@ -114,6 +115,7 @@ fn full_size_sd15_matches_comfyui() {
         None,
         &tree.folders(),
         Precision::Keep,
+        &Default::default(),
     )
     .expect("plan");
     let clip = plan
@@ -617,8 +619,15 @@ fn bad_image_inputs_are_clear_errors() {
     p = txt2img("small.safetensors", (16384, 16384, 4096), "euler", 2, 3);
     let v = validate(&p);
     assert!(v.errors.is_empty(), "in ComfyUI's ranges: {:?}", v.errors);
-    let err = amalgam::engine::plan::build(&v.prompt, &v.outputs, None, &folders, Precision::Keep)
-        .expect_err("too large");
+    let err = amalgam::engine::plan::build(
+        &v.prompt,
+        &v.outputs,
+        None,
+        &folders,
+        Precision::Keep,
+        &Default::default(),
+    )
+    .expect_err("too large");
     let msg = err.to_string();
     assert!(
         msg.contains("node #4") && msg.contains("too large"),
@@ -627,8 +636,15 @@ fn bad_image_inputs_are_clear_errors() {
     // One 8192² image: its decoder's activations alone need ~100 GiB.
     p = txt2img("small.safetensors", (8192, 8192, 1), "euler", 2, 3);
     let v = validate(&p);
-    let err = amalgam::engine::plan::build(&v.prompt, &v.outputs, None, &folders, Precision::Keep)
-        .expect_err("too large for this machine");
+    let err = amalgam::engine::plan::build(
+        &v.prompt,
+        &v.outputs,
+        None,
+        &folders,
+        Precision::Keep,
+        &Default::default(),
+    )
+    .expect_err("too large for this machine");
     assert!(err.to_string().contains("GiB"), "{err}");
     assert_eq!(files_under(&tree.output()), Vec::<String>::new());
 

@@ -15,5 +15,6 @@ mod generate;
 mod gui;
 mod inspect;
 mod lora;
+mod metadata;
 mod paths;
 mod workflows;

@@ -300,6 +300,7 @@ pub fn run_prompt(
         folders: folders.clone(),
         precision: amalgam::engine::Precision::Keep,
         first_image_only: false,
+        metadata: Default::default(),
     };
     amalgam::engine::run_blocking(
         &job,
@@ -364,6 +365,7 @@ pub fn run_api(
         folders: tree.folders(),
         precision,
         first_image_only: false,
+        metadata: Default::default(),
     };
     let report = amalgam::engine::run_blocking(
         &job,

@@ -82,19 +82,21 @@ struct Planner<'a> {
     values: HashMap<String, Vec<NodeValue>>,
     warnings: Vec<Warning>,
     workflow: Option<&'a Value>,
+    metadata: &'a super::SaveMetadata,
     weights: Vec<PlannedWeights>,
     weights_index: HashMap<images::WeightsKey, usize>,
     image_steps: Vec<ImageStep>,
 }
 
 /// Builds the plan for the given output nodes of a validated prompt. `workflow` is the UI
-/// workflow to embed (when the job came from one).
+/// workflow to embed (when the job came from one), unless `metadata` disables it.
 pub fn build(
     prompt: &Prompt,
     outputs: &[String],
     workflow: Option<&Value>,
     folders: &ModelFolders,
     precision: Precision,
+    metadata: &super::SaveMetadata,
 ) -> Result<Plan, EngineError> {
     let mut p = Planner {
         prompt,
@@ -106,6 +108,7 @@ pub fn build(
         values: HashMap::new(),
         warnings: Vec::new(),
         workflow,
+        metadata,
         weights: Vec::new(),
         weights_index: HashMap::new(),
         image_steps: Vec::new(),
@@ -119,7 +122,7 @@ pub fn build(
         }
     }
     let mut image_metadata = Vec::new();
-    if !p.image_steps.is_empty() {
+    if !p.image_steps.is_empty() && !metadata.disabled {
         image_metadata.push(("prompt".to_owned(), pyjson::dumps(&prompt.to_json())));
         if let Some(w) = workflow {
             image_metadata.push(("workflow".to_owned(), pyjson::dumps(w)));

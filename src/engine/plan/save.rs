@@ -39,7 +39,9 @@ impl Planner<'_> {
                     };
                     self.vae_tensors(vae, vae_save_prefix(arch), &mut tensors);
                 }
-                modelspec_title = self.model_metadata(&model, &mut metadata, &mut tensors);
+                modelspec_title = self.model_metadata(&model, &mut metadata, &mut tensors)
+                    && !self.metadata.has_title();
+                metadata.extend(self.metadata.modelspec());
                 if op == Operation::SaveCheckpoint {
                     SaveKind::Checkpoint
                 } else {
@@ -236,6 +238,9 @@ impl Planner<'_> {
     fn prompt_metadata(&self, kind: SaveKind, meta: &mut Vec<(String, String)>) {
         if kind == SaveKind::Clip {
             meta.push(("format".into(), "pt".into()));
+        }
+        if self.metadata.disabled {
+            return;
         }
         meta.push(("prompt".into(), pyjson::dumps(&self.prompt.to_json())));
         if let Some(w) = self.workflow {

@@ -81,6 +81,7 @@ impl AmalgamApp {
             folders: self.folders.clone(),
             precision: self.settings.precision,
             first_image_only: self.settings.first_image_only,
+            metadata: self.settings.metadata.clone(),
         });
         self.results.job_queued(id, work);
         self.jobs.push(JobView::new(id, label));
