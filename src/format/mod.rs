@@ -83,6 +83,10 @@ pub enum ReadErrorKind {
     Empty,
     #[error("not a checkpoint: neither safetensors nor a PyTorch zip or pickle file")]
     UnknownFormat,
+    #[error(
+        "a JSON file (a workflow or API prompt?), not a checkpoint: open it in the app or with `amalgam validate` / `amalgam run`"
+    )]
+    Json,
     #[error("invalid safetensors file: {0}")]
     Safetensors(safetensors::HeaderError),
     #[error("unsafe or invalid PyTorch pickle: {0}")]
@@ -269,12 +273,32 @@ pub fn read_table_bytes(bytes: &[u8]) -> Result<Table, ReadErrorKind> {
     Ok(table)
 }
 
+/// Text starting with `{` whose first 8 bytes, read as a safetensors header length, do not fit
+/// in the file: JSON, not a checkpoint. (JSON indented by one space has `{` at byte 8 too, which
+/// is how safetensors marks its header; the length tells them apart. A real header whose length
+/// happens to begin with the byte `{` fits in its file.)
+fn looks_like_json(map: &[u8]) -> bool {
+    let starts_like_json = map
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'{' || *b == b'[');
+    let header_fits = map.len() >= 8 && {
+        let mut le = [0u8; 8];
+        le.copy_from_slice(&map[..8]);
+        u64::from_le_bytes(le) <= (map.len() as u64).saturating_sub(8)
+    };
+    starts_like_json && !header_fits
+}
+
 fn read_table(map: &[u8]) -> Result<Table, ReadErrorKind> {
     if map.starts_with(b"PK\x03\x04") || map.starts_with(b"PK\x05\x06") {
         return Ok((Container::TorchZip, torch::read_zip(map)?, None));
     }
     if torch::is_legacy(map) {
         return Ok((Container::TorchLegacy, torch::read_legacy(map)?, None));
+    }
+    if looks_like_json(map) {
+        return Err(ReadErrorKind::Json);
     }
     if map.len() >= 9 && map[8] == b'{' || map.len() < 9 && !map.starts_with(b"\x80") {
         let header = safetensors::parse_header(map)?;

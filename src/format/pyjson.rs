@@ -116,6 +116,65 @@ pub fn py_str(v: &Value) -> String {
     }
 }
 
+/// Parses JSON as Python's `json.loads` reads it: besides standard JSON, the `NaN`,
+/// `Infinity` and `-Infinity` literals `json.dumps` writes for non-finite floats. Those become
+/// the strings `"NaN"`, `"Infinity"`, `"-Infinity"` (a JSON value cannot hold them), which
+/// Python's `float()` — and so validation — reads back as the same numbers. Standard JSON takes
+/// the fast path unchanged. The flag says whether such literals were there (JavaScript's
+/// `JSON.parse`, and so ComfyUI's frontend, refuses them).
+pub fn loads(text: &[u8]) -> Result<(Value, bool), serde_json::Error> {
+    match serde_json::from_slice(text) {
+        Ok(v) => Ok((v, false)),
+        Err(e) => match quote_non_finite(text) {
+            Some(fixed) => serde_json::from_slice(&fixed).map(|v| (v, true)),
+            None => Err(e),
+        },
+    }
+}
+
+/// The text with Python's non-finite literals outside strings quoted, or `None` if it has none.
+fn quote_non_finite(text: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() + 16);
+    let (mut in_string, mut escaped, mut changed) = (false, false, false);
+    let mut i = 0;
+    while i < text.len() {
+        let b = text[i];
+        if in_string {
+            out.push(b);
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        let literal = [&b"-Infinity"[..], b"Infinity", b"NaN"]
+            .into_iter()
+            .find(|l| text[i..].starts_with(l));
+        match (b, literal) {
+            (b'"', _) => {
+                in_string = true;
+                out.push(b);
+                i += 1;
+            }
+            (_, Some(l)) => {
+                out.push(b'"');
+                out.extend_from_slice(l);
+                out.push(b'"');
+                i += l.len();
+                changed = true;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    changed.then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,5 +222,24 @@ mod tests {
             .collect();
         let python = r##""\u0000\u0001\u0002\u0003\u0004\u0005\u0006\u0007\b\t\n\u000b\f\r\u000e\u000f\u0010\u0011\u0012\u0013\u0014\u0015\u0016\u0017\u0018\u0019\u001a\u001b\u001c\u001d\u001e\u001f !\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklmnopqrstuvwxyz{|}~\u007f\u00e9\u20ac\u2028\ufeff\ud83d\ude00\ud834\udd1e\uffff""##;
         assert_eq!(dumps(&Value::String(s)), python);
+    }
+
+    #[test]
+    fn python_non_finite_literals_are_read_and_strings_left_alone() {
+        let (v, non_finite) = loads(
+            br#"{"a": NaN, "b": [Infinity, -Infinity, 1.5], "s": "NaN and Infinity", "e": "q\"NaN"}"#,
+        )
+        .expect("python json");
+        assert!(non_finite);
+        assert_eq!(loads(br#"{"s": "NaN"}"#).expect("json"), (json_s(), false));
+        assert_eq!(v["a"], "NaN");
+        assert_eq!(v["b"], serde_json::json!(["Infinity", "-Infinity", 1.5]));
+        assert_eq!(v["s"], "NaN and Infinity");
+        assert_eq!(v["e"], "q\"NaN");
+        assert!(loads(b"{\"a\": nan}").is_err(), "only Python's spelling");
+        fn json_s() -> Value {
+            serde_json::json!({"s": "NaN"})
+        }
+        assert!(loads(b"{\"a\": 1,}").is_err(), "other errors stay errors");
     }
 }

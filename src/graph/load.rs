@@ -144,11 +144,13 @@ pub fn load_bytes(bytes: &[u8]) -> Result<Loaded, LoadErrorKind> {
     }
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'{') {
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| LoadErrorKind::Json {
-            what: "file",
-            error: e.to_string(),
-        })?;
-        return from_json_value(value, None);
+        // Python writes NaN / Infinity literals (`json.dump` of an API prompt); ComfyUI reads them.
+        let (value, non_finite) =
+            crate::format::pyjson::loads(bytes).map_err(|e| LoadErrorKind::Json {
+                what: "file",
+                error: e.to_string(),
+            })?;
+        return from_json_value(value, None, non_finite);
     }
     Err(LoadErrorKind::UnknownFormat)
 }
@@ -177,14 +179,21 @@ fn from_embedded(
         (None, Some(p)) => (p, "embedded prompt"),
         (None, None) => return Ok(None),
     };
-    let value: Value = serde_json::from_str(text).map_err(|e| LoadErrorKind::Json {
-        what,
-        error: e.to_string(),
-    })?;
-    from_json_value(value, Some(source)).map(Some)
+    let (value, non_finite) =
+        crate::format::pyjson::loads(text.as_bytes()).map_err(|e| LoadErrorKind::Json {
+            what,
+            error: e.to_string(),
+        })?;
+    from_json_value(value, Some(source), non_finite).map(Some)
 }
 
-fn from_json_value(value: Value, source: Option<SourceKind>) -> Result<Loaded, LoadErrorKind> {
+/// `non_finite`: the text had Python's NaN / Infinity literals, which ComfyUI's backend reads
+/// (an API prompt) but its frontend does not (a UI workflow: said in the report).
+fn from_json_value(
+    value: Value,
+    source: Option<SourceKind>,
+    non_finite: bool,
+) -> Result<Loaded, LoadErrorKind> {
     if Prompt::looks_like(&value) {
         let prompt = Prompt::from_json(&value)?;
         let (document, report) = document_from_prompt(&prompt, Registry::builtin());
@@ -195,13 +204,97 @@ fn from_json_value(value: Value, source: Option<SourceKind>) -> Result<Loaded, L
             report,
         });
     }
-    let (document, report) = Document::from_json(value)?;
+    let (mut document, mut report) = Document::from_json(value)?;
+    report
+        .issues
+        .extend(repair_widget_values(&mut document, Registry::builtin()));
+    if non_finite {
+        report.issues.push(super::document::LoadIssue {
+            node: None,
+            message: "the workflow has NaN or Infinity literals, which ComfyUI's frontend cannot read; they were read as Python reads them (as the strings \"NaN\" / \"Infinity\")".into(),
+        });
+    }
     Ok(Loaded {
         document,
         source: source.unwrap_or(SourceKind::UiJson),
         from_prompt: false,
         report,
     })
+}
+
+/// How many `widgets_values` entries a node of `schema` has: one per widget, plus the
+/// `control_after_generate` companion of a seed.
+fn widget_count(schema: &crate::nodes::NodeSchema) -> usize {
+    schema.widget_slots().last().map_or(0, |(pos, spec)| {
+        let control = matches!(
+            spec.kind,
+            crate::nodes::InputKind::Int {
+                control_after_generate: true,
+                ..
+            }
+        );
+        pos + 1 + usize::from(control)
+    })
+}
+
+/// Rebuilds a positional `widgets_values` list whose length does not match its node's
+/// definition (a file from another version of the node) from `widgets_values_named`, which 2026
+/// frontends write beside it — when that map names every widget. Both stay in the document;
+/// entries past the definition's widgets (an upload button's value) are kept at the end. Each
+/// repair is reported.
+pub fn repair_widget_values(
+    doc: &mut Document,
+    registry: &Registry,
+) -> Vec<super::document::LoadIssue> {
+    let mut issues = Vec::new();
+    for node in &mut doc.nodes {
+        let Some(schema) = registry.get(&node.type_) else {
+            continue;
+        };
+        let Some(Value::Object(named)) = node.fields.get("widgets_values_named") else {
+            continue;
+        };
+        let expected = widget_count(schema);
+        let had = node.widget_values().len();
+        if had == expected || expected == 0 {
+            continue;
+        }
+        let mut repaired = Vec::with_capacity(expected);
+        for (_, spec) in schema.widget_slots() {
+            let Some(v) = named.get(&spec.name) else {
+                repaired.clear();
+                break;
+            };
+            repaired.push(v.clone());
+            if matches!(
+                spec.kind,
+                crate::nodes::InputKind::Int {
+                    control_after_generate: true,
+                    ..
+                }
+            ) {
+                repaired.push(
+                    named
+                        .get("control_after_generate")
+                        .cloned()
+                        .unwrap_or_else(|| Value::from("fixed")),
+                );
+            }
+        }
+        if repaired.len() != expected {
+            continue;
+        }
+        repaired.extend(node.widget_values().iter().skip(expected).cloned());
+        node.widgets_values = Some(Value::Array(repaired));
+        issues.push(super::document::LoadIssue {
+            node: Some(node.id),
+            message: format!(
+                "node #{} ({}): widgets_values had {had} entries for {expected} widgets; repaired from widgets_values_named",
+                node.id, node.type_
+            ),
+        });
+    }
+    issues
 }
 
 /// Most output slots inferred for a node of unknown type from the links that use it.

@@ -14,6 +14,7 @@ mod gallery;
 mod generate;
 mod gui;
 mod inspect;
+mod json;
 mod lora;
 mod metadata;
 mod paths;
