@@ -68,6 +68,30 @@ impl Checkpoint {
     }
 
     /// Whether a ComfyUI workflow (or at least an API prompt) is embedded in the metadata.
+    /// The first key that marks scaled or quantised weights — ComfyUI's scaled-fp8 marker
+    /// (`scaled_fp8`), per-tensor scales (`….scale_weight`, `….weight_scale`, `….scale_input`,
+    /// `….input_scale`) or `comfy_quant` layouts. Their stored values are not the weights (the
+    /// weight is the stored value times the scale), so they must not be merged or run as stored.
+    pub fn quantization_key(&self) -> Option<&str> {
+        const SUFFIXES: [&str; 4] = [
+            ".scale_weight",
+            ".weight_scale",
+            ".scale_input",
+            ".input_scale",
+        ];
+        self.file
+            .tensors()
+            .iter()
+            .map(|t| t.name.as_str())
+            .find(|k| {
+                let last = k.rsplit('.').next().unwrap_or(k);
+                last == "scaled_fp8"
+                    || last == "comfy_quant"
+                    || k.contains(".comfy_quant")
+                    || SUFFIXES.iter().any(|s| k.ends_with(s))
+            })
+    }
+
     pub fn has_workflow(&self) -> bool {
         self.metadata_value("workflow")
             .is_some_and(|w| !w.is_empty())

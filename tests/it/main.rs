@@ -18,4 +18,5 @@ mod json;
 mod lora;
 mod metadata;
 mod paths;
+mod quantized;
 mod workflows;

@@ -255,6 +255,16 @@ impl Planner<'_> {
             node: id.to_owned(),
             error: e,
         })?;
+        if let Some(key) = source.checkpoint.quantization_key() {
+            return Err(node_err(
+                id,
+                class_type,
+                format!(
+                    "{}: key {key:?} marks scaled or quantised weights (stored value × scale), which Amalgam does not dequantise yet; it refuses rather than merge or run the raw values — use an fp16/bf16/fp32 release of this model",
+                    path.display()
+                ),
+            ));
+        }
         self.sources.push(Arc::new(source));
         let i = self.sources.len() - 1;
         self.by_path.insert((canonical, vae_only), i);
