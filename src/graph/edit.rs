@@ -176,9 +176,44 @@ impl Document {
             Edit::Move { node, pos } => self.node_mut(*node).map(|n| n.pos.set(*pos)).is_some(),
             Edit::Widget { node, index, value } => self
                 .node_mut(*node)
-                .map(|n| n.set_widget_value(*index, value.clone()))
+                .map(|n| {
+                    n.set_widget_value(*index, value.clone());
+                    update_named_value(n, *index, value);
+                })
                 .is_some(),
         }
+    }
+}
+
+/// Keeps `widgets_values_named` (2026 frontends write it beside the positional list) in step
+/// with an edit, so a ComfyUI that restores by name reads the edited value, not the old one.
+fn update_named_value(node: &mut Node, index: usize, value: &Value) {
+    let Some(Value::Object(named)) = node.fields.get_mut("widgets_values_named") else {
+        return;
+    };
+    let Some(schema) = crate::nodes::Registry::builtin().get(&node.type_) else {
+        return;
+    };
+    let name = schema.widget_slots().into_iter().find_map(|(pos, spec)| {
+        let control = matches!(
+            spec.kind,
+            InputKind::Int {
+                control_after_generate: true,
+                ..
+            }
+        );
+        if pos == index {
+            Some(spec.name.as_str())
+        } else if control && pos + 1 == index {
+            Some("control_after_generate")
+        } else {
+            None
+        }
+    });
+    if let Some(name) = name
+        && named.contains_key(name)
+    {
+        named.insert(name.to_owned(), value.clone());
     }
 }
 
@@ -233,6 +268,39 @@ mod tests {
         let given = json!(156680208700286_u64);
         let node = node_from_schema(seeded, 9, [0.0, 0.0], |_| Given::Value(&given));
         assert_eq!(&node.widget_values()[..2], [given.clone(), json!("fixed")]);
+    }
+
+    #[test]
+    fn an_edit_keeps_widgets_values_named_in_step() {
+        let mut doc = crate::graph::examples::text_to_image("a.safetensors", "b.safetensors");
+        let merge = doc.first_of_type("ModelMergeSimple").expect("merge");
+        let sampler = doc.first_of_type("KSampler").expect("sampler");
+        for (n, named) in [
+            (merge, json!({"ratio": 0.5})),
+            (
+                sampler,
+                json!({"seed": 42, "control_after_generate": "fixed", "steps": 8}),
+            ),
+        ] {
+            doc.node_mut(n)
+                .expect("node")
+                .fields
+                .insert("widgets_values_named".into(), named);
+        }
+        let edit = |doc: &mut Document, node, index, value: Value| {
+            assert!(doc.apply(&Edit::Widget { node, index, value }));
+        };
+        edit(&mut doc, merge, 0, json!(0.7));
+        edit(&mut doc, sampler, 1, json!("randomize"));
+        edit(&mut doc, sampler, 3, json!(5.0));
+        let named =
+            |doc: &Document, n| doc.node(n).expect("node").fields["widgets_values_named"].clone();
+        assert_eq!(named(&doc, merge), json!({"ratio": 0.7}));
+        assert_eq!(
+            named(&doc, sampler),
+            json!({"seed": 42, "control_after_generate": "randomize", "steps": 8}),
+            "cfg was not named, so it is not added"
+        );
     }
 
     #[test]

@@ -81,23 +81,26 @@ mod tests {
 
     fn doc_with(control: &str, seed: i64) -> Document {
         let mut doc = crate::graph::examples::text_to_image("a.safetensors", "b.safetensors");
-        let k = doc
-            .nodes
-            .iter_mut()
-            .find(|n| n.type_ == "KSampler")
-            .expect("sampler");
+        let k = sampler(&doc);
+        let k = doc.node_mut(k).expect("sampler");
         k.set_widget_value(0, json!(seed));
         k.set_widget_value(1, json!(control));
         doc
     }
 
-    fn seed(doc: &Document) -> serde_json::Value {
-        doc.nodes
-            .iter()
-            .find(|n| n.type_ == "KSampler")
+    fn sampler(doc: &Document) -> crate::graph::NodeId {
+        doc.first_of_type("KSampler").expect("sampler")
+    }
+
+    fn widgets(doc: &Document) -> Vec<serde_json::Value> {
+        doc.node(sampler(doc))
             .expect("sampler")
-            .widget_values()[0]
-            .clone()
+            .widget_values()
+            .to_vec()
+    }
+
+    fn seed(doc: &Document) -> serde_json::Value {
+        widgets(doc)[0].clone()
     }
 
     #[test]
@@ -117,16 +120,7 @@ mod tests {
         after_queue(&mut d, || (1 << 50) + 5);
         assert_eq!(seed(&d), json!(5), "drawn below 2^50");
         // The other widgets are untouched.
-        let k = d.nodes.iter().find(|n| n.type_ == "KSampler").expect("k");
-        assert_eq!(
-            k.widget_values()[1..],
-            doc_with("randomize", 5)
-                .nodes
-                .iter()
-                .find(|n| n.type_ == "KSampler")
-                .expect("k")
-                .widget_values()[1..]
-        );
+        assert_eq!(widgets(&d)[1..], widgets(&doc_with("randomize", 5))[1..]);
     }
 
     #[test]

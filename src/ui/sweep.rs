@@ -554,18 +554,8 @@ mod tests {
     #[test]
     fn cells_carry_the_document_with_their_values() {
         let doc = crate::graph::examples::text_to_image("a.safetensors", "b.safetensors");
-        let merge = doc
-            .nodes
-            .iter()
-            .find(|n| n.type_ == "ModelMergeSimple")
-            .expect("merge")
-            .id;
-        let sampler = doc
-            .nodes
-            .iter()
-            .find(|n| n.type_ == "KSampler")
-            .expect("sampler")
-            .id;
+        let merge = doc.first_of_type("ModelMergeSimple").expect("merge");
+        let sampler = doc.first_of_type("KSampler").expect("sampler");
         let mut ratio = axis("ratio", 0.0, 1.0, 3);
         ratio.node = merge;
         let cfg = Axis {

@@ -36,11 +36,8 @@ fn sample_doc() -> amalgam::graph::Document {
 }
 
 fn node_of(doc: &amalgam::graph::Document, class: &str) -> i64 {
-    doc.nodes
-        .iter()
-        .find(|n| n.type_ == class)
+    doc.first_of_type(class)
         .unwrap_or_else(|| panic!("a {class} node"))
-        .id
 }
 
 /// Every PNG (and leftover temporary file) below `dir`.
@@ -273,6 +270,9 @@ fn a_sweep_over_the_merge_ratio_fills_a_labelled_grid_that_saves_as_one_png() {
         h.click_at(r.center());
     }
     h.click("Compare the two picked files");
+    // The window settles its size once both pictures are decoded.
+    h.wait_for("both pictures", |a| !a.results.pictures.loading());
+    h.frames(3);
     let viewer = h.app.results.viewer.clone().expect("the viewer");
     assert_eq!(viewer.images.len(), 2);
     assert_eq!(viewer.layout, amalgam::ui::viewer::Layout::Slider);

@@ -106,12 +106,7 @@ fn python_nan_and_infinity_literals_are_read_and_a_nan_ratio_is_refused_by_name(
 fn widgets_values_named_repairs_a_positional_list_of_another_length() {
     let tree = tree();
     let mut doc = amalgam::graph::examples::default_merge("a.safetensors", "b.safetensors");
-    let merge = doc
-        .nodes
-        .iter()
-        .find(|n| n.type_ == "ModelMergeSimple")
-        .expect("merge")
-        .id;
+    let merge = doc.first_of_type("ModelMergeSimple").expect("merge");
     let mut wf = doc.to_json();
     for n in wf["nodes"].as_array_mut().expect("nodes") {
         if n["id"] == json!(merge) {

@@ -445,6 +445,13 @@ impl Document {
     pub fn node_mut(&mut self, id: NodeId) -> Option<&mut Node> {
         self.nodes.iter_mut().find(|n| n.id == id)
     }
+    /// The id of the first node of a class type (`"KSampler"`), in document order.
+    pub fn first_of_type(&self, class_type: &str) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .find(|n| n.type_ == class_type)
+            .map(|n| n.id)
+    }
     pub fn link(&self, id: LinkId) -> Option<&Link> {
         self.links.iter().find(|l| l.id == id)
     }
