@@ -380,7 +380,16 @@ impl AmalgamApp {
                 }
                 Reply::Deleted(path, r) => {
                     let (failed, message) = match r {
-                        Ok(()) => (false, format!("deleted {}", path.display())),
+                        Ok(()) => {
+                            // Off the list now (not at the next scan), and a later file under
+                            // the same name is decoded afresh.
+                            self.outputs.retain(|e| e.path != path);
+                            self.results.pictures.forget(&path);
+                            self.results
+                                .node_images
+                                .retain(|_, paths| !paths.contains(&path));
+                            (false, format!("deleted {}", path.display()))
+                        }
                         Err(e) => (true, format!("cannot delete {}: {e}", path.display())),
                     };
                     self.notify(failed, message);

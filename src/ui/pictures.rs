@@ -10,7 +10,7 @@
 //! The thread has its own queue, not the file thread's: a gigabyte import or a slow folder scan
 //! must not keep pictures from appearing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
@@ -156,16 +156,21 @@ impl Pictures {
         }
     }
 
-    /// Whether a decode is still pending for any of `paths` (tests wait on it).
+    /// Whether a picture of `path` is held (decoded, decoding or failed).
+    pub fn knows(&self, path: &Path) -> bool {
+        self.slots.keys().any(|(p, _)| p == path)
+    }
+
+    /// Whether any decode is still pending (tests wait on it).
     pub fn loading(&self) -> bool {
         self.slots.values().any(|s| matches!(s, Slot::Loading))
     }
 
-    /// Forgets pictures whose files are gone (after a delete), so a new file under an old name
-    /// is decoded again.
-    pub fn forget(&mut self, gone: &HashSet<PathBuf>) {
-        self.slots.retain(|(p, _), _| !gone.contains(p));
-        self.used.retain(|(p, _), _| !gone.contains(p));
+    /// Forgets a picture whose file is gone (after a delete), so a new file under the same
+    /// name is decoded again.
+    pub fn forget(&mut self, gone: &Path) {
+        self.slots.retain(|(p, _), _| p != gone);
+        self.used.retain(|(p, _), _| p != gone);
     }
 
     /// Asks the thread to compose and save a grid.

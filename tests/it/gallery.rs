@@ -160,6 +160,27 @@ fn a_queued_image_shows_on_its_node_in_the_gallery_and_in_the_viewer() {
     h.click("Open its workflow");
     h.wait_for("the image's workflow", |a| seed(a) == json!(42));
     assert_eq!(h.app.document.doc.nodes.len(), doc.nodes.len());
+    // Deleted from the gallery: the file, its entry and the pictures held of it are gone.
+    h.app.results.viewer = None;
+    let entry = h.find("Delete");
+    h.click_at(entry.center());
+    assert_eq!(
+        h.app.modals.confirm_delete,
+        Some(path.clone()),
+        "asks first"
+    );
+    let confirm = h
+        .tree
+        .iter()
+        .filter(|(n, r)| n == "Delete" && r.is_some_and(|r| r != entry))
+        .filter_map(|(_, r)| *r)
+        .next()
+        .expect("the confirmation's Delete");
+    h.click_at(confirm.center());
+    h.wait_for("the delete", |a| {
+        !path.exists() && !a.results.pictures.knows(&path)
+    });
+    h.wait_for("the rescan", |a| a.outputs.iter().all(|e| e.path != path));
 }
 
 #[test]
