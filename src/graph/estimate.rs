@@ -6,8 +6,6 @@
 //! Only latents from EmptyLatentImage (directly, or through latent nodes that keep the size)
 //! are sized here; a sampler fed from an encoded image counts as unknown.
 
-use serde_json::Value;
-
 use super::prompt::{Prompt, PromptInput};
 
 /// One sampler's work.
@@ -98,15 +96,17 @@ pub fn duration_text(seconds: f64) -> String {
     }
 }
 
-/// For tests and callers holding JSON: the prompt's samplers.
-pub fn sampler_work_json(prompt: &Value, first_image_only: bool) -> Vec<SamplerWork> {
-    Prompt::from_json(prompt).map_or_else(|_| Vec::new(), |p| sampler_work(&p, first_image_only))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
+
+    fn sampler_work_json(prompt: &Value, first_image_only: bool) -> Vec<SamplerWork> {
+        sampler_work(
+            &Prompt::from_json(prompt).expect("prompt"),
+            first_image_only,
+        )
+    }
 
     #[test]
     fn steps_latent_pixels_and_images_per_sampler() {

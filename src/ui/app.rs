@@ -247,7 +247,7 @@ impl AmalgamApp {
             Command::SelectAll => self.canvas.select_all(),
             Command::ToggleMode(mode) => self.toggle_mode(mode),
             Command::DeleteSelected => self.delete_selected(),
-            Command::Compare { a, b } if is_png(&a) && is_png(&b) => {
+            Command::Compare { a, b } if super::is_png_path(&a) && super::is_png_path(&b) => {
                 self.results.viewer = Some(super::viewer::Viewer::two(a, b));
             }
             Command::Compare { a, b } => {
@@ -784,11 +784,6 @@ impl AmalgamApp {
             self.frame_ms * 0.9 + ms * 0.1
         };
     }
-}
-
-/// Whether a path names a PNG (by extension: the output browser's own files).
-pub(crate) fn is_png(p: &Path) -> bool {
-    p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"))
 }
 
 /// A wake callback for one more background thread.

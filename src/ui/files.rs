@@ -72,6 +72,28 @@ pub struct OutputEntry {
     pub image: Option<(u32, u32)>,
 }
 
+impl OutputEntry {
+    /// A file the browser lists but cannot read: `?` as its architecture, `why` as its report.
+    fn unreadable(
+        path: &Path,
+        name: String,
+        bytes: u64,
+        modified: Option<SystemTime>,
+        why: String,
+    ) -> OutputEntry {
+        OutputEntry {
+            path: path.to_owned(),
+            name,
+            bytes,
+            modified,
+            architecture: "?".into(),
+            has_workflow: false,
+            report: why,
+            image: None,
+        }
+    }
+}
+
 /// Answers from the file thread.
 pub enum Reply {
     Loaded(PathBuf, Box<Result<Loaded, LoadError>>),
@@ -345,7 +367,7 @@ fn scan_outputs(
                 stack.push(path);
                 continue;
             }
-            let is_png = name.to_ascii_lowercase().ends_with(".png");
+            let is_png = super::is_png_path(&path);
             if !(name.ends_with(".safetensors") || is_png) || name.starts_with('.') {
                 continue;
             }
@@ -398,16 +420,7 @@ fn checkpoint_entry(
             report: text_report(&c),
             image: None,
         },
-        Err(err) => OutputEntry {
-            path: path.to_owned(),
-            name: rel,
-            bytes,
-            modified,
-            architecture: "?".into(),
-            has_workflow: false,
-            report: err.to_string(),
-            image: None,
-        },
+        Err(err) => OutputEntry::unreadable(path, rel, bytes, modified, err.to_string()),
     }
 }
 
@@ -441,16 +454,13 @@ fn image_entry(path: &Path, rel: String, bytes: u64, modified: Option<SystemTime
                 image: size,
             }
         }
-        Err(e) => OutputEntry {
-            path: path.to_owned(),
-            name: rel,
+        Err(e) => OutputEntry::unreadable(
+            path,
+            rel,
             bytes,
             modified,
-            architecture: "?".into(),
-            has_workflow: false,
-            report: format!("cannot read {}: {e}", path.display()),
-            image: None,
-        },
+            format!("cannot read {}: {e}", path.display()),
+        ),
     }
 }
 

@@ -120,6 +120,11 @@ pub(crate) fn file_name(p: &std::path::Path) -> String {
     )
 }
 
+/// Whether a path names a PNG, by extension (saved images, the output browser's own files).
+pub(crate) fn is_png_path(p: &std::path::Path) -> bool {
+    p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"))
+}
+
 /// The settings and workflow to start with: the saved ones (defaults on a first run), with the
 /// folders given on the command line winning.
 pub fn startup_state(

@@ -155,7 +155,7 @@ pub fn outputs_ui(
     }
     let mut command = None;
     if let [a, b] = picked {
-        let images = [a, b].iter().filter(|p| super::app::is_png(p)).count();
+        let images = [a, b].iter().filter(|p| super::is_png_path(p)).count();
         if images == 1 {
             ui.small("Pick two images or two checkpoints to compare.");
         } else if ui.button("Compare the two picked files").clicked() {

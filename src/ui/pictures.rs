@@ -120,18 +120,23 @@ impl Pictures {
             }
         }
         for (size, keep) in [(Size::Thumb, KEEP_THUMBS), (Size::Full, KEEP_FULL)] {
+            let is_ready = |((_, s), slot): &(&(PathBuf, Size), &Slot)| {
+                *s == size && matches!(slot, Slot::Ready(_))
+            };
+            // Counted every frame; the keys are copied only when there is something to drop.
+            if self.slots.iter().filter(is_ready).count() <= keep {
+                continue;
+            }
             let mut ready: Vec<(u64, (PathBuf, Size))> = self
                 .slots
                 .iter()
-                .filter(|((_, s), slot)| *s == size && matches!(slot, Slot::Ready(_)))
+                .filter(is_ready)
                 .map(|(k, _)| (self.used.get(k).copied().unwrap_or(0), k.clone()))
                 .collect();
-            if ready.len() > keep {
-                ready.sort_unstable_by_key(|(frame, _)| *frame);
-                for (_, key) in ready.drain(..ready.len() - keep) {
-                    self.slots.remove(&key);
-                    self.used.remove(&key);
-                }
+            ready.sort_unstable_by_key(|(frame, _)| *frame);
+            for (_, key) in ready.drain(..ready.len() - keep) {
+                self.slots.remove(&key);
+                self.used.remove(&key);
             }
         }
     }
@@ -211,4 +216,46 @@ pub fn fit(texture: &egui::TextureHandle, max: egui::Vec2, upscale: f32) -> egui
     let size = texture.size_vec2();
     let scale = (max.x / size.x).min(max.y / size.y).min(upscale);
     size * scale.max(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_pictures_beyond_the_limit_drop_the_least_recently_drawn() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let paths: Vec<PathBuf> = (0..KEEP_FULL + 3)
+            .map(|i| {
+                let p = dir.path().join(format!("{i}.png"));
+                let r = Raster::filled(4, 4, [i as u8, 0, 0, 255]);
+                let png =
+                    crate::format::png::encode_rgb8(4, 4, &r.to_rgb8(), &[], true).expect("png");
+                std::fs::write(&p, png).expect("write");
+                p
+            })
+            .collect();
+        let ctx = egui::Context::default();
+        let mut pictures = Pictures::spawn(|| {}).expect("thread");
+        let start = std::time::Instant::now();
+        // The pictures are drawn one after another, each until it is decoded (a viewer paging
+        // through a folder), so the first are the least recently drawn.
+        for p in &paths {
+            while !matches!(pictures.get(p, Size::Full), Slot::Ready(_)) {
+                assert!(start.elapsed().as_secs() < 30, "decodes did not finish");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                pictures.poll(&ctx);
+            }
+            pictures.poll(&ctx);
+        }
+        pictures.poll(&ctx);
+        let held: Vec<bool> = paths.iter().map(|p| pictures.knows(p)).collect();
+        assert_eq!(held.iter().filter(|h| **h).count(), KEEP_FULL, "{held:?}");
+        assert!(held[paths.len() - 1], "the most recently drawn is kept");
+        assert!(!held[0], "the least recently drawn is dropped");
+        assert!(matches!(
+            pictures.get(&dir.path().join("missing.png"), Size::Thumb),
+            Slot::Loading
+        ));
+    }
 }

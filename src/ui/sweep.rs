@@ -202,10 +202,7 @@ impl Sweep {
         let Some(cell) = self.cells.iter_mut().find(|c| c.job == Some(id)) else {
             return false;
         };
-        cell.image = outputs
-            .iter()
-            .find(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")))
-            .cloned();
+        cell.image = outputs.iter().find(|p| super::is_png_path(p)).cloned();
         cell.state = match (failed, &cell.image) {
             (Some(why), _) => CellState::Failed(why.to_owned()),
             (None, None) => CellState::Failed("the job saved no image".into()),

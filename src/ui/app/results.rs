@@ -111,7 +111,7 @@ impl Results {
             return;
         }
         let mut by_node: HashMap<NodeId, Vec<PathBuf>> = HashMap::new();
-        for o in outputs.iter().filter(|o| super::is_png(&o.path)) {
+        for o in outputs.iter().filter(|o| crate::ui::is_png_path(&o.path)) {
             if let Ok(node) = o.node.parse() {
                 by_node.entry(node).or_default().push(o.path.clone());
             }
