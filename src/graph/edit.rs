@@ -176,17 +176,21 @@ impl Document {
             Edit::Move { node, pos } => self.node_mut(*node).map(|n| n.pos.set(*pos)).is_some(),
             Edit::Widget { node, index, value } => self
                 .node_mut(*node)
-                .map(|n| {
-                    n.set_widget_value(*index, value.clone());
-                    update_named_value(n, *index, value);
-                })
+                .map(|n| set_widget(n, *index, value.clone()))
                 .is_some(),
         }
     }
 }
 
-/// Keeps `widgets_values_named` (2026 frontends write it beside the positional list) in step
-/// with an edit, so a ComfyUI that restores by name reads the edited value, not the old one.
+/// Sets widget value `index` of a node as every change of a value must: the positional list,
+/// and `widgets_values_named` when the node has one (2026 frontends write it beside the list),
+/// so a ComfyUI that restores by name reads the new value, not the old one. Used by edits,
+/// `control_after_generate` and sweeps alike.
+pub fn set_widget(node: &mut Node, index: usize, value: Value) {
+    update_named_value(node, index, &value);
+    node.set_widget_value(index, value);
+}
+
 fn update_named_value(node: &mut Node, index: usize, value: &Value) {
     let Some(Value::Object(named)) = node.fields.get_mut("widgets_values_named") else {
         return;

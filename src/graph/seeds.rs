@@ -53,7 +53,7 @@ pub fn after_queue(doc: &mut Document, mut random: impl FnMut() -> u64) -> usize
                 _ => continue,
             };
             if value.as_i64() != Some(next) {
-                node.set_widget_value(pos, json!(next));
+                super::edit::set_widget(node, pos, json!(next));
                 changed += 1;
             }
         }
@@ -119,6 +119,20 @@ mod tests {
         let mut d = doc_with("randomize", 42);
         after_queue(&mut d, || (1 << 50) + 5);
         assert_eq!(seed(&d), json!(5), "drawn below 2^50");
+        // A name map written by a 2026 frontend moves with the value.
+        let mut d = doc_with("increment", 42);
+        let k = sampler(&d);
+        d.node_mut(k).expect("k").fields.insert(
+            "widgets_values_named".into(),
+            json!({"seed": 42, "control_after_generate": "increment"}),
+        );
+        after_queue(&mut d, || 7);
+        assert_eq!(
+            d.node(k).expect("k").fields["widgets_values_named"]["seed"],
+            json!(43)
+        );
+        let mut d = doc_with("randomize", 42);
+        after_queue(&mut d, || (1 << 50) + 5);
         // The other widgets are untouched.
         assert_eq!(widgets(&d)[1..], widgets(&doc_with("randomize", 5))[1..]);
     }

@@ -163,7 +163,7 @@ impl Sweep {
                 let mut d = doc.clone();
                 for (axis, v) in axes.iter().zip(&values) {
                     if let Some(node) = d.node_mut(axis.node) {
-                        node.set_widget_value(axis.index, json!(v));
+                        crate::graph::edit::set_widget(node, axis.index, json!(v));
                     }
                 }
                 cells.push(Cell {
