@@ -420,7 +420,7 @@ fn sweep_in_window(base: &Path, specs: &[&str], cells: usize) -> (Guard, String,
 }
 
 #[test]
-fn the_real_window_sweeps_a_merge_ratio_into_a_grid() {
+fn the_real_window_queues_a_command_line_sweep_one_job_per_ratio() {
     if !x11_available() {
         return;
     }

@@ -169,49 +169,33 @@ pub fn viewer_ui(
                 }
                 let painter = ui.painter_at(rect);
                 painter.rect_filled(rect, 0.0, Color32::from_gray(20));
-                let full_uv = Rect::from_min_max(Pos2::ZERO, Pos2::new(1.0, 1.0));
-                let placed = |centre: Pos2, t: &egui::TextureHandle| {
-                    Rect::from_center_size(centre + v.pan, t.size_vec2() * scale)
+                // A picture centred at `centre` (plus the pan), drawn only inside `clip`.
+                let draw = |clip: Rect, centre: Pos2, t: &egui::TextureHandle| {
+                    let at = Rect::from_center_size(centre + v.pan, t.size_vec2() * scale);
+                    let uv = Rect::from_min_max(Pos2::ZERO, Pos2::new(1.0, 1.0));
+                    ui.painter_at(clip).image(t.id(), at, uv, Color32::WHITE);
                 };
                 match (&textures[..], halves) {
                     ([Some(a), Some(b)], true) => {
                         let (left, right) = rect.split_left_right_at_fraction(0.5);
-                        ui.painter_at(left).image(
-                            a.id(),
-                            placed(left.center(), a),
-                            full_uv,
-                            Color32::WHITE,
-                        );
-                        ui.painter_at(right).image(
-                            b.id(),
-                            placed(right.center(), b),
-                            full_uv,
-                            Color32::WHITE,
-                        );
+                        draw(left, left.center(), a);
+                        draw(right, right.center(), b);
                     }
                     ([Some(a), Some(b)], false) => {
                         let x = rect.left() + rect.width() * v.split;
-                        let (left, right) = (
+                        draw(
                             Rect::from_min_max(rect.min, Pos2::new(x, rect.bottom())),
+                            rect.center(),
+                            a,
+                        );
+                        draw(
                             Rect::from_min_max(Pos2::new(x, rect.top()), rect.max),
-                        );
-                        ui.painter_at(left).image(
-                            a.id(),
-                            placed(rect.center(), a),
-                            full_uv,
-                            Color32::WHITE,
-                        );
-                        ui.painter_at(right).image(
-                            b.id(),
-                            placed(rect.center(), b),
-                            full_uv,
-                            Color32::WHITE,
+                            rect.center(),
+                            b,
                         );
                         painter.vline(x, rect.y_range(), egui::Stroke::new(2.0, Color32::WHITE));
                     }
-                    ([Some(a)], _) => {
-                        painter.image(a.id(), placed(rect.center(), a), full_uv, Color32::WHITE);
-                    }
+                    ([Some(a)], _) => draw(rect, rect.center(), a),
                     _ => {
                         ui.spinner();
                     }
