@@ -19,8 +19,16 @@ use std::time::{Duration, Instant};
 
 use util::*;
 
-/// Kills a child process when dropped.
-struct Guard(Child);
+/// Kills a child process when dropped; an X server's guard also holds [`ONE_X_SERVER`] until then.
+struct Guard(
+    Child,
+    #[allow(dead_code)] // held, never read: released when the server is gone
+    Option<std::sync::MutexGuard<'static, ()>>,
+);
+
+/// One X server at a time in this binary: two Xvfb started together sometimes left an app
+/// unable to connect to its own (seen as "Failed to open connection to X server", 1 run in 4).
+static ONE_X_SERVER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -102,6 +110,9 @@ fn xdotool(display: &str, args: &[&str]) -> Option<String> {
 /// (`3>&1` makes that descriptor the pipe we read). Choosing a number ourselves raced with other
 /// X servers on the machine, and a socket file can exist before the server answers.
 fn start_xvfb(log: &Path) -> (Guard, String) {
+    let lock = ONE_X_SERVER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut xvfb = Command::new("sh")
         .args([
             "-c",
@@ -112,7 +123,7 @@ fn start_xvfb(log: &Path) -> (Guard, String) {
         .spawn()
         .expect("start Xvfb");
     let stdout = xvfb.stdout.take().expect("Xvfb stdout");
-    let guard = Guard(xvfb);
+    let guard = Guard(xvfb, Some(lock));
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("xvfb-displayfd".into())
@@ -179,7 +190,7 @@ fn start_app_with(display: &str, base: &Path, args: &[&std::ffi::OsStr]) -> App 
         .spawn()
         .expect("start amalgam");
     App {
-        guard: Guard(child),
+        guard: Guard(child, None),
         log,
     }
 }
