@@ -10,6 +10,7 @@
 //! - [`resolve`]: document → prompt as the frontend's `graphToPrompt` does (mute, bypass,
 //!   reroute, primitive values, notes).
 //! - [`seeds`]: `control_after_generate`, applied to the document after each queue.
+//! - [`subgraph`]: subgraph definitions, which [`resolve`] flattens into the prompt.
 //! - [`validate`]: the prompt checked against the node registry as ComfyUI's
 //!   `validate_prompt` does, with its error types.
 
@@ -21,6 +22,7 @@ pub mod load;
 pub mod prompt;
 pub mod resolve;
 pub mod seeds;
+pub mod subgraph;
 pub mod validate;
 
 pub use document::{Document, Link, LoadReport, Mode, Node, NodeId};

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use serde_json::{Value, json};
 
 use super::resolve::{Resolved, SkipReason, Skipped};
+use super::subgraph::execution_order_key;
 use super::{NodeError, Prompt, PromptInput};
 use crate::format::pyjson::{float_repr, py_str};
 use crate::model::ModelFolders;
@@ -111,7 +112,7 @@ pub fn validate(resolved: Resolved, registry: &Registry, folders: &ModelFolders)
         .filter(|(_, n)| registry.get(&n.class_type).is_some_and(|s| s.output_node))
         .map(|(id, _)| id.clone())
         .collect();
-    outputs.sort_by_key(|id| (id.parse::<i64>().unwrap_or(i64::MAX), id.clone()));
+    outputs.sort_by_key(|id| execution_order_key(id));
     if outputs.is_empty() {
         v.errors.push(NodeError::new(
             None,
@@ -142,7 +143,7 @@ pub fn validate(resolved: Resolved, registry: &Registry, folders: &ModelFolders)
             });
         }
     }
-    skipped.sort_by_key(|s| (s.node.parse::<i64>().unwrap_or(i64::MAX), s.node.clone()));
+    skipped.sort_by_key(|s| execution_order_key(&s.node));
     Validation {
         prompt: v.prompt,
         outputs: good,

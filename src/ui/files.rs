@@ -19,6 +19,7 @@ use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use crate::engine::Precision;
 use crate::graph::load::{LoadError, Loaded, load_file};
 use crate::graph::resolve::resolve;
+use crate::graph::subgraph::root_node_of;
 use crate::graph::validate::validate;
 use crate::graph::{Document, NodeId};
 use crate::model::report::text_report;
@@ -321,8 +322,8 @@ pub fn preview_notes(
     };
     let mut extra: HashMap<NodeId, usize> = HashMap::new();
     for w in plan.warnings {
-        // Prompt ids of top-level nodes are the document's ids.
-        let Some(id) = w.node.as_deref().and_then(|n| n.parse::<NodeId>().ok()) else {
+        // Prompt ids of top-level nodes are the document's ids; `12:5` is inside instance 12.
+        let Some(id) = w.node.as_deref().and_then(root_node_of) else {
             continue;
         };
         let list = notes.entry(id).or_default();

@@ -19,4 +19,5 @@ mod lora;
 mod metadata;
 mod paths;
 mod quantized;
+mod subgraphs;
 mod workflows;

@@ -514,7 +514,7 @@ fn every_validation_error_type_is_reported_on_its_node() {
     let e = first_error(&doc);
     assert_eq!((e.kind.as_str(), e.node), ("prompt_no_outputs", None));
 
-    // A subgraph instance is refused with a clear message.
+    // An instance of a subgraph whose definition cannot be read (no nodes) is refused, named.
     let mut doc = fresh();
     doc.fields.insert(
         "definitions".into(),
@@ -529,7 +529,12 @@ fn every_validation_error_type_is_reported_on_its_node() {
         .iter()
         .find(|e| e.node.as_deref() == Some("3"))
         .expect("error on the subgraph node");
-    assert!(e.message.contains("subgraph"), "{}", e.message);
+    assert!(
+        e.message
+            .contains("subgraph whose definition cannot be read"),
+        "{}",
+        e.message
+    );
 }
 
 #[test]

@@ -384,6 +384,12 @@ impl Document {
     /// them).
     fn check_links(&self, report: &mut LoadReport) {
         for l in &self.links {
+            // Inside a subgraph definition, −10 and −20 are the virtual boundary boxes.
+            if l.origin_id == crate::graph::subgraph::SUBGRAPH_INPUT_ID
+                || l.target_id == crate::graph::subgraph::SUBGRAPH_OUTPUT_ID
+            {
+                continue;
+            }
             let origin = self.node(l.origin_id);
             let target = self.node(l.target_id);
             let problem = match (origin, target) {

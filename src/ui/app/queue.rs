@@ -7,9 +7,10 @@ use std::time::Instant;
 use crossbeam_channel::TryRecvError;
 
 use crate::engine::worker::{Job, JobId, Worker};
+use crate::graph::Document;
 use crate::graph::resolve::resolve;
+use crate::graph::subgraph::root_node_of;
 use crate::graph::validate::validate;
-use crate::graph::{Document, NodeId};
 use crate::nodes::Registry;
 use crate::ui::compare::CompareView;
 use crate::ui::jobs::{JobNews, JobView, worker_died};
@@ -52,7 +53,7 @@ impl AmalgamApp {
         let v = validate(resolve(doc, registry), registry, &self.folders);
         self.canvas.state.errors.clear();
         for e in &v.errors {
-            if let Some(id) = e.node.as_deref().and_then(|n| n.parse::<NodeId>().ok()) {
+            if let Some(id) = e.node.as_deref().and_then(root_node_of) {
                 self.canvas
                     .state
                     .errors
@@ -104,7 +105,9 @@ impl AmalgamApp {
             };
             match job.apply(event) {
                 None => {}
-                Some(JobNews::NodeStarted(node)) => self.canvas.state.running = node.parse().ok(),
+                Some(JobNews::NodeStarted(node)) => {
+                    self.canvas.state.running = crate::graph::subgraph::root_node_of(&node);
+                }
                 Some(JobNews::Ended) => {
                     let lines = job.summary();
                     let (outputs, failed) = (job.outputs.clone(), job.failure());

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::engine::SavedFile;
 use crate::engine::worker::JobId;
 use crate::format::raster::Raster;
+use crate::graph::subgraph::root_node_of;
 use crate::graph::{NodeId, estimate};
 use crate::ui::canvas::results::{CanvasAsk, LiveStep, NodeImages};
 use crate::ui::command::Command;
@@ -112,7 +113,7 @@ impl Results {
         }
         let mut by_node: HashMap<NodeId, Vec<PathBuf>> = HashMap::new();
         for o in outputs.iter().filter(|o| crate::ui::is_png_path(&o.path)) {
-            if let Ok(node) = o.node.parse() {
+            if let Some(node) = root_node_of(&o.node) {
                 by_node.entry(node).or_default().push(o.path.clone());
             }
         }
@@ -141,7 +142,7 @@ impl AmalgamApp {
                     {
                         r.pace = Some(step.seconds_per_step / pixels as f64);
                     }
-                    if let (Some(p), Ok(node)) = (&step.preview, step.node.parse::<NodeId>()) {
+                    if let (Some(p), Some(node)) = (&step.preview, root_node_of(&step.node)) {
                         let raster = Raster::from_rgb8(p.width as u32, p.height as u32, &p.rgb);
                         let texture =
                             pictures::texture(ctx, Path::new("live-preview"), Size::Full, &raster);

@@ -1,0 +1,405 @@
+//! Subgraph definitions: the `definitions.subgraphs` of a workflow, read into documents that
+//! [`super::resolve`] flattens into the prompt as ComfyUI's frontend does
+//! (`../shared/reference/subgraphs.md`).
+//!
+//! - A definition is a version-1 graph (object links) plus its ordered boundary slots. Links from
+//!   the virtual input box have `origin_id` −10 (`origin_slot` = definition input k); links into
+//!   the output box have `target_id` −20 (`target_slot` = definition output k).
+//! - Definitions nested inside a definition's own `definitions` are read as if written flat at
+//!   the root (what the frontend's `flattenSubgraphDefinitions` does); when ids repeat, the first
+//!   wins.
+//! - An instance is a node whose `type` is a definition id. Its serialised `inputs` are a
+//!   compressed subset of the definition's inputs, matched by name, never by position.
+//! - The definitions stay in the document's `fields` untouched, so writing the workflow back
+//!   keeps them exactly; this module only reads them.
+//! - Legacy group nodes (`workflow>Name`) are not subgraphs: they are refused by the resolver
+//!   with the frontend's own fix (a current frontend converts them to subgraphs on load).
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use super::document::{Document, LinkId, Node, NodeId};
+
+/// The id of a definition's virtual input box: links from it carry values into the subgraph.
+pub const SUBGRAPH_INPUT_ID: NodeId = -10;
+/// The id of a definition's virtual output box.
+pub const SUBGRAPH_OUTPUT_ID: NodeId = -20;
+
+/// Deepest nesting of definitions read from `definitions` inside definitions.
+const MAX_NESTED_DEFINITIONS: usize = 64;
+
+/// One input or output of a definition's boundary.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BoundarySlot {
+    /// The slot's stable identity (`label` is only what the frontend shows).
+    pub name: String,
+    pub type_: String,
+    /// Inner links leaving this input, or the (single) inner link arriving at this output.
+    pub link_ids: Vec<LinkId>,
+}
+
+/// A subgraph definition.
+#[derive(Clone, Debug)]
+pub struct Definition {
+    /// The uuid an instance's `type` names.
+    pub id: String,
+    /// The title instances show (not unique).
+    pub name: String,
+    /// The inner nodes and links.
+    pub graph: Document,
+    pub inputs: Vec<BoundarySlot>,
+    pub outputs: Vec<BoundarySlot>,
+}
+
+impl Definition {
+    /// The inner link that feeds output `slot` (the frontend takes the first).
+    pub fn output_link(&self, slot: usize) -> Option<&super::Link> {
+        let listed = self.outputs.get(slot)?.link_ids.iter().find_map(|&id| {
+            self.graph
+                .link(id)
+                .filter(|l| l.target_id == SUBGRAPH_OUTPUT_ID && l.target_slot == slot)
+        });
+        listed.or_else(|| {
+            self.graph
+                .links
+                .iter()
+                .find(|l| l.target_id == SUBGRAPH_OUTPUT_ID && l.target_slot == slot)
+        })
+    }
+
+    /// Whether input `k` carries a promoted widget: its first inner link lands on an input that
+    /// stands for a widget (`widget: {name}`), on an inner node or on a nested instance.
+    pub fn input_is_widget(&self, k: usize) -> bool {
+        let Some(slot) = self.inputs.get(k) else {
+            return false;
+        };
+        let first = slot
+            .link_ids
+            .iter()
+            .find_map(|&id| self.graph.link(id))
+            .or_else(|| {
+                self.graph
+                    .links
+                    .iter()
+                    .find(|l| l.origin_id == SUBGRAPH_INPUT_ID && l.origin_slot == k)
+            });
+        first
+            .and_then(|l| {
+                let target = self.graph.node(l.target_id)?;
+                target.inputs.get(l.target_slot)
+            })
+            .is_some_and(|input| input.widget_name().is_some())
+    }
+
+    /// The rank of input `k` among the inputs with a promoted widget: the index of its value in
+    /// an instance's positional `widgets_values` (frontend generations G1 and G3).
+    pub fn widget_rank(&self, k: usize) -> Option<usize> {
+        self.input_is_widget(k)
+            .then(|| (0..k).filter(|&i| self.input_is_widget(i)).count())
+    }
+
+    /// The definition input an instance's serialised input stands for, by name.
+    pub fn input_index(&self, name: &str) -> Option<usize> {
+        self.inputs.iter().position(|s| s.name == name)
+    }
+}
+
+/// A workflow's subgraph definitions, by id.
+#[derive(Clone, Debug, Default)]
+pub struct Definitions {
+    by_id: HashMap<String, Definition>,
+    /// Definition ids in file order (nested ones after their parent).
+    order: Vec<String>,
+    /// Definitions that could not be read: id → why. Their instances are refused.
+    broken: HashMap<String, String>,
+}
+
+impl Definitions {
+    /// Reads `definitions.subgraphs` of a document (nothing if it has none).
+    pub fn of(doc: &Document) -> Definitions {
+        let mut defs = Definitions::default();
+        if let Some(list) = subgraph_list(doc.fields.get("definitions")) {
+            defs.read_list(list, 0);
+        }
+        defs
+    }
+
+    fn read_list(&mut self, list: &[Value], depth: usize) {
+        if depth > MAX_NESTED_DEFINITIONS {
+            for raw in list {
+                if let Some(id) = raw.get("id").and_then(Value::as_str) {
+                    self.broken.entry(id.to_owned()).or_insert_with(|| {
+                        format!("definitions are nested more than {MAX_NESTED_DEFINITIONS} deep")
+                    });
+                }
+            }
+            return;
+        }
+        for raw in list {
+            let id = raw.get("id").and_then(Value::as_str).unwrap_or_default();
+            match read_definition(raw) {
+                Ok(def) => {
+                    if !self.by_id.contains_key(&def.id) {
+                        self.order.push(def.id.clone());
+                        self.by_id.insert(def.id.clone(), def);
+                    }
+                }
+                Err(why) => {
+                    self.broken.entry(id.to_owned()).or_insert(why);
+                }
+            }
+            if let Some(nested) = subgraph_list(raw.get("definitions")) {
+                self.read_list(nested, depth + 1);
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// The definition an instance's type names, if the node is an instance.
+    pub fn get(&self, type_: &str) -> Option<&Definition> {
+        self.by_id.get(type_)
+    }
+
+    /// Why the definition a type names could not be read, if it is such a type.
+    pub fn broken(&self, type_: &str) -> Option<&str> {
+        if self.by_id.contains_key(type_) {
+            return None;
+        }
+        self.broken.get(type_).map(String::as_str)
+    }
+
+    /// The definition behind a node, if it is a subgraph instance.
+    pub fn of_node(&self, node: &Node) -> Option<&Definition> {
+        self.get(&node.type_)
+    }
+
+    /// Every definition, in file order.
+    pub fn iter(&self) -> impl Iterator<Item = &Definition> {
+        self.order.iter().filter_map(|id| self.by_id.get(id))
+    }
+}
+
+fn subgraph_list(definitions: Option<&Value>) -> Option<&[Value]> {
+    definitions?.get("subgraphs")?.as_array().map(Vec::as_slice)
+}
+
+fn read_definition(raw: &Value) -> Result<Definition, String> {
+    let id = raw
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or("it has no id")?
+        .to_owned();
+    let name = raw
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("Subgraph")
+        .to_owned();
+    let inputs = boundary(raw.get("inputs")).map_err(|e| format!("inputs: {e}"))?;
+    let outputs = boundary(raw.get("outputs")).map_err(|e| format!("outputs: {e}"))?;
+    // Only the graph part is read as a document: the rest stays in the root's fields as it was.
+    let mut graph_json = serde_json::Map::new();
+    for key in ["nodes", "links"] {
+        if let Some(v) = raw.get(key) {
+            graph_json.insert(key.into(), v.clone());
+        }
+    }
+    let (graph, report) =
+        Document::from_json(Value::Object(graph_json)).map_err(|e| e.to_string())?;
+    if let Some(issue) = report.issues.first() {
+        // A definition with a malformed node would flatten into a different prompt than the
+        // frontend's; say so rather than run part of it.
+        return Err(issue.message.clone());
+    }
+    Ok(Definition {
+        id,
+        name,
+        graph,
+        inputs,
+        outputs,
+    })
+}
+
+fn boundary(raw: Option<&Value>) -> Result<Vec<BoundarySlot>, String> {
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
+    let list = raw.as_array().ok_or("not a list")?;
+    list.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let name = s
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("slot {i} has no name"))?
+                .to_owned();
+            let type_ = s
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("*")
+                .to_owned();
+            let link_ids = s
+                .get("linkIds")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_i64).collect())
+                .unwrap_or_default();
+            Ok(BoundarySlot {
+                name,
+                type_,
+                link_ids,
+            })
+        })
+        .collect()
+}
+
+/// `properties.proxyWidgets` of an instance (frontend generation G2): `(inner node id, widget
+/// name)` pairs, `"-1"` meaning "the widget of the subgraph input named so". The first builds
+/// stored the list as a JSON string.
+pub fn proxy_widgets(instance: &Node) -> Option<Vec<(String, String)>> {
+    let raw = instance.fields.get("properties")?.get("proxyWidgets")?;
+    let parsed;
+    let list = match raw {
+        Value::Array(a) => a,
+        Value::String(s) => {
+            parsed = serde_json::from_str::<Value>(s).ok()?;
+            parsed.as_array()?
+        }
+        _ => return None,
+    };
+    Some(
+        list.iter()
+            .filter_map(|e| {
+                let e = e.as_array()?;
+                let node = match e.first()? {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    _ => return None,
+                };
+                Some((node, e.get(1)?.as_str()?.to_owned()))
+            })
+            .collect(),
+    )
+}
+
+/// The root node an execution id (`"12"`, `"12:5"`, `"12:7:3"`) belongs to: what the canvas
+/// marks for an error or a result inside a subgraph.
+pub fn root_node_of(execution_id: &str) -> Option<NodeId> {
+    execution_id.split(':').next()?.parse().ok()
+}
+
+/// A sort key for execution ids: numerically by each `:`-separated part.
+pub fn execution_order_key(execution_id: &str) -> (Vec<i64>, String) {
+    let parts = execution_id
+        .split(':')
+        .map(|p| p.parse().unwrap_or(i64::MAX))
+        .collect();
+    (parts, execution_id.to_owned())
+}
+
+/// Whether a type names a legacy group node (`workflow>Name`, older `workflow/Name`).
+pub fn is_group_node(type_: &str) -> bool {
+    type_.starts_with("workflow>") || type_.starts_with("workflow/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn definition(id: &str, nested: Value) -> Value {
+        let mut def = json!({
+            "id": id, "version": 1, "name": "Merge",
+            "inputs": [
+                {"id": "a", "name": "model", "type": "MODEL", "linkIds": [1]},
+                {"id": "b", "name": "ratio", "type": "FLOAT", "linkIds": [2]},
+            ],
+            "outputs": [{"id": "c", "name": "MODEL", "type": "MODEL", "linkIds": [3]}],
+            "nodes": [{
+                "id": 5, "type": "ModelMergeSimple", "pos": [0, 0], "mode": 0,
+                "inputs": [
+                    {"name": "model1", "type": "MODEL", "link": 1},
+                    {"name": "model2", "type": "MODEL", "link": null},
+                    {"name": "ratio", "type": "FLOAT", "widget": {"name": "ratio"}, "link": 2},
+                ],
+                "outputs": [{"name": "MODEL", "type": "MODEL", "links": [3]}],
+                "widgets_values": [0.25],
+            }],
+            "links": [
+                {"id": 1, "origin_id": -10, "origin_slot": 0, "target_id": 5, "target_slot": 0, "type": "MODEL"},
+                {"id": 2, "origin_id": -10, "origin_slot": 1, "target_id": 5, "target_slot": 2, "type": "FLOAT"},
+                {"id": 3, "origin_id": 5, "origin_slot": 0, "target_id": -20, "target_slot": 0, "type": "MODEL"},
+            ],
+        });
+        def["definitions"] = nested;
+        def
+    }
+
+    #[test]
+    fn definitions_are_read_with_nested_ones_flat_and_the_first_id_winning() {
+        let mut doc = Document::new();
+        let nested = json!({"subgraphs": [definition("inner", json!(null)), definition("outer", json!(null))]});
+        let mut renamed = definition("outer", json!(null));
+        renamed["name"] = json!("Second");
+        doc.fields.insert(
+            "definitions".into(),
+            json!({"subgraphs": [definition("outer", nested), renamed, {"name": "no id"}]}),
+        );
+        let defs = Definitions::of(&doc);
+        let ids: Vec<&str> = defs.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["outer", "inner"]);
+        assert_eq!(defs.get("outer").map(|d| d.name.as_str()), Some("Merge"));
+        assert_eq!(defs.broken("").map(|w| w.contains("no id")), Some(true));
+        assert_eq!(defs.broken("outer"), None, "read, not broken");
+    }
+
+    #[test]
+    fn boundary_slots_know_their_links_and_widget_ranks() {
+        let mut doc = Document::new();
+        doc.fields.insert(
+            "definitions".into(),
+            json!({"subgraphs": [definition("d", json!(null))]}),
+        );
+        let defs = Definitions::of(&doc);
+        let def = defs.get("d").expect("definition");
+        assert!(!def.input_is_widget(0));
+        assert!(def.input_is_widget(1));
+        assert_eq!(def.widget_rank(0), None);
+        assert_eq!(def.widget_rank(1), Some(0));
+        assert_eq!(def.output_link(0).map(|l| l.origin_id), Some(5));
+        assert!(def.output_link(1).is_none());
+        assert_eq!(def.input_index("ratio"), Some(1));
+    }
+
+    #[test]
+    fn proxy_widgets_read_from_a_list_or_a_json_string() {
+        let mut node = Node::new(1, "d", [0.0, 0.0], [1.0, 1.0]);
+        node.fields.insert(
+            "properties".into(),
+            json!({"proxyWidgets": [["5", "ratio"], [-1, "seed"], ["7"]]}),
+        );
+        let want = vec![
+            ("5".to_owned(), "ratio".to_owned()),
+            ("-1".into(), "seed".into()),
+        ];
+        assert_eq!(proxy_widgets(&node), Some(want.clone()));
+        node.fields.insert(
+            "properties".into(),
+            json!({"proxyWidgets": "[[\"5\",\"ratio\"],[\"-1\",\"seed\"]]"}),
+        );
+        assert_eq!(proxy_widgets(&node), Some(want));
+    }
+
+    #[test]
+    fn execution_ids_map_to_their_root_node_and_sort_numerically() {
+        assert_eq!(root_node_of("12:7:3"), Some(12));
+        assert_eq!(root_node_of("4"), Some(4));
+        assert_eq!(root_node_of("x"), None);
+        let mut ids = vec!["12:10", "12:7:3", "9", "12", "12:7"];
+        ids.sort_by_key(|id| execution_order_key(id));
+        assert_eq!(ids, ["9", "12", "12:7", "12:7:3", "12:10"]);
+    }
+}
