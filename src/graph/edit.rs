@@ -132,14 +132,15 @@ impl Document {
                 target,
                 input,
             } => {
-                // A converted widget input that the document does not list yet gets its slot now.
-                if let Some(n) = self.node_mut(*target)
-                    && !n
-                        .inputs
+                // A converted widget input, or a subgraph input the instance's compressed list
+                // left out, that the document does not list yet gets its slot now.
+                let missing = self.node(*target).is_some_and(|n| {
+                    !n.inputs
                         .iter()
                         .any(|i| i.name == *input || i.widget_name() == Some(input))
-                {
-                    n.inputs.push(InputSlot {
+                });
+                if missing {
+                    let slot = instance_slot(self, *target, input).unwrap_or_else(|| InputSlot {
                         name: input.clone(),
                         type_: json!("*"),
                         link: None,
@@ -148,6 +149,9 @@ impl Document {
                             json!({"name": input}),
                         )]),
                     });
+                    if let Some(n) = self.node_mut(*target) {
+                        n.inputs.push(slot);
+                    }
                 }
                 let name = self.input_slot(*target, input).map(|i| i.name.clone());
                 name.is_some_and(|name| self.connect(*origin, *slot, *target, &name).is_some())
@@ -180,6 +184,24 @@ impl Document {
                 .is_some(),
         }
     }
+}
+
+/// The serialised input slot of a subgraph instance for definition input `input`: its type,
+/// and `widget` when the input carries a promoted widget (as the frontend writes it).
+fn instance_slot(doc: &Document, target: NodeId, input: &str) -> Option<InputSlot> {
+    let defs = crate::graph::subgraph::Definitions::of(doc);
+    let def = defs.of_node(doc.node(target)?)?;
+    let k = def.input_index(input)?;
+    let mut fields = serde_json::Map::new();
+    if def.input_is_widget(k) {
+        fields.insert("widget".into(), json!({"name": input}));
+    }
+    Some(InputSlot {
+        name: input.to_owned(),
+        type_: json!(def.inputs[k].type_),
+        link: None,
+        fields,
+    })
 }
 
 /// Sets widget value `index` of a node as every change of a value must: the positional list,

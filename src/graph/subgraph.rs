@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::document::{Document, LinkId, Node, NodeId};
+use crate::nodes::Registry;
 
 /// The id of a definition's virtual input box: links from it carry values into the subgraph.
 pub const SUBGRAPH_INPUT_ID: NodeId = -10;
@@ -256,6 +257,177 @@ fn boundary(raw: Option<&Value>) -> Result<Vec<BoundarySlot>, String> {
         .collect()
 }
 
+/// One widget an instance shows: a value promoted from inside its subgraph.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Promoted {
+    /// The name shown (the subgraph input's, or the inner widget's for G2 proxies).
+    pub name: String,
+    /// Where the instance keeps the value: its `widgets_values[index]`.
+    pub index: usize,
+    /// The instance's value, or the inner widget's when the instance has none (a hole).
+    pub value: Value,
+    /// The inner node's class type and widget name, when found (for the widget's kind).
+    pub inner: Option<(String, String)>,
+}
+
+/// Deepest chain of nested instances followed to find a promoted widget's inner node.
+const MAX_PROMOTION_DEPTH: usize = 16;
+
+impl Definitions {
+    /// The widgets an instance shows, in the order its `widgets_values` keeps them: G2
+    /// `proxyWidgets` entries (frontend-only `$$` entries left out), else one per
+    /// widget-promoted definition input (G1/G3). Inputs linked on the instance are ports, not
+    /// widgets, and are left out.
+    pub fn promoted_widgets(&self, instance: &Node, registry: &Registry) -> Vec<Promoted> {
+        let Some(def) = self.of_node(instance) else {
+            return Vec::new();
+        };
+        let values = instance.widget_values();
+        let linked = |name: &str| {
+            instance
+                .inputs
+                .iter()
+                .any(|i| i.link.is_some() && (i.name == name || i.widget_name() == Some(name)))
+        };
+        let host = |index: usize| values.get(index).filter(|v| !v.is_null()).cloned();
+        let mut out = Vec::new();
+        if let Some(proxies) = proxy_widgets(instance) {
+            for (index, (node, widget)) in proxies.into_iter().enumerate() {
+                if widget.starts_with("$$") {
+                    continue;
+                }
+                let inner = if node == "-1" {
+                    if linked(&widget) {
+                        continue;
+                    }
+                    def.input_index(&widget)
+                        .and_then(|k| self.inner_widget(def, k, registry, 0))
+                } else {
+                    let bound = node.parse::<NodeId>().ok().and_then(|id| {
+                        let n = def.graph.node(id)?;
+                        let slot = n.inputs.iter().position(|i| {
+                            i.widget_name() == Some(widget.as_str()) || i.name == widget
+                        });
+                        // A proxy whose inner widget is fed by a linked instance input is a port.
+                        let from = slot.and_then(|s| n.inputs[s].link).and_then(|l| {
+                            def.graph
+                                .link(l)
+                                .filter(|l| l.origin_id == SUBGRAPH_INPUT_ID)
+                        });
+                        Some((n, from.map(|l| l.origin_slot)))
+                    });
+                    match bound {
+                        Some((_, Some(k)))
+                            if def.inputs.get(k).is_some_and(|b| linked(&b.name)) =>
+                        {
+                            continue;
+                        }
+                        Some((n, _)) => Some((
+                            n.type_.clone(),
+                            widget.clone(),
+                            widget_value(n, &widget, registry),
+                        )),
+                        None => None,
+                    }
+                };
+                let fallback = inner.as_ref().and_then(|(_, _, v)| v.clone());
+                out.push(Promoted {
+                    name: widget,
+                    index,
+                    value: host(index).or(fallback).unwrap_or(Value::Null),
+                    inner: inner.map(|(t, w, _)| (t, w)),
+                });
+            }
+            return out;
+        }
+        for (k, slot) in def.inputs.iter().enumerate() {
+            let Some(index) = def.widget_rank(k) else {
+                continue;
+            };
+            if linked(&slot.name) {
+                continue;
+            }
+            let inner = self.inner_widget(def, k, registry, 0);
+            let fallback = inner.as_ref().and_then(|(_, _, v)| v.clone());
+            out.push(Promoted {
+                name: slot.name.clone(),
+                index,
+                value: host(index).or(fallback).unwrap_or(Value::Null),
+                inner: inner.map(|(t, w, _)| (t, w)),
+            });
+        }
+        out
+    }
+
+    /// The real inner node's type, widget name and own value behind definition input `k`,
+    /// through nested instances (whose own promoted value wins, as when running).
+    fn inner_widget(
+        &self,
+        def: &Definition,
+        k: usize,
+        registry: &Registry,
+        depth: usize,
+    ) -> Option<(String, String, Option<Value>)> {
+        if depth > MAX_PROMOTION_DEPTH {
+            return None;
+        }
+        let link = def
+            .inputs
+            .get(k)?
+            .link_ids
+            .iter()
+            .find_map(|&id| def.graph.link(id))?;
+        let target = def.graph.node(link.target_id)?;
+        let input = target.inputs.get(link.target_slot)?;
+        let widget = input.widget_name()?.to_owned();
+        match self.of_node(target) {
+            Some(nested) => {
+                let k2 = nested.input_index(&widget)?;
+                let (t, w, deeper) = self.inner_widget(nested, k2, registry, depth + 1)?;
+                let own = nested
+                    .widget_rank(k2)
+                    .and_then(|r| target.widget_values().get(r))
+                    .filter(|v| !v.is_null())
+                    .cloned();
+                Some((t, w, own.or(deeper)))
+            }
+            None => {
+                let value = widget_value(target, &widget, registry);
+                Some((target.type_.clone(), widget, value))
+            }
+        }
+    }
+}
+
+/// A node's own value of a widget, by the registry's widget positions.
+fn widget_value(node: &Node, widget: &str, registry: &Registry) -> Option<Value> {
+    let Some(schema) = registry.get(&node.type_) else {
+        // A node Amalgam does not know: only a 2026 frontend's named values tell which is which.
+        return node
+            .fields
+            .get("widgets_values_named")?
+            .get(widget)
+            .cloned();
+    };
+    let slots = schema.widget_slots();
+    let pos = match slots.iter().find(|(_, spec)| spec.name == widget) {
+        Some((pos, _)) => *pos,
+        // The seed's companion sits right after it.
+        None if widget == "control_after_generate" => slots.iter().find_map(|(pos, spec)| {
+            matches!(
+                spec.kind,
+                crate::nodes::InputKind::Int {
+                    control_after_generate: true,
+                    ..
+                }
+            )
+            .then_some(pos + 1)
+        })?,
+        None => return None,
+    };
+    node.widget_values().get(pos).cloned()
+}
+
 /// `properties.proxyWidgets` of an instance (frontend generation G2): `(inner node id, widget
 /// name)` pairs, `"-1"` meaning "the widget of the subgraph input named so". The first builds
 /// stored the list as a JSON string.
@@ -283,6 +455,26 @@ pub fn proxy_widgets(instance: &Node) -> Option<Vec<(String, String)>> {
             })
             .collect(),
     )
+}
+
+/// The inside of the instance at `path` (instance ids from the root down), as a document the
+/// canvas can show — with the root's definitions, so nested instances inside are instances
+/// too — and the names of the definitions along the way. `None` when the path no longer leads
+/// to an instance (it was deleted, or the document changed).
+pub fn inside(doc: &Document, path: &[NodeId]) -> Option<(Document, Vec<String>)> {
+    let defs = Definitions::of(doc);
+    let mut graph = doc;
+    let mut names = Vec::new();
+    for id in path {
+        let def = defs.of_node(graph.node(*id)?)?;
+        names.push(def.name.clone());
+        graph = &def.graph;
+    }
+    let mut view = graph.clone();
+    if let Some(d) = doc.fields.get("definitions") {
+        view.fields.insert("definitions".into(), d.clone());
+    }
+    Some((view, names))
 }
 
 /// The root node an execution id (`"12"`, `"12:5"`, `"12:7:3"`) belongs to: what the canvas

@@ -8,6 +8,7 @@
 //! scans and imports on the files thread.
 
 mod checks;
+mod inside;
 mod queue;
 mod results;
 
@@ -108,6 +109,8 @@ pub struct AmalgamApp {
     preview: Preview,
     /// Pictures, the image viewer, sweeps, and images on nodes.
     pub results: Results,
+    /// The subgraph opened from an instance, shown instead of the workflow's canvas.
+    pub inside: Option<inside::SubgraphView>,
 }
 
 /// Below this canvas zoom, shapes are drawn without anti-aliasing (ComfyUI's low-quality
@@ -164,6 +167,7 @@ impl AmalgamApp {
             compare_pick: Vec::new(),
             preview: Preview::default(),
             results,
+            inside: None,
         };
         app.canvas.request_fit();
         if let Some(p) = problem {
@@ -306,6 +310,7 @@ impl AmalgamApp {
         self.canvas.state.errors.clear();
         // Node ids of another document: its images are not these nodes'.
         self.results.node_images.clear();
+        self.inside = None;
         self.rebuild = true;
         self.canvas.request_fit();
     }
@@ -326,6 +331,10 @@ impl AmalgamApp {
                         self.document.doc.add_node(node);
                         self.canvas.bind_created(editor_id, id);
                     }
+                    continue;
+                }
+                CanvasEdit::OpenSubgraph(node) => {
+                    self.open_subgraph(node);
                     continue;
                 }
                 CanvasEdit::Document(edit) => edit,
@@ -677,6 +686,7 @@ impl AmalgamApp {
         }
         if self.rebuild {
             self.canvas.rebuild(&self.document.doc);
+            self.refresh_inside();
             self.rebuild = false;
         }
 
@@ -750,6 +760,10 @@ impl AmalgamApp {
                         .is_none_or(Vec::is_empty);
                 if no_models {
                     commands.extend(sample_banner_ui(ui, self.folders.primary("checkpoints")));
+                }
+                if self.inside.is_some() {
+                    self.inside_ui(ui);
+                    return;
                 }
                 // The editor claims its whole rect for panning and box selection: give it only
                 // the space below the banner, or the banner's buttons could not be clicked.

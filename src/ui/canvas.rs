@@ -10,6 +10,7 @@
 //! tracks that affine map (`screen-space position = zoom · document position + shift`) so
 //! document positions only ever change when the user moves a node, never when they zoom.
 
+mod instance;
 pub mod results;
 mod widgets;
 
@@ -22,6 +23,7 @@ use serde_json::{Value, json};
 
 use crate::graph::document::Mode;
 use crate::graph::edit::{Given, node_from_schema};
+use crate::graph::subgraph::Definitions;
 use crate::graph::{Document, Edit, NodeId};
 use crate::nodes::{Choices, InputKind, NodeSchema, Operation, Registry};
 
@@ -139,6 +141,9 @@ pub struct CanvasNode {
     pub mode: i64,
     /// Unknown nodes: their values, shown read-only.
     pub values: Vec<String>,
+    /// A subgraph instance: how many nodes its definition holds.
+    #[serde(default)]
+    pub subgraph: Option<usize>,
 }
 
 /// Edits the canvas asks of the document.
@@ -149,6 +154,8 @@ pub enum CanvasResponse {
         index: usize,
         value: Value,
     },
+    /// Show the inside of a subgraph instance.
+    OpenSubgraph(NodeId),
 }
 
 impl eng::UserResponseTrait for CanvasResponse {}
@@ -204,6 +211,7 @@ impl eng::NodeTemplateTrait for Template {
             known: true,
             mode: 0,
             values: Vec::new(),
+            subgraph: None,
         }
     }
     fn build_node(&self, graph: &mut Graph, _: &mut CanvasState, node_id: eng::NodeId) {
@@ -225,6 +233,21 @@ impl eng::NodeDataTrait for CanvasNode {
         graph: &Graph,
         state: &mut CanvasState,
     ) -> Vec<eng::NodeResponse<CanvasResponse, CanvasNode>> {
+        let mut responses = Vec::new();
+        if let Some(inner) = self.subgraph {
+            ui.horizontal(|ui| {
+                ui.colored_label(Color32::GRAY, format!("subgraph · {inner} nodes"));
+                if ui
+                    .small_button("Open ▸")
+                    .on_hover_text("Show the nodes inside this subgraph")
+                    .clicked()
+                {
+                    responses.push(eng::NodeResponse::User(CanvasResponse::OpenSubgraph(
+                        self.doc_id,
+                    )));
+                }
+            });
+        }
         if !self.known {
             ui.colored_label(Color32::GRAY, "kept, not run");
             for v in &self.values {
@@ -281,7 +304,7 @@ impl eng::NodeDataTrait for CanvasNode {
                 );
             }
         }
-        Vec::new()
+        responses
     }
 
     fn titlebar_color(
@@ -456,6 +479,8 @@ impl Default for Canvas {
 #[derive(Clone, Debug, PartialEq)]
 pub enum CanvasEdit {
     Document(Edit),
+    /// Show the inside of this subgraph instance (the app keeps the view).
+    OpenSubgraph(NodeId),
     Create {
         class_type: &'static str,
         editor_id: eng::NodeId,
@@ -478,7 +503,25 @@ impl Canvas {
         self.to_doc.clear();
         self.to_editor.clear();
         let registry = Registry::builtin();
+        let defs = Definitions::of(doc);
         for node in &doc.nodes {
+            if let Some(def) = defs.of_node(node) {
+                let promoted = defs.promoted_widgets(node, registry);
+                let data = CanvasNode {
+                    doc_id: node.id,
+                    class_type: node.type_.clone(),
+                    known: true,
+                    mode: node.mode.as_i64(),
+                    values: Vec::new(),
+                    subgraph: Some(def.graph.nodes.len()),
+                };
+                let label = node.title.clone().unwrap_or_else(|| def.name.clone());
+                let id = self.editor.graph.add_node(label, data, |g, id| {
+                    instance::add_instance_params(g, id, node, def, &promoted);
+                });
+                self.place(id, node);
+                continue;
+            }
             let schema = registry.get(&node.type_);
             let known = schema
                 .is_some_and(|s| s.operation != Operation::Virtual || s.class_type == "Reroute");
@@ -496,6 +539,7 @@ impl Canvas {
                 known,
                 mode: node.mode.as_i64(),
                 values,
+                subgraph: None,
             };
             let label = node.title.clone().unwrap_or_else(|| {
                 schema.map_or(node.type_.clone(), |s| s.display_name.to_owned())
@@ -504,13 +548,7 @@ impl Canvas {
                 .editor
                 .graph
                 .add_node(label, data, |g, id| add_params(g, id, node, schema));
-            let [x, y] = node.pos.get().unwrap_or([0.0, 0.0]);
-            let p =
-                Pos2::new(x as f32, y as f32).to_vec2() * self.editor.pan_zoom.zoom + self.shift;
-            self.editor.node_positions.insert(id, p.to_pos2());
-            self.editor.node_order.push(id);
-            self.to_doc.insert(id, node.id);
-            self.to_editor.insert(node.id, id);
+            self.place(id, node);
         }
         for link in &doc.links {
             let (Some(&o), Some(&t)) = (
@@ -547,6 +585,16 @@ impl Canvas {
             .collect();
         self.last_zoom = self.editor.pan_zoom.zoom;
         self.state.groups = GroupView::from_document(doc);
+    }
+
+    /// Puts a new editor node where its document node is, and binds the two.
+    fn place(&mut self, id: eng::NodeId, node: &crate::graph::Node) {
+        let [x, y] = node.pos.get().unwrap_or([0.0, 0.0]);
+        let p = Pos2::new(x as f32, y as f32).to_vec2() * self.editor.pan_zoom.zoom + self.shift;
+        self.editor.node_positions.insert(id, p.to_pos2());
+        self.editor.node_order.push(id);
+        self.to_doc.insert(id, node.id);
+        self.to_editor.insert(node.id, id);
     }
 
     /// Document position of an editor position.
@@ -719,6 +767,9 @@ impl Canvas {
                 }
                 eng::NodeResponse::User(CanvasResponse::SetWidget { node, index, value }) => {
                     edits.push(CanvasEdit::Document(Edit::Widget { node, index, value }));
+                }
+                eng::NodeResponse::User(CanvasResponse::OpenSubgraph(node)) => {
+                    edits.push(CanvasEdit::OpenSubgraph(node));
                 }
                 _ => {}
             }

@@ -145,6 +145,43 @@ fn promoted_widget_values_reach_the_inner_nodes() {
         "a hole keeps the inner value"
     );
 
+    // What the canvas shows on the instances: G2 proxies by inner widget name (holes show the
+    // inner values; the frontend-only `$$` entry is left out), G3 by subgraph input.
+    let shown = |doc: &Value, id: i64| -> Vec<(String, usize, Value)> {
+        let (doc, _) = Document::from_json(doc.clone()).expect("doc");
+        let defs = amalgam::graph::subgraph::Definitions::of(&doc);
+        defs.promoted_widgets(doc.node(id).expect("instance"), Registry::builtin())
+            .into_iter()
+            .map(|p| (p.name, p.index, p.value))
+            .collect()
+    };
+    let flux = shown(&template_json("flux_dev_checkpoint_example.json"), 56);
+    assert_eq!(flux.len(), 9, "{flux:?}");
+    assert_eq!(flux[6], ("vae_name".into(), 6, json!("ae.safetensors")));
+    assert_eq!(flux[7], ("seed".into(), 7, json!(53943644181156_i64)));
+    assert_eq!(
+        flux[8],
+        ("control_after_generate".into(), 8, json!("randomize"))
+    );
+    let depth = shown(&template_json("flux_depth_lora_example.json"), 150);
+    assert!(
+        depth.iter().all(|(n, _, _)| !n.starts_with("$$")),
+        "{depth:?}"
+    );
+    let sam = shown(&sam, 99);
+    let names: Vec<&str> = sam.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "text",
+            "threshold",
+            "refine_iterations",
+            "individual_masks",
+            "ckpt_name"
+        ]
+    );
+    assert_eq!(sam[0].2, json!("violin"));
+
     // A linked instance input feeds the inner node from outside (the LoadImage at the root).
     let r = flatten(&template_json("flux_depth_lora_example.json"));
     assert_eq!(link(&r, "150:107", "image"), ("17".to_owned(), 0));
@@ -219,7 +256,8 @@ fn widget_input(name: &str, type_: &str, link: Option<i64>) -> Value {
 }
 
 fn ui_node(id: i64, type_: &str, inputs: Vec<Value>, outputs: Vec<Value>, values: Value) -> Value {
-    let mut node = json!({"id": id, "type": type_, "pos": [id * 10, 0], "size": [200, 100],
+    // Apart, so that no node covers another's widgets on the canvas.
+    let mut node = json!({"id": id, "type": type_, "pos": [(id % 5) * 300, (id / 5) * 300], "size": [200, 100],
            "flags": {}, "order": 0, "mode": 0, "properties": {}});
     node["inputs"] = Value::Array(inputs);
     node["outputs"] = Value::Array(outputs);
@@ -493,4 +531,96 @@ fn subgraphs_the_frontend_refuses_are_errors_naming_the_node() {
         "{:?}",
         r.errors
     );
+}
+
+// ---- in the app --------------------------------------------------------------------------
+
+/// The real app, in process: the wrapped merge opens as one node with its promoted ratio; the
+/// ratio is edited on the instance (not inside the shared definition); "Open ▸" shows the inside
+/// two levels deep and "◀ Workflow" comes back; Queue saves the merge with the edited ratio
+/// under its execution id.
+#[test]
+fn the_app_shows_an_instance_as_one_node_and_opens_its_inside() {
+    use crate::gui::Harness;
+    let mut h = Harness::prepared(false, None, |base| {
+        let ck = base.join("models/checkpoints");
+        std::fs::create_dir_all(&ck).expect("mkdir");
+        write_layout(
+            &ck.join("a.safetensors"),
+            &Layout::sd15(Scale::Sample),
+            1,
+            &[],
+        );
+        write_layout(
+            &ck.join("b.safetensors"),
+            &Layout::sd15(Scale::Sample),
+            2,
+            &[],
+        );
+    });
+    let workflow = nested_merge(0.3, false, 0);
+    let file = h.base.path().join("nested.json");
+    std::fs::write(&file, serde_json::to_vec(&workflow).expect("json")).expect("write");
+    h.drop_file(&file);
+    h.wait_for("the workflow and the model lists", |a| {
+        a.document.doc.nodes.len() == 4 && !a.canvas.state.models.is_empty()
+    });
+    h.frames(2);
+    assert!(
+        h.has_label("Merge (wrapped)"),
+        "the definition's name is the title"
+    );
+    assert!(h.has_label("subgraph · 1 nodes"));
+    assert!(!h.has_label("kept, not run"));
+
+    // Click the promoted ratio's slider: the instance's value changes, the definition not.
+    let label = h.find("ratio");
+    h.click_at(label.right_center() + egui::vec2(60.0, 0.0));
+    let instance_ratio = |h: &Harness| {
+        h.app
+            .document
+            .doc
+            .node(10)
+            .expect("instance")
+            .widget_values()[0]
+            .as_f64()
+    };
+    let ratio = instance_ratio(&h).expect("a number");
+    assert!(
+        (ratio - 0.3).abs() > 1e-6 && (0.0..=1.0).contains(&ratio),
+        "{ratio}"
+    );
+    let saved_defs = h.app.document.doc.to_json()["definitions"].clone();
+    assert_eq!(saved_defs, workflow["definitions"], "definitions untouched");
+
+    // Inside, two levels deep, and back.
+    h.click("Open ▸");
+    h.frames(2);
+    assert_eq!(
+        h.app.inside.as_ref().map(|v| v.path.clone()),
+        Some(vec![10])
+    );
+    assert!(h.has_label("Merge two"), "the nested instance");
+    h.click("Open ▸");
+    h.frames(2);
+    assert_eq!(
+        h.app.inside.as_ref().map(|v| v.path.clone()),
+        Some(vec![10, 11])
+    );
+    assert!(h.has_label("Model Merge Simple") || h.has_label("ModelMergeSimple"));
+    assert!(
+        h.has_label("Merge (wrapped)"),
+        "the path shows where we are"
+    );
+    h.click("◀ Workflow");
+    h.frames(2);
+    assert!(h.app.inside.is_none());
+    assert!(h.has_label("subgraph · 1 nodes"));
+
+    h.click("Queue");
+    let saved = h.output("nested_00001_.safetensors");
+    h.wait_for("the saved merge", |_| saved.is_file());
+    let (_, meta) = read_reference(&saved);
+    let prompt: Value = serde_json::from_str(&meta["prompt"]).expect("prompt");
+    assert_eq!(prompt["10:11:3"]["inputs"]["ratio"].as_f64(), Some(ratio));
 }
