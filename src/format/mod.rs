@@ -10,6 +10,7 @@
 //! offsets, so every conversion must be byte-safe.
 
 pub mod dtype;
+pub mod fp8;
 pub mod pickle;
 pub mod png;
 pub mod pyjson;

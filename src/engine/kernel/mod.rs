@@ -806,3 +806,5 @@ fn store(
 
 #[cfg(test)]
 mod tests;
+
+pub mod stochastic;

@@ -18,15 +18,16 @@
 //! no AVX-512 kernel for it). Torch on a CPU without AVX2, or on ARM, uses libm and differs in
 //! about 38 % of values by up to 2e-6; that flavour is not reproduced.
 
-/// MT19937 as torch's `mt19937` (the reference generator).
+/// MT19937 as torch's `mt19937` (the reference generator). Also the generator behind
+/// ComfyUI's stochastic rounding to fp8 (`torch.rand` in half precision draws one word per value).
 #[derive(Clone)]
-struct Mt19937 {
+pub(crate) struct Mt19937 {
     state: [u32; 624],
     next: usize,
 }
 
 impl Mt19937 {
-    fn new(seed: u32) -> Mt19937 {
+    pub(crate) fn new(seed: u32) -> Mt19937 {
         let mut state = [0u32; 624];
         state[0] = seed;
         for j in 1..624 {
@@ -51,7 +52,7 @@ impl Mt19937 {
         self.next = 0;
     }
 
-    fn next_u32(&mut self) -> u32 {
+    pub(crate) fn next_u32(&mut self) -> u32 {
         if self.next >= 624 {
             self.twist();
         }
