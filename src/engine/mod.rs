@@ -80,6 +80,9 @@ impl SaveMetadata {
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// Each tensor keeps the stored dtype of the first input's tensor; inputs are used as stored.
+    /// An fp8 diffusion-model weight that was changed is written back in fp8 as ComfyUI does
+    /// when it keeps a model in fp8 (seeded stochastic rounding); a changed fp8 text encoder
+    /// weight becomes fp16, ComfyUI's text encoder dtype.
     #[default]
     Keep,
     /// Inputs are rounded to fp16 first (ComfyUI's usual load dtype on a GPU), results are fp16.
@@ -88,15 +91,21 @@ pub enum Precision {
     Bf16,
     /// Inputs as stored, results in fp32 (ComfyUI's `--force-fp32` for the UNet).
     Fp32,
+    /// ComfyUI's `--fp8_e4m3fn-unet`: the diffusion model's inputs are cast to fp8 e4m3fn first
+    /// (torch's nearest cast) and its results written back with ComfyUI's seeded stochastic
+    /// rounding; text encoder and VAE tensors as with `Keep`.
+    #[serde(rename = "fp8_e4m3fn")]
+    Fp8E4M3,
 }
 
 impl Precision {
     /// Every setting, in the order menus list them.
-    pub const ALL: [Precision; 4] = [
+    pub const ALL: [Precision; 5] = [
         Precision::Keep,
         Precision::Fp16,
         Precision::Bf16,
         Precision::Fp32,
+        Precision::Fp8E4M3,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -105,6 +114,7 @@ impl Precision {
             Precision::Fp16 => "fp16",
             Precision::Bf16 => "bf16",
             Precision::Fp32 => "fp32",
+            Precision::Fp8E4M3 => "fp8_e4m3fn",
         }
     }
 }
@@ -117,7 +127,9 @@ impl std::str::FromStr for Precision {
         Precision::ALL
             .into_iter()
             .find(|p| p.as_str() == s)
-            .ok_or_else(|| format!("unknown precision {s:?} (keep, fp16, bf16 or fp32)"))
+            .ok_or_else(|| {
+                format!("unknown precision {s:?} (keep, fp16, bf16, fp32 or fp8_e4m3fn)")
+            })
     }
 }
 

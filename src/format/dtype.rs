@@ -82,10 +82,13 @@ impl DType {
         DType::ALL.into_iter().find(|d| d.as_str() == name)
     }
 
-    /// Whether merge arithmetic applies to this dtype. Everything else (integers, booleans, fp8)
-    /// passes through a merge untouched, as raw bytes.
+    /// Whether merge arithmetic applies to this dtype: every float, fp8 included (read exactly,
+    /// computed in f32). Integers and booleans pass through a merge untouched, as raw bytes.
     pub fn is_mergeable(self) -> bool {
-        matches!(self, DType::F16 | DType::BF16 | DType::F32 | DType::F64)
+        matches!(
+            self,
+            DType::F16 | DType::BF16 | DType::F32 | DType::F64 | DType::F8E4M3 | DType::F8E5M2
+        )
     }
 }
 

@@ -61,7 +61,13 @@ impl Fp8 {
         let top = (1 << e_bits) - 1;
         let magnitude = match self {
             Fp8::E4M3 if e == top && m == (1 << m_bits) - 1 => return f32::NAN,
-            Fp8::E5M2 if e == top => return if m == 0 { sign * f32::INFINITY } else { f32::NAN },
+            Fp8::E5M2 if e == top => {
+                return if m == 0 {
+                    sign * f32::INFINITY
+                } else {
+                    f32::NAN
+                };
+            }
             _ if e == 0 => m as f32 * pow2(1 - bias - m_bits),
             _ => (1.0 + m as f32 / (1 << m_bits) as f32) * pow2(e - bias),
         };
@@ -73,34 +79,38 @@ impl Fp8 {
         std::array::from_fn(|b| self.to_f32(b as u8))
     }
 
-    /// The byte of the fp8 value nearest to `x` (ties to even), as torch's cast gives it.
+    /// The byte of the fp8 value nearest to `x` (ties to even), as torch's cast gives it. Bit
+    /// arithmetic as c10's converters do it: a normal result rounds by adding half a unit (plus
+    /// the kept bit's oddness) to the f32 bits; a subnormal one by letting an f32 addition of a
+    /// large power of two do the rounding.
     pub fn round_nearest(self, x: f32) -> u8 {
-        let sign = if x.is_sign_negative() { 0x80 } else { 0 };
-        let a = x.abs();
-        let nan = match self {
-            Fp8::E4M3 => 0x7f,
-            Fp8::E5M2 => 0x7f,
-        };
-        if a.is_nan() {
-            return sign | nan;
-        }
+        let sign = ((x.to_bits() >> 24) & 0x80) as u8;
+        let bits = x.to_bits() & 0x7fff_ffff;
+        let (_, m_bits, bias) = self.layout();
         let (overflow, too_big) = match self {
-            Fp8::E4M3 => (480.0, 0x7f),
-            Fp8::E5M2 => (65536.0, 0x7c),
+            Fp8::E4M3 => (480f32.to_bits(), 0x7f),
+            Fp8::E5M2 => (65536f32.to_bits(), 0x7c),
         };
-        if a >= overflow {
+        if bits > 0x7f80_0000 {
+            return sign | 0x7f;
+        }
+        if bits >= overflow {
             return sign | too_big;
         }
-        let (_, m_bits, bias) = self.layout();
-        let quantum_exp = if a == 0.0 {
-            0
-        } else {
-            // floor(log2(a)) from the bits, never below the subnormal range.
-            let e = ((a.to_bits() >> 23) as i32 - 127).max(1 - bias);
-            e - m_bits
-        };
-        let q = (f64::from(a) / f64::from(pow2(quantum_exp))).round_ties_even();
-        sign | self.encode_magnitude(q as f32 * pow2(quantum_exp))
+        let shift = 23 - m_bits as u32;
+        let min_normal = ((127 + 1 - bias) as u32) << 23;
+        if bits < min_normal {
+            // 2^(shift + 1 - bias): adding it leaves the subnormal's units in the low bits.
+            let magic = ((127 - bias + shift as i32 + 1) as u32) << 23;
+            let sum = f32::from_bits(bits) + f32::from_bits(magic);
+            return sign | (sum.to_bits() - magic) as u8;
+        }
+        let odd = (bits >> shift) & 1;
+        let rebias = ((bias - 127) as u32) << 23;
+        let rounded = bits
+            .wrapping_add(rebias)
+            .wrapping_add((1 << (shift - 1)) - 1 + odd);
+        sign | (rounded >> shift) as u8
     }
 
     /// The byte of `x`, which must be an fp8 value (or NaN); the result of rounding elsewhere.
@@ -158,6 +168,40 @@ mod tests {
         assert_eq!(Fp8::E5M2.to_f32(0x7b), 57344.0);
         assert_eq!(Fp8::E5M2.to_f32(0x7c), f32::INFINITY);
         assert_eq!(Fp8::E5M2.to_f32(0x01), 2f32.powi(-16));
+    }
+
+    /// The bit arithmetic against the plain definition (nearest of the grid, ties to even), on
+    /// every f16 value and on values between them.
+    #[test]
+    fn nearest_by_bits_is_nearest_by_value() {
+        fn by_value(kind: Fp8, x: f32) -> u8 {
+            let sign = if x.is_sign_negative() { 0x80 } else { 0 };
+            let (_, m_bits, bias) = kind.layout();
+            let a = x.abs();
+            let e = if a == 0.0 {
+                0
+            } else {
+                ((a.to_bits() >> 23) as i32 - 127).max(1 - bias)
+            };
+            let quantum = f64::from(pow2(e - m_bits));
+            let q = (f64::from(a) / quantum).round_ties_even();
+            sign | kind.encode_magnitude((q * quantum) as f32)
+        }
+        for kind in [Fp8::E4M3, Fp8::E5M2] {
+            for b in 0..0x7c00u16 {
+                for x in [
+                    half::f16::from_bits(b).to_f32(),
+                    half::f16::from_bits(b).to_f32() * 1.000_01,
+                ] {
+                    if x >= 464.0 && kind == Fp8::E4M3 || x >= 61440.0 {
+                        continue; // the overflow rules are tested below
+                    }
+                    for v in [x, -x] {
+                        assert_eq!(kind.round_nearest(v), by_value(kind, v), "{kind:?} {v}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -18,9 +18,14 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 use crate::format::DType;
+use crate::format::fp8::Fp8;
 
-use super::plan::{Dora, DoraAxis, Expr, Factor, KronTerm, Leaf, LoraTerm, Recipe, Step, Term};
+use super::plan::{
+    ChunkStarts, Dora, DoraAxis, Expr, Factor, KronTerm, Leaf, LoraTerm, Recipe, Step, Stochastic,
+    Term,
+};
 use super::source::Source;
+use stochastic::StochasticRounder;
 
 /// Why the kernel could not produce a tensor's bytes.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +95,8 @@ enum Raw {
     F32(Vec<f32>),
     /// F64 is rare; it is widened to f32 when read.
     Wide(Vec<f32>),
+    /// fp8 bytes, decoded exactly tile by tile.
+    Fp8(Vec<u8>, Fp8),
 }
 
 impl Default for Raw {
@@ -298,9 +305,29 @@ fn read_leaf(
                 .collect();
             *raw = Raw::Wide(v);
         }
+        DType::F8E4M3 | DType::F8E5M2 => {
+            let kind = Fp8::of(leaf.dtype).ok_or(KernelError::Unsupported(leaf.dtype))?;
+            let mut v = match std::mem::take(raw) {
+                Raw::Fp8(v, _) => v,
+                _ => Vec::new(),
+            };
+            v.resize(n, 0);
+            sources.read_at(leaf.source, offset, &mut v)?;
+            *raw = Raw::Fp8(v, kind);
+        }
         other => return Err(KernelError::Unsupported(other)),
     }
     Ok(())
+}
+
+/// The exact f32 value of every fp8 byte, per format.
+fn fp8_table(kind: Fp8) -> &'static [f32; 256] {
+    static E4M3: std::sync::OnceLock<[f32; 256]> = std::sync::OnceLock::new();
+    static E5M2: std::sync::OnceLock<[f32; 256]> = std::sync::OnceLock::new();
+    match kind {
+        Fp8::E4M3 => E4M3.get_or_init(|| kind.table()),
+        Fp8::E5M2 => E5M2.get_or_init(|| kind.table()),
+    }
 }
 
 /// Converts `range` of a raw buffer to f32 into `out`, rounding through ComfyUI's load dtype
@@ -319,6 +346,13 @@ fn load_tile(raw: &Raw, range: std::ops::Range<usize>, out: &mut [f32], round: O
             out.copy_from_slice(&v[range]);
             DType::F32
         }
+        Raw::Fp8(v, kind) => {
+            let table = fp8_table(*kind);
+            for (o, b) in out.iter_mut().zip(&v[range]) {
+                *o = table[usize::from(*b)];
+            }
+            kind.dtype()
+        }
     };
     match round {
         Some(DType::F16) if stored != DType::F16 => {
@@ -329,6 +363,14 @@ fn load_tile(raw: &Raw, range: std::ops::Range<usize>, out: &mut [f32], round: O
         Some(DType::BF16) if stored != DType::BF16 => {
             for v in out.iter_mut() {
                 *v = bf16::from_f32(*v).to_f32();
+            }
+        }
+        Some(d @ (DType::F8E4M3 | DType::F8E5M2)) if stored != d => {
+            if let Some(kind) = Fp8::of(d) {
+                let table = fp8_table(kind);
+                for v in out.iter_mut() {
+                    *v = table[usize::from(kind.round_nearest(*v))];
+                }
             }
         }
         _ => {}
@@ -532,10 +574,12 @@ pub fn produce(
             expr,
             out: dtype,
             round_inputs,
+            stochastic,
         } => {
             if needs_preparing(expr) {
                 return Err(KernelError::Unprepared);
             }
+            let mut rounder = rounder_at(*dtype, stochastic.as_ref(), start);
             let Scratch {
                 raws,
                 tiles,
@@ -618,7 +662,7 @@ pub fn produce(
                 };
                 eval_tile(expr, &mut inputs, t..t + n, tile, rest);
                 flagged |= inputs.non_finite;
-                store(tile, *dtype, out, half, bhalf);
+                store(tile, *dtype, out, half, bhalf, rounder.as_mut());
                 t += n;
             }
             for (i, leaf) in ls.iter().enumerate() {
@@ -651,20 +695,51 @@ pub fn prepare(
         expr,
         out,
         round_inputs,
+        stochastic,
     } = recipe
     else {
         return Ok(None);
     };
-    if !needs_preparing(expr) {
+    let starts_due = stochastic
+        .as_ref()
+        .is_some_and(|s| s.chunk_starts.0.is_empty() && Fp8::of(*out).is_some());
+    if !needs_preparing(expr) && !starts_due {
         return Ok(None);
     }
-    let mut scratch = Scratch::default();
-    let expr = prepare_expr(expr, numel, *round_inputs, sources, &mut scratch)?;
+    let expr = if needs_preparing(expr) {
+        let mut scratch = Scratch::default();
+        prepare_expr(expr, numel, *round_inputs, sources, &mut scratch)?
+    } else {
+        expr.clone()
+    };
+    let stochastic = match (stochastic, Fp8::of(*out)) {
+        (Some(s), Some(kind)) if starts_due => Some(Stochastic {
+            seed: s.seed,
+            chunk_starts: chunk_starts(kind, s.seed, numel),
+        }),
+        (s, _) => s.clone(),
+    };
     Ok(Some(Recipe::Compute {
         expr,
         out: *out,
         round_inputs: *round_inputs,
+        stochastic,
     }))
+}
+
+/// The generator at the first element of every chunk of a tensor: one pass over its stream
+/// (whole blocks are skipped without tempering, so this costs a fraction of the rounding).
+fn chunk_starts(kind: Fp8, seed: u32, numel: usize) -> ChunkStarts {
+    let mut r = StochasticRounder::new(kind, seed);
+    let mut starts = Vec::with_capacity(numel.div_ceil(CHUNK_ELEMENTS));
+    let mut at = 0;
+    while at < numel {
+        starts.push(r.clone());
+        let len = CHUNK_ELEMENTS.min(numel - at);
+        r.skip(len);
+        at += len;
+    }
+    ChunkStarts(Arc::new(starts))
 }
 
 /// Whether an expression holds a DoRA step whose factors are not computed yet.
@@ -735,6 +810,7 @@ fn dora_factors(
         expr: probe,
         out: DType::F32,
         round_inputs: round,
+        stochastic: None,
     };
     let mut bytes = Vec::new();
     let mut start = 0;
@@ -776,14 +852,41 @@ fn dora_factors(
         .collect())
 }
 
-/// Rounds f32 values once to `dtype` (round-to-nearest-even) and appends their bytes.
+/// The stochastic rounder positioned at element `start` of an fp8 output (`None` otherwise):
+/// from the prepared chunk starts when there are, else from the seed.
+fn rounder_at(
+    out: DType,
+    stochastic: Option<&Stochastic>,
+    start: usize,
+) -> Option<StochasticRounder> {
+    let kind = Fp8::of(out)?;
+    let s = stochastic?;
+    let chunk = start / CHUNK_ELEMENTS;
+    let (mut r, from) = match s.chunk_starts.0.get(chunk) {
+        Some(r) => (r.clone(), chunk * CHUNK_ELEMENTS),
+        None => (StochasticRounder::new(kind, s.seed), 0),
+    };
+    r.skip(start - from);
+    Some(r)
+}
+
+/// Rounds f32 values once to `dtype` and appends their bytes: round-to-nearest-even, or for fp8
+/// ComfyUI's stochastic rounding when `rounder` is given (torch's nearest cast otherwise).
 fn store(
     values: &[f32],
     dtype: DType,
     out: &mut Vec<u8>,
     half: &mut Vec<f16>,
     bhalf: &mut Vec<bf16>,
+    rounder: Option<&mut StochasticRounder>,
 ) {
+    if let Some(kind) = Fp8::of(dtype) {
+        match rounder {
+            Some(r) => out.extend(values.iter().map(|&v| r.round(v))),
+            None => out.extend(values.iter().map(|&v| kind.round_nearest(v))),
+        }
+        return;
+    }
     match dtype {
         DType::F16 => {
             half.resize(values.len(), f16::ZERO);

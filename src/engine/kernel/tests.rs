@@ -54,6 +54,7 @@ fn compute(expr: Expr, out: DType) -> Recipe {
         expr,
         out,
         round_inputs: None,
+        stochastic: None,
     }
 }
 
@@ -226,6 +227,7 @@ fn round_inputs_rounds_each_input_to_the_load_dtype_first() {
         expr: expr(la, vec![step(None, Some((0.25, Term::Weights(plain(lb)))))]),
         out: DType::F16,
         round_inputs: Some(DType::F16),
+        stochastic: None,
     };
     let (out, _) = run(&recipe, &mem, 0, 16);
     let got: Vec<f16> = bytemuck::pod_collect_to_vec(&out);
@@ -675,4 +677,69 @@ fn non_finite_detection_matches_the_definition() {
         bytemuck::cast_slice(&[1.0f32, f32::NAN]),
         DType::F32
     ));
+}
+
+/// fp8 in and out: fp8 inputs are read exactly; an fp8 result is ComfyUI's stochastic rounding
+/// with one stream per tensor, so chunks computed in any order, prepared or not, give the bytes
+/// of one sequential pass; `round_inputs` to fp8 is torch's nearest cast of each input first.
+#[test]
+fn fp8_tensors_read_exactly_and_round_stochastically_in_any_chunk_order() {
+    use crate::engine::kernel::stochastic::StochasticRounder;
+    use crate::engine::plan::Stochastic;
+    use crate::format::fp8::Fp8;
+    let n = 2 * CHUNK_ELEMENTS + 4099;
+    let mut mem = Mem::default();
+    let a = values(n, 21);
+    let fp8_bytes: Vec<u8> = values(n, 22)
+        .iter()
+        .map(|&v| Fp8::E4M3.round_nearest(v))
+        .collect();
+    let b: Vec<f32> = fp8_bytes.iter().map(|&x| Fp8::E4M3.to_f32(x)).collect();
+    let la = mem.f32(&a);
+    let lb = mem.push(fp8_bytes, DType::F8E4M3, n);
+    let key = "diffusion_model.middle_block.1.proj_in.weight";
+    let recipe = |round_inputs| Recipe::Compute {
+        expr: expr(
+            la.clone(),
+            vec![step(
+                Some(0.5),
+                Some((0.5, Term::Weights(plain(lb.clone())))),
+            )],
+        ),
+        out: DType::F8E4M3,
+        round_inputs,
+        stochastic: Some(Stochastic::new(key)),
+    };
+    let cast = |x: f32| Fp8::E4M3.to_f32(Fp8::E4M3.round_nearest(x));
+    for round_inputs in [None, Some(DType::F8E4M3)] {
+        let plain_recipe = recipe(round_inputs);
+        let mut rounder = StochasticRounder::new(
+            Fp8::E4M3,
+            crate::engine::kernel::stochastic::string_to_seed(key),
+        );
+        let expected: Vec<u8> = a
+            .iter()
+            .zip(&b)
+            .map(|(&x, &y)| {
+                let x = if round_inputs.is_some() { cast(x) } else { x };
+                rounder.round(x * 0.5 + 0.5 * y)
+            })
+            .collect();
+        let prepared = prepare(&plain_recipe, n, &mem.sources)
+            .expect("prepare")
+            .expect("fp8 output is prepared");
+        for r in [&plain_recipe, &prepared] {
+            let mut chunks: Vec<(usize, Vec<u8>)> = (0..n)
+                .step_by(CHUNK_ELEMENTS)
+                .rev()
+                .map(|start| {
+                    let len = CHUNK_ELEMENTS.min(n - start);
+                    (start, run(r, &mem, start, len).0)
+                })
+                .collect();
+            chunks.sort_by_key(|c| c.0);
+            let got: Vec<u8> = chunks.into_iter().flat_map(|c| c.1).collect();
+            assert!(got == expected, "round_inputs {round_inputs:?}");
+        }
+    }
 }

@@ -428,5 +428,6 @@ fn compute(expr: Expr, out: DType, round_inputs: Option<DType>) -> Recipe {
         expr,
         out,
         round_inputs,
+        stochastic: None,
     }
 }

@@ -243,17 +243,54 @@ impl Expr {
     }
 }
 
+/// ComfyUI's stochastic rounding of one fp8 tensor: the seed (the CRC-32 of the weight's key in
+/// the model patcher), and once prepared, the generator at the start of every chunk so chunks
+/// can be rounded on any thread in any order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stochastic {
+    pub seed: u32,
+    pub chunk_starts: ChunkStarts,
+}
+
+impl Stochastic {
+    pub fn new(key: &str) -> Stochastic {
+        Stochastic {
+            seed: crate::engine::kernel::stochastic::string_to_seed(key),
+            chunk_starts: ChunkStarts::default(),
+        }
+    }
+}
+
+/// Generators positioned at each chunk's first element (empty until prepared).
+#[derive(Clone, Default)]
+pub struct ChunkStarts(pub Arc<Vec<crate::engine::kernel::stochastic::StochasticRounder>>);
+
+impl std::fmt::Debug for ChunkStarts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ChunkStarts({})", self.0.len())
+    }
+}
+
+/// Positions derived from the seed: equal recipes are equal whether prepared or not.
+impl PartialEq for ChunkStarts {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
 /// How one output tensor's bytes are produced.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Recipe {
     /// The input bytes unchanged.
     Copy(Leaf),
     /// Evaluate in f32, then round once to `out`. `round_inputs` rounds every input value to
-    /// that dtype first (ComfyUI's load dtype).
+    /// that dtype first (ComfyUI's load dtype). An fp8 `out` is rounded stochastically, as
+    /// ComfyUI writes a patched fp8 weight back, with `stochastic`'s seed.
     Compute {
         expr: Expr,
         out: DType,
         round_inputs: Option<DType>,
+        stochastic: Option<Stochastic>,
     },
     /// Fixed bytes (markers, re-created `position_ids`).
     Bytes(Arc<[u8]>),

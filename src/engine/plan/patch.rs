@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::format::DType;
 use crate::model::components::Component;
 
-use super::ir::{Expr, Leaf, Recipe, Step, Term};
+use super::ir::{Expr, Leaf, Recipe, Step, Stochastic, Term};
 use super::lora::{LoraSet, lora_step};
 use super::{Planner, Precision, Weights};
 
@@ -203,30 +203,48 @@ impl Planner<'_> {
             }
             return Some((Recipe::Copy(expr.leaf), stored, shape));
         }
-        Some(self.float_recipe(expr, shape))
+        // ComfyUI's model patcher names diffusion-model weights `diffusion_model.<key>`: the
+        // string its fp8 rounding is seeded with.
+        let patcher_key =
+            (w.component == Component::Model).then(|| format!("diffusion_model.{key}"));
+        Some(self.float_recipe(expr, shape, patcher_key.as_deref()))
     }
 
+    /// `patcher_key` is set for diffusion-model weights (the only ones ComfyUI keeps in fp8).
     pub(super) fn float_recipe(
         &self,
         expr: Expr,
         shape: Vec<usize>,
+        patcher_key: Option<&str>,
     ) -> (Recipe, DType, Vec<usize>) {
         let stored = expr.leaf.dtype;
+        let fp8_stored = matches!(stored, DType::F8E4M3 | DType::F8E5M2);
         let (out, round_inputs) = match self.precision {
+            Precision::Keep if fp8_stored && patcher_key.is_none() && !expr.steps.is_empty() => {
+                (DType::F16, None)
+            }
             Precision::Keep => (stored, None),
             Precision::Fp32 => (DType::F32, None),
             Precision::Fp16 => (DType::F16, Some(DType::F16)),
             Precision::Bf16 => (DType::BF16, Some(DType::BF16)),
+            Precision::Fp8E4M3 if patcher_key.is_some() => (DType::F8E4M3, Some(DType::F8E4M3)),
+            Precision::Fp8E4M3 if fp8_stored && !expr.steps.is_empty() => (DType::F16, None),
+            Precision::Fp8E4M3 => (stored, None),
         };
         let inputs_unchanged = round_inputs.is_none_or(|r| r == stored);
         if expr.steps.is_empty() && out == stored && inputs_unchanged {
             return (Recipe::Copy(expr.leaf), out, shape);
         }
+        let stochastic = match (out, patcher_key) {
+            (DType::F8E4M3 | DType::F8E5M2, Some(key)) => Some(Stochastic::new(key)),
+            _ => None,
+        };
         (
             Recipe::Compute {
                 expr,
                 out,
                 round_inputs,
+                stochastic,
             },
             out,
             shape,

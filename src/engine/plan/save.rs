@@ -147,6 +147,7 @@ impl Planner<'_> {
                         steps: Vec::new(),
                     },
                     shape,
+                    None,
                 )
             } else {
                 let d = leaf.dtype;

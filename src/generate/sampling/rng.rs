@@ -52,6 +52,19 @@ impl Mt19937 {
         self.next = 0;
     }
 
+    /// Skips `n` words: whole blocks are twisted without tempering any output.
+    pub(crate) fn discard(&mut self, mut n: usize) {
+        loop {
+            let left = 624 - self.next.min(624);
+            if n <= left {
+                self.next += n;
+                return;
+            }
+            n -= left;
+            self.twist();
+        }
+    }
+
     pub(crate) fn next_u32(&mut self) -> u32 {
         if self.next >= 624 {
             self.twist();
