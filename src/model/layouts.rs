@@ -488,6 +488,10 @@ pub fn fill_tensor(seed: u64, spec: &TensorSpec, out: &mut Vec<u8>) {
             let v = half::f16::from_f32(center + spread * rng.next_signed());
             out.extend_from_slice(&v.to_le_bytes());
         }),
+        DType::F8E4M3 | DType::F8E5M2 => {
+            let kind = crate::format::fp8::Fp8::of(spec.dtype).expect("an fp8 dtype");
+            (0..n).for_each(|_| out.push(kind.round_nearest(center + spread * rng.next_signed())));
+        }
         other => (0..n * other.size_bytes()).for_each(|_| out.push(rng.next_u64() as u8)),
     }
 }

@@ -9,6 +9,7 @@ mod util;
 mod corrupt;
 mod diff;
 mod engine;
+mod fp8;
 mod fuzz_regressions;
 mod gallery;
 mod generate;
