@@ -27,6 +27,7 @@ use serde::Serialize;
 
 use std::fs::File;
 
+use crate::format::fp8::Fp8;
 use crate::format::{DType, TensorFile, TensorRecord, read_exact_at};
 
 use super::Checkpoint;
@@ -477,8 +478,8 @@ fn decode(bytes: &[u8], dtype: DType, first: usize, out: &mut [f64]) {
     match dtype {
         DType::Bool | DType::U8 => each(&|c| f64::from(c[0])),
         DType::I8 => each(&|c| f64::from(c[0] as i8)),
-        DType::F8E4M3 => each(&|c| fp8(c[0], 3, 7, false)),
-        DType::F8E5M2 => each(&|c| fp8(c[0], 2, 15, true)),
+        DType::F8E4M3 => each(&|c| f64::from(Fp8::E4M3.to_f32(c[0]))),
+        DType::F8E5M2 => each(&|c| f64::from(Fp8::E5M2.to_f32(c[0]))),
         DType::I16 => each(&|c| f64::from(i16::from_le_bytes([c[0], c[1]]))),
         DType::U16 => each(&|c| f64::from(u16::from_le_bytes([c[0], c[1]]))),
         DType::F16 => each(&|c| f64::from(half::f16::from_le_bytes([c[0], c[1]]))),
@@ -497,32 +498,6 @@ fn eight(c: &[u8]) -> [u8; 8] {
     let mut a = [0u8; 8];
     a.copy_from_slice(&c[..8]);
     a
-}
-
-/// An 8-bit float with `mantissa` bits and exponent `bias`: E4M3FN (no infinities, S.1111.111
-/// is NaN) or E5M2 (IEEE-style infinities and NaNs).
-fn fp8(byte: u8, mantissa: u32, bias: i32, ieee: bool) -> f64 {
-    let sign = if byte & 0x80 != 0 { -1.0 } else { 1.0 };
-    let exp_bits = 7 - mantissa;
-    let e = i32::from((byte >> mantissa) & ((1 << exp_bits) - 1));
-    let m = f64::from(byte & ((1 << mantissa) - 1));
-    let scale = f64::from(1u32 << mantissa);
-    let max_e = (1 << exp_bits) - 1;
-    if ieee && e == max_e {
-        return if m == 0.0 {
-            sign * f64::INFINITY
-        } else {
-            f64::NAN
-        };
-    }
-    if !ieee && e == max_e && m == scale - 1.0 {
-        return f64::NAN;
-    }
-    if e == 0 {
-        sign * m / scale * 2f64.powi(1 - bias)
-    } else {
-        sign * (1.0 + m / scale) * 2f64.powi(e - bias)
-    }
 }
 
 /// The block a key belongs to (see the module documentation).
@@ -780,21 +755,6 @@ mod tests {
             names,
             ["time_embed", "IN02", "IN10", "M00", "OUT00", "OUT10", "out"]
         );
-    }
-
-    #[test]
-    fn fp8_values_decode_exactly() {
-        // E4M3FN: 0x38 = 1.0, 0x7e = 448 (the largest), 0x01 = 2⁻⁹, 0xff NaN.
-        assert_eq!(fp8(0x38, 3, 7, false), 1.0);
-        assert_eq!(fp8(0x7e, 3, 7, false), 448.0);
-        assert_eq!(fp8(0x01, 3, 7, false), 2f64.powi(-9));
-        assert_eq!(fp8(0xb8, 3, 7, false), -1.0);
-        assert!(fp8(0xff, 3, 7, false).is_nan());
-        // E5M2: 0x3c = 1.0, 0x7b = 57344, 0x7c = ∞, 0x01 = 2⁻¹⁶.
-        assert_eq!(fp8(0x3c, 2, 15, true), 1.0);
-        assert_eq!(fp8(0x7b, 2, 15, true), 57344.0);
-        assert_eq!(fp8(0x7c, 2, 15, true), f64::INFINITY);
-        assert_eq!(fp8(0x01, 2, 15, true), 2f64.powi(-16));
     }
 
     #[test]
