@@ -174,6 +174,21 @@ impl<'a> Flattener<'a> {
             .push(NodeError::new(Some(id), "invalid_prompt", message, details));
     }
 
+    /// Records a muted or bypassed node as skipped; returns why, or `None` if it runs.
+    fn skip(&mut self, id: &str, node: &Node) -> Option<SkipReason> {
+        let reason = match node.mode {
+            Mode::Never => SkipReason::Muted,
+            Mode::Bypass => SkipReason::Bypassed,
+            _ => return None,
+        };
+        self.out.skipped.push(Skipped {
+            node: id.to_owned(),
+            class_type: node.type_.clone(),
+            reason,
+        });
+        Some(reason)
+    }
+
     /// Step 1 of the frontend: lists the nodes to emit, expanding active instances in place.
     fn visit(&mut self, scope: usize, node: &'a Node, order: &mut Vec<(usize, &'a Node)>) {
         let id = self.execution_id(scope, node.id);
@@ -203,17 +218,7 @@ impl<'a> Flattener<'a> {
             order.push((scope, node));
             return;
         };
-        let reason = match node.mode {
-            Mode::Never => Some(SkipReason::Muted),
-            Mode::Bypass => Some(SkipReason::Bypassed),
-            _ => None,
-        };
-        if let Some(reason) = reason {
-            self.out.skipped.push(Skipped {
-                node: id.clone(),
-                class_type: node.type_.clone(),
-                reason,
-            });
+        if let Some(reason) = self.skip(&id, node) {
             if scope != 0 {
                 self.out.warnings.push(format!(
                     "subgraph #{id} ({}) is {} inside another subgraph: Amalgam runs nothing inside it; ComfyUI's frontend would still run its inner nodes",
@@ -268,17 +273,7 @@ impl<'a> Flattener<'a> {
             return None;
         }
         let id = self.execution_id(scope, node.id);
-        let reason = match node.mode {
-            Mode::Never => Some(SkipReason::Muted),
-            Mode::Bypass => Some(SkipReason::Bypassed),
-            _ => None,
-        };
-        if let Some(reason) = reason {
-            self.out.skipped.push(Skipped {
-                node: id,
-                class_type: node.type_.clone(),
-                reason,
-            });
+        if self.skip(&id, node).is_some() {
             return None;
         }
         let mut inputs: Vec<(String, PromptInput)> = Vec::new();

@@ -343,42 +343,58 @@ fn nested_merge(ratio: f64, proxy: bool, root_mode: i64) -> Value {
             boundary("ratio", "FLOAT", &[3]),
         ]
     };
-    let inner = json!({
-        "id": "inner-0000", "version": 1, "name": "Merge two",
-        "state": {"lastGroupId": 0, "lastNodeId": 11, "lastLinkId": 6, "lastRerouteId": 0},
-        "inputNode": {"id": -10, "bounding": [0, 0, 120, 80]},
-        "outputNode": {"id": -20, "bounding": [400, 0, 120, 60]},
-        "inputs": merge_inputs(),
-        "outputs": [boundary("MODEL", "MODEL", &[4])],
-        "widgets": [],
-        "nodes": [ui_node(3, "ModelMergeSimple",
-            vec![input("model1", "MODEL", Some(1)), input("model2", "MODEL", Some(2)),
-                 widget_input("ratio", "FLOAT", Some(3))],
-            vec![model_out(&[4])], json!([0.9]))],
-        "links": [
-            link_object(1, (-10, 0), (3, 0), "MODEL"), link_object(2, (-10, 1), (3, 1), "MODEL"),
-            link_object(3, (-10, 2), (3, 2), "FLOAT"), link_object(4, (3, 0), (-20, 0), "MODEL"),
-        ],
-        "groups": [], "config": {}, "extra": {},
-    });
-    let outer = json!({
-        "id": "outer-0000", "version": 1, "name": "Merge (wrapped)",
-        "state": {"lastGroupId": 0, "lastNodeId": 11, "lastLinkId": 6, "lastRerouteId": 0},
-        "inputNode": {"id": -10, "bounding": [0, 0, 120, 80]},
-        "outputNode": {"id": -20, "bounding": [400, 0, 120, 60]},
-        "inputs": merge_inputs(),
-        "outputs": [boundary("MODEL", "MODEL", &[4])],
-        "widgets": [],
-        "nodes": [ui_node(11, "inner-0000",
-            vec![input("model_a", "MODEL", Some(1)), input("model_b", "MODEL", Some(2)),
-                 widget_input("ratio", "FLOAT", Some(3))],
-            vec![model_out(&[4])], json!([0.8]))],
-        "links": [
-            link_object(1, (-10, 0), (11, 0), "MODEL"), link_object(2, (-10, 1), (11, 1), "MODEL"),
-            link_object(3, (-10, 2), (11, 2), "FLOAT"), link_object(4, (11, 0), (-20, 0), "MODEL"),
-        ],
-        "groups": [], "config": {}, "extra": {},
-    });
+    // One merge-shaped definition: inputs model_a, model_b, ratio → node `inner_id` → output.
+    let definition = |id: &str, name: &str, inner: Value| {
+        let inner_id = inner["id"].as_i64().expect("inner id");
+        let mut def = json!({
+            "id": id, "version": 1, "name": name,
+            "state": {"lastGroupId": 0, "lastNodeId": 11, "lastLinkId": 6, "lastRerouteId": 0},
+            "inputNode": {"id": -10, "bounding": [0, 0, 120, 80]},
+            "outputNode": {"id": -20, "bounding": [400, 0, 120, 60]},
+            "outputs": [boundary("MODEL", "MODEL", &[4])],
+            "widgets": [],
+            "links": [
+                link_object(1, (-10, 0), (inner_id, 0), "MODEL"),
+                link_object(2, (-10, 1), (inner_id, 1), "MODEL"),
+                link_object(3, (-10, 2), (inner_id, 2), "FLOAT"),
+                link_object(4, (inner_id, 0), (-20, 0), "MODEL"),
+            ],
+            "groups": [], "config": {}, "extra": {},
+        });
+        def["inputs"] = Value::Array(merge_inputs());
+        def["nodes"] = Value::Array(vec![inner]);
+        def
+    };
+    let inner = definition(
+        "inner-0000",
+        "Merge two",
+        ui_node(
+            3,
+            "ModelMergeSimple",
+            vec![
+                input("model1", "MODEL", Some(1)),
+                input("model2", "MODEL", Some(2)),
+                widget_input("ratio", "FLOAT", Some(3)),
+            ],
+            vec![model_out(&[4])],
+            json!([0.9]),
+        ),
+    );
+    let outer = definition(
+        "outer-0000",
+        "Merge (wrapped)",
+        ui_node(
+            11,
+            "inner-0000",
+            vec![
+                input("model_a", "MODEL", Some(1)),
+                input("model_b", "MODEL", Some(2)),
+                widget_input("ratio", "FLOAT", Some(3)),
+            ],
+            vec![model_out(&[4])],
+            json!([0.8]),
+        ),
+    );
     let mut instance = ui_node(
         10,
         "outer-0000",
