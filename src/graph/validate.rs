@@ -47,6 +47,8 @@ impl Validation {
             "errors": self.errors,
             "skipped": self.skipped,
             "warnings": self.warnings,
+            // What would run (ComfyUI's "Export (API)"): subgraphs flattened, values coerced.
+            "prompt": self.prompt.to_json(),
         })
     }
 }
