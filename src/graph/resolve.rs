@@ -12,7 +12,11 @@
 //!   execution ids `12:5` (`12:7:3` when nested), in definition order after the root node that
 //!   holds them. A link from the input box (−10) climbs to the instance's input: its outer link
 //!   if it has one, else the instance's promoted value (G2 `proxyWidgets`, or G1/G3 positional
-//!   `widgets_values`), else the inner widget keeps its own value. An instance's output follows
+//!   `widgets_values`), else the inner widget keeps its own value. A G2 proxy with no link
+//!   behind it (a seed, say) also takes the instance's value when it has one: G2 frontends
+//!   wrote such values through to the inner widget (so on their files both agree), and a
+//!   current frontend migrates each proxy into a promoted input holding the instance's value;
+//!   this is what makes a value edited on the instance in Amalgam run. An instance's output follows
 //!   the inner link into the output box (−20). A muted or bypassed instance is not expanded; a
 //!   bypassed one passes its inputs through by position, as any bypassed node.
 //! - Deliberate divergence: a muted or bypassed *nested* instance is not expanded either (the
@@ -288,6 +292,10 @@ impl<'a> Flattener<'a> {
                 inputs.push((spec.name.clone(), PromptInput::Value(value)));
             }
         }
+        // G2 proxies of this node's widgets: the instance's value, where it has one.
+        for (name, value) in self.proxied_values(scope, node) {
+            set_input(&mut inputs, &name, PromptInput::Value(value));
+        }
         for (slot_index, slot) in node.inputs.iter().enumerate() {
             if slot.link.is_none() {
                 continue;
@@ -329,6 +337,28 @@ impl<'a> Flattener<'a> {
                 title: node.title.clone(),
             },
         ))
+    }
+
+    /// The values the instance around `scope` gives `node`'s widgets through G2 `proxyWidgets`
+    /// entries that name the node (non-null host values only; a hole keeps the inner value).
+    fn proxied_values(&self, scope: usize, node: &Node) -> Vec<(String, Value)> {
+        let Some(instance) = self.scopes[scope].instance else {
+            return Vec::new();
+        };
+        let Some(proxies) = proxy_widgets(instance) else {
+            return Vec::new();
+        };
+        let values = instance.widget_values();
+        let id = node.id.to_string();
+        proxies
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (n, w))| *n == id && w != "control_after_generate")
+            .filter_map(|(i, (_, w))| {
+                let v = values.get(i).filter(|v| !v.is_null())?;
+                Some((w, v.clone()))
+            })
+            .collect()
     }
 
     /// Where input `slot` of `node` (in `scope`) gets its value: the frontend's `resolveInput`.

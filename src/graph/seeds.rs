@@ -13,8 +13,9 @@ use super::Document;
 /// The frontend's largest random range (`MAX_RANDOM_RANGE`, 2^50).
 pub const MAX_RANDOM_RANGE: i64 = 1 << 50;
 
-/// Applies every `control_after_generate` of the document's active nodes; `random` gives
-/// uniformly distributed 64-bit numbers. Returns how many values changed.
+/// Applies every `control_after_generate` of the document's active nodes — and of seeds that
+/// subgraph instances promote, whose value lives on the instance — ; `random` gives uniformly
+/// distributed 64-bit numbers. Returns how many values changed.
 pub fn after_queue(doc: &mut Document, mut random: impl FnMut() -> u64) -> usize {
     let registry = Registry::builtin();
     let mut changed = 0;
@@ -26,39 +27,72 @@ pub fn after_queue(doc: &mut Document, mut random: impl FnMut() -> u64) -> usize
             continue;
         };
         for (pos, spec) in schema.widget_slots() {
-            let InputKind::Int {
-                min,
-                max,
-                control_after_generate: true,
-                ..
-            } = spec.kind
-            else {
-                continue;
-            };
             let values = node.widget_values();
             let (Some(value), Some(control)) = (values.get(pos), values.get(pos + 1)) else {
                 continue;
             };
-            let Some(current) = value.as_i64().or_else(|| value.as_u64().map(|_| max)) else {
-                continue;
-            };
-            let next = match control.as_str() {
-                Some("increment") => current.saturating_add(1).clamp(min, max),
-                Some("decrement") => current.saturating_sub(1).clamp(min, max),
-                Some("randomize") => {
-                    let top = max.min(MAX_RANDOM_RANGE);
-                    let range = (top - min).max(1) as u64;
-                    min + (random() % range) as i64
-                }
-                _ => continue,
-            };
-            if value.as_i64() != Some(next) {
+            if let Some(next) = next_value(&spec.kind, value, control, &mut random) {
                 super::edit::set_widget(node, pos, json!(next));
                 changed += 1;
             }
         }
     }
+    // Promoted seeds: the instance holds the value the inner seed gets.
+    let defs = super::subgraph::Definitions::of(doc);
+    let mut promoted = Vec::new();
+    for node in doc.nodes.iter().filter(|n| n.mode != super::Mode::Never) {
+        for p in defs.promoted_widgets(node, registry) {
+            let (Some((class_type, widget)), Some(control)) = (&p.inner, &p.control) else {
+                continue;
+            };
+            let Some(spec) = registry
+                .get(class_type)
+                .and_then(|s| s.inputs.iter().find(|i| i.name == *widget))
+            else {
+                continue;
+            };
+            if let Some(next) = next_value(&spec.kind, &p.value, control, &mut random) {
+                promoted.push((node.id, p.index, next));
+            }
+        }
+    }
+    for (id, index, next) in promoted {
+        if let Some(node) = doc.node_mut(id) {
+            super::edit::set_widget(node, index, json!(next));
+            changed += 1;
+        }
+    }
     changed
+}
+
+/// The value after a queue for a seed widget of `kind` at `value` with `control`, if it changes.
+fn next_value(
+    kind: &InputKind,
+    value: &serde_json::Value,
+    control: &serde_json::Value,
+    random: &mut impl FnMut() -> u64,
+) -> Option<i64> {
+    let InputKind::Int {
+        min,
+        max,
+        control_after_generate: true,
+        ..
+    } = *kind
+    else {
+        return None;
+    };
+    let current = value.as_i64().or_else(|| value.as_u64().map(|_| max))?;
+    let next = match control.as_str() {
+        Some("increment") => current.saturating_add(1).clamp(min, max),
+        Some("decrement") => current.saturating_sub(1).clamp(min, max),
+        Some("randomize") => {
+            let top = max.min(MAX_RANDOM_RANGE);
+            let range = (top - min).max(1) as u64;
+            min + (random() % range) as i64
+        }
+        _ => return None,
+    };
+    (value.as_i64() != Some(next)).then_some(next)
 }
 
 /// Random numbers for [`after_queue`] from the standard library's per-process random keys

@@ -268,6 +268,19 @@ pub struct Promoted {
     pub value: Value,
     /// The inner node's class type and widget name, when found (for the widget's kind).
     pub inner: Option<(String, String)>,
+    /// For a seed: its `control_after_generate` (the instance's G2 proxy of it, else the inner
+    /// node's own), which the frontend applies to the promoted value after each queue.
+    pub control: Option<Value>,
+}
+
+/// The real node behind a promoted widget.
+struct InnerWidget {
+    class_type: String,
+    widget: String,
+    /// Its own value (a nested instance's promoted value winning, as when running).
+    value: Option<Value>,
+    /// Its `control_after_generate` value, when the widget is a seed.
+    control: Option<Value>,
 }
 
 /// Deepest chain of nested instances followed to find a promoted widget's inner node.
@@ -292,6 +305,7 @@ impl Definitions {
         let host = |index: usize| values.get(index).filter(|v| !v.is_null()).cloned();
         let mut out = Vec::new();
         if let Some(proxies) = proxy_widgets(instance) {
+            let proxy_list = proxies.clone();
             for (index, (node, widget)) in proxies.into_iter().enumerate() {
                 if widget.starts_with("$$") {
                     continue;
@@ -322,21 +336,28 @@ impl Definitions {
                         {
                             continue;
                         }
-                        Some((n, _)) => Some((
-                            n.type_.clone(),
-                            widget.clone(),
-                            widget_value(n, &widget, registry),
-                        )),
+                        Some((n, _)) => Some(InnerWidget {
+                            class_type: n.type_.clone(),
+                            widget: widget.clone(),
+                            value: widget_value(n, &widget, registry),
+                            control: widget_value(n, "control_after_generate", registry)
+                                .filter(|_| is_seed(n, &widget, registry)),
+                        }),
                         None => None,
                     }
                 };
-                let fallback = inner.as_ref().and_then(|(_, _, v)| v.clone());
-                out.push(Promoted {
-                    name: widget,
-                    index,
-                    value: host(index).or(fallback).unwrap_or(Value::Null),
-                    inner: inner.map(|(t, w, _)| (t, w)),
-                });
+                // A proxied control of the same node holds the instance's own choice.
+                let proxied_control =
+                    inner
+                        .as_ref()
+                        .and_then(|i| i.control.as_ref())
+                        .and_then(|_| {
+                            let at = proxy_list
+                                .iter()
+                                .position(|(n, w)| *n == node && w == "control_after_generate")?;
+                            host(at)
+                        });
+                out.push(promoted(widget, index, host(index), inner, proxied_control));
             }
             return out;
         }
@@ -348,13 +369,7 @@ impl Definitions {
                 continue;
             }
             let inner = self.inner_widget(def, k, registry, 0);
-            let fallback = inner.as_ref().and_then(|(_, _, v)| v.clone());
-            out.push(Promoted {
-                name: slot.name.clone(),
-                index,
-                value: host(index).or(fallback).unwrap_or(Value::Null),
-                inner: inner.map(|(t, w, _)| (t, w)),
-            });
+            out.push(promoted(slot.name.clone(), index, host(index), inner, None));
         }
         out
     }
@@ -367,7 +382,7 @@ impl Definitions {
         k: usize,
         registry: &Registry,
         depth: usize,
-    ) -> Option<(String, String, Option<Value>)> {
+    ) -> Option<InnerWidget> {
         if depth > MAX_PROMOTION_DEPTH {
             return None;
         }
@@ -383,20 +398,61 @@ impl Definitions {
         match self.of_node(target) {
             Some(nested) => {
                 let k2 = nested.input_index(&widget)?;
-                let (t, w, deeper) = self.inner_widget(nested, k2, registry, depth + 1)?;
+                let mut deeper = self.inner_widget(nested, k2, registry, depth + 1)?;
                 let own = nested
                     .widget_rank(k2)
                     .and_then(|r| target.widget_values().get(r))
                     .filter(|v| !v.is_null())
                     .cloned();
-                Some((t, w, own.or(deeper)))
+                deeper.value = own.or(deeper.value);
+                Some(deeper)
             }
-            None => {
-                let value = widget_value(target, &widget, registry);
-                Some((target.type_.clone(), widget, value))
-            }
+            None => Some(InnerWidget {
+                class_type: target.type_.clone(),
+                value: widget_value(target, &widget, registry),
+                control: widget_value(target, "control_after_generate", registry)
+                    .filter(|_| is_seed(target, &widget, registry)),
+                widget,
+            }),
         }
     }
+}
+
+/// A promoted widget from the instance's value (`host`) and what is behind it.
+fn promoted(
+    name: String,
+    index: usize,
+    host: Option<Value>,
+    inner: Option<InnerWidget>,
+    proxied_control: Option<Value>,
+) -> Promoted {
+    let (fallback, control, inner) = match inner {
+        Some(i) => (i.value, i.control, Some((i.class_type, i.widget))),
+        None => (None, None, None),
+    };
+    Promoted {
+        name,
+        index,
+        value: host.or(fallback).unwrap_or(Value::Null),
+        inner,
+        control: proxied_control.or(control),
+    }
+}
+
+/// Whether `widget` of `node` is an INT with a `control_after_generate` companion (a seed).
+fn is_seed(node: &Node, widget: &str, registry: &Registry) -> bool {
+    registry.get(&node.type_).is_some_and(|schema| {
+        schema.inputs.iter().any(|s| {
+            s.name == widget
+                && matches!(
+                    s.kind,
+                    crate::nodes::InputKind::Int {
+                        control_after_generate: true,
+                        ..
+                    }
+                )
+        })
+    })
 }
 
 /// A node's own value of a widget, by the registry's widget positions.

@@ -640,3 +640,38 @@ fn the_app_shows_an_instance_as_one_node_and_opens_its_inside() {
     let prompt: Value = serde_json::from_str(&meta["prompt"]).expect("prompt");
     assert_eq!(prompt["10:11:3"]["inputs"]["ratio"].as_f64(), Some(ratio));
 }
+
+/// `control_after_generate` reaches promoted seeds: after a queue the instance's value moves on
+/// (G2 through the inner KSampler's own "randomize", G3 likewise), the shared definition stays
+/// as it was, and the next prompt takes the new seed.
+#[test]
+fn promoted_seeds_follow_control_after_generate() {
+    use amalgam::graph::seeds::after_queue;
+    for (name, instance, sampler, index) in [
+        ("flux_dev_checkpoint_example.json", 56, "56:52", 7),
+        ("flux1_dev_uso_reference_image_gen.json", 112, "112:31", 3),
+    ] {
+        let (mut doc, _) = Document::from_json(template_json(name)).expect("doc");
+        let before = resolve(&doc, Registry::builtin());
+        let seed = literal(&before, sampler, "seed").clone();
+        let definitions = doc.fields["definitions"].clone();
+        let mut draws = 0u64;
+        let changed = after_queue(&mut doc, || {
+            draws += 1;
+            12_345 + draws
+        });
+        assert!(changed >= 1, "{name}");
+        let value = doc.node(instance).expect("instance").widget_values()[index].clone();
+        assert_ne!(value, seed, "{name}: randomized");
+        assert_eq!(
+            doc.fields["definitions"], definitions,
+            "{name}: definition untouched"
+        );
+        let after = resolve(&doc, Registry::builtin());
+        assert_eq!(
+            literal(&after, sampler, "seed"),
+            &value,
+            "{name}: the next prompt"
+        );
+    }
+}
