@@ -74,9 +74,16 @@ impl Fp8 {
         sign * magnitude
     }
 
-    /// A 256-entry table of [`Fp8::to_f32`], for converting many values.
-    pub fn table(self) -> [f32; 256] {
-        std::array::from_fn(|b| self.to_f32(b as u8))
+    /// [`Fp8::to_f32`] of every byte, built once per format: converting many values is a
+    /// lookup each.
+    pub fn values(self) -> &'static [f32; 256] {
+        static E4M3: std::sync::OnceLock<[f32; 256]> = std::sync::OnceLock::new();
+        static E5M2: std::sync::OnceLock<[f32; 256]> = std::sync::OnceLock::new();
+        let cell = match self {
+            Fp8::E4M3 => &E4M3,
+            Fp8::E5M2 => &E5M2,
+        };
+        cell.get_or_init(|| std::array::from_fn(|b| self.to_f32(b as u8)))
     }
 
     /// The byte of the fp8 value nearest to `x` (ties to even), as torch's cast gives it. Bit

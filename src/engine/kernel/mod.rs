@@ -21,8 +21,7 @@ use crate::format::DType;
 use crate::format::fp8::Fp8;
 
 use super::plan::{
-    ChunkStarts, Dora, DoraAxis, Expr, Factor, KronTerm, Leaf, LoraTerm, Recipe, Step, Stochastic,
-    Term,
+    Dora, DoraAxis, Expr, Factor, KronTerm, Leaf, LoraTerm, Recipe, Step, Stochastic, Term,
 };
 use super::source::Source;
 use stochastic::StochasticRounder;
@@ -320,16 +319,6 @@ fn read_leaf(
     Ok(())
 }
 
-/// The exact f32 value of every fp8 byte, per format.
-fn fp8_table(kind: Fp8) -> &'static [f32; 256] {
-    static E4M3: std::sync::OnceLock<[f32; 256]> = std::sync::OnceLock::new();
-    static E5M2: std::sync::OnceLock<[f32; 256]> = std::sync::OnceLock::new();
-    match kind {
-        Fp8::E4M3 => E4M3.get_or_init(|| kind.table()),
-        Fp8::E5M2 => E5M2.get_or_init(|| kind.table()),
-    }
-}
-
 /// Converts `range` of a raw buffer to f32 into `out`, rounding through ComfyUI's load dtype
 /// first when `round` asks for it.
 fn load_tile(raw: &Raw, range: std::ops::Range<usize>, out: &mut [f32], round: Option<DType>) {
@@ -347,7 +336,7 @@ fn load_tile(raw: &Raw, range: std::ops::Range<usize>, out: &mut [f32], round: O
             DType::F32
         }
         Raw::Fp8(v, kind) => {
-            let table = fp8_table(*kind);
+            let table = kind.values();
             for (o, b) in out.iter_mut().zip(&v[range]) {
                 *o = table[usize::from(*b)];
             }
@@ -367,7 +356,7 @@ fn load_tile(raw: &Raw, range: std::ops::Range<usize>, out: &mut [f32], round: O
         }
         Some(d @ (DType::F8E4M3 | DType::F8E5M2)) if stored != d => {
             if let Some(kind) = Fp8::of(d) {
-                let table = fp8_table(kind);
+                let table = kind.values();
                 for v in out.iter_mut() {
                     *v = table[usize::from(kind.round_nearest(*v))];
                 }
@@ -579,7 +568,7 @@ pub fn produce(
             if needs_preparing(expr) {
                 return Err(KernelError::Unprepared);
             }
-            let mut rounder = rounder_at(*dtype, stochastic.as_ref(), start);
+            let mut rounder = stochastic::rounder_at(*dtype, stochastic.as_ref(), start);
             let Scratch {
                 raws,
                 tiles,
@@ -715,7 +704,7 @@ pub fn prepare(
     let stochastic = match (stochastic, Fp8::of(*out)) {
         (Some(s), Some(kind)) if starts_due => Some(Stochastic {
             seed: s.seed,
-            chunk_starts: chunk_starts(kind, s.seed, numel),
+            chunk_starts: stochastic::chunk_starts(kind, s.seed, numel),
         }),
         (s, _) => s.clone(),
     };
@@ -725,21 +714,6 @@ pub fn prepare(
         round_inputs: *round_inputs,
         stochastic,
     }))
-}
-
-/// The generator at the first element of every chunk of a tensor: one pass over its stream
-/// (whole blocks are skipped without tempering, so this costs a fraction of the rounding).
-fn chunk_starts(kind: Fp8, seed: u32, numel: usize) -> ChunkStarts {
-    let mut r = StochasticRounder::new(kind, seed);
-    let mut starts = Vec::with_capacity(numel.div_ceil(CHUNK_ELEMENTS));
-    let mut at = 0;
-    while at < numel {
-        starts.push(r.clone());
-        let len = CHUNK_ELEMENTS.min(numel - at);
-        r.skip(len);
-        at += len;
-    }
-    ChunkStarts(Arc::new(starts))
 }
 
 /// Whether an expression holds a DoRA step whose factors are not computed yet.
@@ -850,24 +824,6 @@ fn dora_factors(
             s / norm
         })
         .collect())
-}
-
-/// The stochastic rounder positioned at element `start` of an fp8 output (`None` otherwise):
-/// from the prepared chunk starts when there are, else from the seed.
-fn rounder_at(
-    out: DType,
-    stochastic: Option<&Stochastic>,
-    start: usize,
-) -> Option<StochasticRounder> {
-    let kind = Fp8::of(out)?;
-    let s = stochastic?;
-    let chunk = start / CHUNK_ELEMENTS;
-    let (mut r, from) = match s.chunk_starts.0.get(chunk) {
-        Some(r) => (r.clone(), chunk * CHUNK_ELEMENTS),
-        None => (StochasticRounder::new(kind, s.seed), 0),
-    };
-    r.skip(start - from);
-    Some(r)
 }
 
 /// Rounds f32 values once to `dtype` and appends their bytes: round-to-nearest-even, or for fp8

@@ -15,8 +15,15 @@
 
 use half::f16;
 
+use std::sync::Arc;
+
+use crate::engine::plan::{ChunkStarts, Stochastic};
+use crate::format::DType;
 use crate::format::fp8::Fp8;
+
 use crate::generate::sampling::rng::Mt19937;
+
+use super::CHUNK_ELEMENTS;
 
 /// ComfyUI's `string_to_seed`: the CRC-32 (zlib's) of the key.
 pub fn string_to_seed(key: &str) -> u32 {
@@ -28,6 +35,39 @@ pub fn string_to_seed(key: &str) -> u32 {
 pub struct StochasticRounder {
     kind: Fp8,
     generator: Mt19937,
+}
+
+/// The stochastic rounder positioned at element `start` of an fp8 output (`None` otherwise):
+/// from the prepared chunk starts when there are, else from the seed.
+pub(super) fn rounder_at(
+    out: DType,
+    stochastic: Option<&Stochastic>,
+    start: usize,
+) -> Option<StochasticRounder> {
+    let kind = Fp8::of(out)?;
+    let s = stochastic?;
+    let chunk = start / CHUNK_ELEMENTS;
+    let (mut r, from) = match s.chunk_starts.0.get(chunk) {
+        Some(r) => (r.clone(), chunk * CHUNK_ELEMENTS),
+        None => (StochasticRounder::new(kind, s.seed), 0),
+    };
+    r.skip(start - from);
+    Some(r)
+}
+
+/// The generator at the first element of every chunk of a tensor: one pass over its stream
+/// (whole blocks are skipped without tempering, so this costs a fraction of the rounding).
+pub(super) fn chunk_starts(kind: Fp8, seed: u32, numel: usize) -> ChunkStarts {
+    let mut r = StochasticRounder::new(kind, seed);
+    let mut starts = Vec::with_capacity(numel.div_ceil(CHUNK_ELEMENTS));
+    let mut at = 0;
+    while at < numel {
+        starts.push(r.clone());
+        let len = CHUNK_ELEMENTS.min(numel - at);
+        r.skip(len);
+        at += len;
+    }
+    ChunkStarts(Arc::new(starts))
 }
 
 /// Rounds an f32 to f16 and back: one half-precision operation's result.
