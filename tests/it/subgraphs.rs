@@ -306,25 +306,40 @@ fn link_object(id: i64, from: (i64, usize), to: (i64, usize), type_: &str) -> Va
            "target_slot": to.1, "type": type_})
 }
 
-/// Loader a (1) and b (2) → ModelMergeSimple at `ratio` → CheckpointSave (4), no subgraph.
-fn flat_merge(ratio: f64) -> Value {
-    json!({
-        "version": 0.4, "last_node_id": 4, "last_link_id": 6,
-        "nodes": [
-            loader_node(1, "a.safetensors", &[1], &[4], &[]),
-            loader_node(2, "b.safetensors", &[2], &[], &[5]),
-            ui_node(3, "ModelMergeSimple",
-                vec![input("model1", "MODEL", Some(1)), input("model2", "MODEL", Some(2))],
-                vec![model_out(&[3])], json!([ratio])),
-            save_node(4, [3, 4, 5], "flat"),
-        ],
+/// Loader a (1) and b (2) → `middle` (node `id`, two MODEL inputs, a MODEL output) →
+/// CheckpointSave (4) with `prefix`: the flat and the wrapped merge share all but the middle.
+fn merge_workflow(middle: Value, id: i64, prefix: &str) -> Value {
+    let mut workflow = json!({
+        "version": 0.4, "last_node_id": 11, "last_link_id": 6,
         "links": [
-            link_array(1, (1, 0), (3, 0), "MODEL"), link_array(2, (2, 0), (3, 1), "MODEL"),
-            link_array(3, (3, 0), (4, 0), "MODEL"), link_array(4, (1, 1), (4, 1), "CLIP"),
+            link_array(1, (1, 0), (id, 0), "MODEL"), link_array(2, (2, 0), (id, 1), "MODEL"),
+            link_array(3, (id, 0), (4, 0), "MODEL"), link_array(4, (1, 1), (4, 1), "CLIP"),
             link_array(5, (2, 2), (4, 2), "VAE"),
         ],
         "groups": [], "config": {}, "extra": {},
-    })
+    });
+    workflow["nodes"] = Value::Array(vec![
+        loader_node(1, "a.safetensors", &[1], &[4], &[]),
+        loader_node(2, "b.safetensors", &[2], &[], &[5]),
+        middle,
+        save_node(4, [3, 4, 5], prefix),
+    ]);
+    workflow
+}
+
+/// The merge at `ratio` with no subgraph.
+fn flat_merge(ratio: f64) -> Value {
+    let merge = ui_node(
+        3,
+        "ModelMergeSimple",
+        vec![
+            input("model1", "MODEL", Some(1)),
+            input("model2", "MODEL", Some(2)),
+        ],
+        vec![model_out(&[3])],
+        json!([ratio]),
+    );
+    merge_workflow(merge, 3, "flat")
 }
 
 fn boundary(name: &str, type_: &str, links: &[i64]) -> Value {
@@ -410,22 +425,9 @@ fn nested_merge(ratio: f64, proxy: bool, root_mode: i64) -> Value {
     if proxy {
         instance["properties"] = json!({"proxyWidgets": [["-1", "ratio"]]});
     }
-    json!({
-        "version": 0.4, "last_node_id": 11, "last_link_id": 6,
-        "nodes": [
-            loader_node(1, "a.safetensors", &[1], &[4], &[]),
-            loader_node(2, "b.safetensors", &[2], &[], &[5]),
-            instance,
-            save_node(4, [3, 4, 5], "nested"),
-        ],
-        "links": [
-            link_array(1, (1, 0), (10, 0), "MODEL"), link_array(2, (2, 0), (10, 1), "MODEL"),
-            link_array(3, (10, 0), (4, 0), "MODEL"), link_array(4, (1, 1), (4, 1), "CLIP"),
-            link_array(5, (2, 2), (4, 2), "VAE"),
-        ],
-        "groups": [], "config": {}, "extra": {},
-        "definitions": {"subgraphs": [outer, inner]},
-    })
+    let mut workflow = merge_workflow(instance, 10, "nested");
+    workflow["definitions"] = json!({"subgraphs": [outer, inner]});
+    workflow
 }
 
 fn run_workflow(tree: &ModelTree, name: &str, workflow: &Value) -> std::process::Output {
