@@ -91,6 +91,10 @@ enum Origin {
 const MAX_HOPS: usize = 10_000;
 /// Deepest nesting of subgraph instances expanded.
 const MAX_NESTING: usize = 64;
+/// Most nodes subgraphs may expand into: nesting multiplies (ten instances of a subgraph that
+/// holds ten instances of another… is exponential), so a hostile file is refused here rather
+/// than expanded into millions of nodes.
+const MAX_EXPANDED_NODES: usize = 100_000;
 
 fn is_virtual(registry: &Registry, type_: &str) -> bool {
     registry
@@ -113,6 +117,7 @@ pub fn resolve(doc: &Document, registry: &Registry) -> Resolved {
         }],
         inside: HashMap::new(),
         out: Resolved::default(),
+        too_many: false,
     };
     let mut nodes: Vec<&Node> = doc.nodes.iter().collect();
     nodes.sort_by_key(|n| n.id);
@@ -159,6 +164,8 @@ struct Flattener<'a> {
     /// (scope, instance id) → the scope of that instance's inside.
     inside: HashMap<(usize, NodeId), usize>,
     out: Resolved,
+    /// Set once the instance limit was reached (reported once).
+    too_many: bool,
 }
 
 impl<'a> Flattener<'a> {
@@ -246,6 +253,18 @@ impl<'a> Flattener<'a> {
                 return;
             }
             chain = self.scopes[s].parent;
+        }
+        if order.len() + self.scopes.len() + def.graph.nodes.len() > MAX_EXPANDED_NODES {
+            if !std::mem::replace(&mut self.too_many, true) {
+                self.error(
+                    &id,
+                    format!(
+                        "The workflow's subgraphs expand to more than {MAX_EXPANDED_NODES} nodes"
+                    ),
+                    "nested subgraphs multiply; Amalgam does not expand this many",
+                );
+            }
+            return;
         }
         if self.scopes[scope].path.len() >= MAX_NESTING {
             self.error(

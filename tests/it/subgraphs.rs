@@ -677,3 +677,34 @@ fn promoted_seeds_follow_control_after_generate() {
         );
     }
 }
+
+/// Nesting multiplies: a root instance of a subgraph holding 30 instances of one holding 30 of
+/// one holding 30… would be 810,000 nodes. It is refused once, quickly, by node.
+#[test]
+fn exponentially_nested_subgraphs_are_refused_not_expanded() {
+    let level = |id: usize, inner: Option<&str>| {
+        let nodes: Vec<Value> = (0..30)
+            .map(|n| match inner {
+                Some(t) => ui_node(n + 1, t, vec![], vec![], json!([])),
+                None => ui_node(n + 1, "ModelMergeSimple", vec![], vec![], json!([0.5])),
+            })
+            .collect();
+        json!({"id": format!("d{id}"), "version": 1, "name": format!("level {id}"),
+               "inputs": [], "outputs": [], "nodes": nodes, "links": []})
+    };
+    let mut workflow = flat_merge(0.5);
+    workflow["nodes"][2]["type"] = json!("d0");
+    workflow["definitions"] = json!({"subgraphs": [
+        level(0, Some("d1")), level(1, Some("d2")), level(2, Some("d3")), level(3, None),
+    ]});
+    let started = std::time::Instant::now();
+    let r = flatten(&workflow);
+    let refusals: Vec<_> = r
+        .errors
+        .iter()
+        .filter(|e| e.message.contains("expand to more than"))
+        .collect();
+    assert_eq!(refusals.len(), 1, "{:?}", r.errors);
+    assert!(r.prompt.nodes.len() <= 100_004, "{}", r.prompt.nodes.len());
+    assert!(started.elapsed().as_secs() < 20, "{:?}", started.elapsed());
+}
