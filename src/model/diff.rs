@@ -478,8 +478,10 @@ fn decode(bytes: &[u8], dtype: DType, first: usize, out: &mut [f64]) {
     match dtype {
         DType::Bool | DType::U8 => each(&|c| f64::from(c[0])),
         DType::I8 => each(&|c| f64::from(c[0] as i8)),
-        DType::F8E4M3 => each(&|c| f64::from(Fp8::E4M3.to_f32(c[0]))),
-        DType::F8E5M2 => each(&|c| f64::from(Fp8::E5M2.to_f32(c[0]))),
+        DType::F8E4M3 | DType::F8E5M2 => {
+            let table = Fp8::of(dtype).map_or(&[0.0; 256], Fp8::values);
+            each(&|c| f64::from(table[usize::from(c[0])]));
+        }
         DType::I16 => each(&|c| f64::from(i16::from_le_bytes([c[0], c[1]]))),
         DType::U16 => each(&|c| f64::from(u16::from_le_bytes([c[0], c[1]]))),
         DType::F16 => each(&|c| f64::from(half::f16::from_le_bytes([c[0], c[1]]))),
