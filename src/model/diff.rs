@@ -750,6 +750,17 @@ mod tests {
     }
 
     #[test]
+    fn fp8_bytes_decode_to_their_exact_values() {
+        let bytes = [0x38, 0x7e, 0x01, 0xb8, 0x3c];
+        let mut out = [0.0; 4];
+        decode(&bytes, DType::F8E4M3, 0, &mut out);
+        assert_eq!(out, [1.0, 448.0, 2f64.powi(-9), -1.0]);
+        let mut out = [0.0; 1];
+        decode(&bytes, DType::F8E5M2, 4, &mut out);
+        assert_eq!(out, [1.0]);
+    }
+
+    #[test]
     fn blocks_sort_in_the_order_data_flows() {
         let mut names = vec!["OUT10", "out", "IN10", "M00", "IN02", "time_embed", "OUT00"];
         names.sort_by_key(|n| BlockOrder::of(n));
