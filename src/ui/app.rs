@@ -248,7 +248,8 @@ impl AmalgamApp {
             }
             Command::Undo => self.rebuild |= self.document.undo(),
             Command::Redo => self.rebuild |= self.document.redo(),
-            Command::SelectAll => self.canvas.select_all(),
+            Command::SelectAll if self.inside.is_none() => self.canvas.select_all(),
+            Command::SelectAll => {}
             Command::ToggleMode(mode) => self.toggle_mode(mode),
             Command::DeleteSelected => self.delete_selected(),
             Command::Compare { a, b } if super::is_png_path(&a) && super::is_png_path(&b) => {
@@ -353,9 +354,19 @@ impl AmalgamApp {
         }
     }
 
+    /// The selected workflow nodes that commands act on: none while a subgraph's inside is
+    /// shown, where the workflow's own selection is out of sight (Delete must not remove what
+    /// the user cannot see).
+    fn acted_on(&self) -> Vec<crate::graph::NodeId> {
+        if self.inside.is_some() {
+            return Vec::new();
+        }
+        self.canvas.selected()
+    }
+
     /// Sets the mode of the selected nodes (toggling back to "always" when all already have it).
     pub fn toggle_mode(&mut self, mode: Mode) {
-        let selected = self.canvas.selected();
+        let selected = self.acted_on();
         if !selected.is_empty() {
             self.document.toggle_mode(&selected, mode);
             self.rebuild = true;
@@ -363,7 +374,7 @@ impl AmalgamApp {
     }
 
     pub fn delete_selected(&mut self) {
-        let selected = self.canvas.selected();
+        let selected = self.acted_on();
         if !selected.is_empty() {
             self.document.delete(&selected);
             self.canvas.editor.selected_nodes.clear();

@@ -611,7 +611,9 @@ fn the_app_shows_an_instance_as_one_node_and_opens_its_inside() {
     let saved_defs = h.app.document.doc.to_json()["definitions"].clone();
     assert_eq!(saved_defs, workflow["definitions"], "definitions untouched");
 
-    // Inside, two levels deep, and back.
+    // Inside, two levels deep, and back. The workflow's selection is out of sight there, so
+    // Delete must not remove it.
+    h.app.canvas.select_all();
     h.click("Open ▸");
     h.frames(2);
     assert_eq!(
@@ -629,6 +631,13 @@ fn the_app_shows_an_instance_as_one_node_and_opens_its_inside() {
     assert!(
         h.has_label("Merge (wrapped)"),
         "the path shows where we are"
+    );
+    h.key(egui::Key::Delete, egui::Modifiers::NONE);
+    h.frames(2);
+    assert_eq!(
+        h.app.document.doc.nodes.len(),
+        4,
+        "nothing out of sight deleted"
     );
     h.click("◀ Workflow");
     h.frames(2);
