@@ -140,7 +140,17 @@ fn start_xvfb(log: &Path) -> (Guard, String) {
             std::fs::read_to_string(log).unwrap_or_default()
         )
     });
-    (guard, format!(":{n}"))
+    let display = format!(":{n}");
+    // A client must get through before the app is started: under load (CI stop 21, a build
+    // beside the tests) an app started right after the report failed to connect ("Failed to
+    // open connection to X server") while every rerun passed.
+    wait_until(
+        "Xvfb to accept a client",
+        Duration::from_secs(30),
+        || xdotool(&display, &["getdisplaygeometry"]).is_some(),
+        || std::fs::read_to_string(log).unwrap_or_default(),
+    );
+    (guard, display)
 }
 
 /// The app, started on `display` with its stderr in `base/app.log`.
