@@ -156,10 +156,6 @@ impl Definitions {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
-    }
-
     /// The definition an instance's type names, if the node is an instance.
     pub fn get(&self, type_: &str) -> Option<&Definition> {
         self.by_id.get(type_)

@@ -88,10 +88,6 @@ impl StochasticRounder {
         self.generator.discard(n);
     }
 
-    pub fn kind(&self) -> Fp8 {
-        self.kind
-    }
-
     /// The fp8 byte of the next value.
     pub fn round(&mut self, x: f32) -> u8 {
         let draw = (self.generator.next_u32() & 0x7ff) as f32 / 2048.0;
