@@ -114,6 +114,7 @@ pub fn resolve(doc: &Document, registry: &Registry) -> Resolved {
             instance: None,
             parent: None,
             path: Vec::new(),
+            proxies: None,
         }],
         inside: HashMap::new(),
         out: Resolved::default(),
@@ -155,6 +156,8 @@ struct Scope<'a> {
     parent: Option<usize>,
     /// Instance ids from the root down to this scope.
     path: Vec<NodeId>,
+    /// The instance's G2 `proxyWidgets`, parsed once for all its inner nodes and links.
+    proxies: Option<Vec<(String, String)>>,
 }
 
 struct Flattener<'a> {
@@ -283,6 +286,7 @@ impl<'a> Flattener<'a> {
             instance: Some(node),
             parent: Some(scope),
             path,
+            proxies: proxy_widgets(node),
         });
         self.inside.insert((scope, node.id), inner);
         for m in &def.graph.nodes {
@@ -361,21 +365,19 @@ impl<'a> Flattener<'a> {
     /// The values the instance around `scope` gives `node`'s widgets through G2 `proxyWidgets`
     /// entries that name the node (non-null host values only; a hole keeps the inner value).
     fn proxied_values(&self, scope: usize, node: &Node) -> Vec<(String, Value)> {
-        let Some(instance) = self.scopes[scope].instance else {
-            return Vec::new();
-        };
-        let Some(proxies) = proxy_widgets(instance) else {
+        let sc = &self.scopes[scope];
+        let (Some(instance), Some(proxies)) = (sc.instance, &sc.proxies) else {
             return Vec::new();
         };
         let values = instance.widget_values();
         let id = node.id.to_string();
         proxies
-            .into_iter()
+            .iter()
             .enumerate()
             .filter(|(_, (n, w))| *n == id && w != "control_after_generate")
             .filter_map(|(i, (_, w))| {
                 let v = values.get(i).filter(|v| !v.is_null())?;
-                Some((w, v.clone()))
+                Some((w.clone(), v.clone()))
             })
             .collect()
     }
@@ -544,7 +546,7 @@ impl<'a> Flattener<'a> {
         let sc = &self.scopes[scope];
         let (def, instance) = (sc.def?, sc.instance?);
         let values = instance.widget_values();
-        let index = match proxy_widgets(instance) {
+        let index = match &sc.proxies {
             Some(proxies) => {
                 let input = consumer.inputs.get(slot)?;
                 let widget = input.widget_name().unwrap_or(&input.name);
