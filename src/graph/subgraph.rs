@@ -301,22 +301,21 @@ impl Definitions {
         let host = |index: usize| values.get(index).filter(|v| !v.is_null()).cloned();
         let mut out = Vec::new();
         if let Some(proxies) = proxy_widgets(instance) {
-            let proxy_list = proxies.clone();
-            for (index, (node, widget)) in proxies.into_iter().enumerate() {
+            for (index, (node, widget)) in proxies.iter().enumerate() {
                 if widget.starts_with("$$") {
                     continue;
                 }
                 let inner = if node == "-1" {
-                    if linked(&widget) {
+                    if linked(widget) {
                         continue;
                     }
-                    def.input_index(&widget)
+                    def.input_index(widget)
                         .and_then(|k| self.inner_widget(def, k, registry, 0))
                 } else {
                     let bound = node.parse::<NodeId>().ok().and_then(|id| {
                         let n = def.graph.node(id)?;
                         let slot = n.inputs.iter().position(|i| {
-                            i.widget_name() == Some(widget.as_str()) || i.name == widget
+                            i.widget_name() == Some(widget.as_str()) || i.name == *widget
                         });
                         // A proxy whose inner widget is fed by a linked instance input is a port.
                         let from = slot.and_then(|s| n.inputs[s].link).and_then(|l| {
@@ -335,9 +334,9 @@ impl Definitions {
                         Some((n, _)) => Some(InnerWidget {
                             class_type: n.type_.clone(),
                             widget: widget.clone(),
-                            value: widget_value(n, &widget, registry),
+                            value: widget_value(n, widget, registry),
                             control: widget_value(n, "control_after_generate", registry)
-                                .filter(|_| is_seed(n, &widget, registry)),
+                                .filter(|_| is_seed(n, widget, registry)),
                         }),
                         None => None,
                     }
@@ -348,12 +347,18 @@ impl Definitions {
                         .as_ref()
                         .and_then(|i| i.control.as_ref())
                         .and_then(|_| {
-                            let at = proxy_list
+                            let at = proxies
                                 .iter()
-                                .position(|(n, w)| *n == node && w == "control_after_generate")?;
+                                .position(|(n, w)| n == node && w == "control_after_generate")?;
                             host(at)
                         });
-                out.push(promoted(widget, index, host(index), inner, proxied_control));
+                out.push(promoted(
+                    widget.clone(),
+                    index,
+                    host(index),
+                    inner,
+                    proxied_control,
+                ));
             }
             return out;
         }
