@@ -692,10 +692,11 @@ pub fn prepare(
     let starts_due = stochastic
         .as_ref()
         .is_some_and(|s| s.chunk_starts.0.is_empty() && Fp8::of(*out).is_some());
-    if !needs_preparing(expr) && !starts_due {
+    let dora_due = needs_preparing(expr);
+    if !dora_due && !starts_due {
         return Ok(None);
     }
-    let expr = if needs_preparing(expr) {
+    let expr = if dora_due {
         let mut scratch = Scratch::default();
         prepare_expr(expr, numel, *round_inputs, sources, &mut scratch)?
     } else {
